@@ -1,0 +1,164 @@
+//! Map names, sizes and layouts. The names carry a layout version: a change
+//! to a layout is a new name, so a pinned map of an older layout is never
+//! misread by a newer program.
+
+/// Frontend (VIP:port/proto) slots: slot 0 is the master entry holding the
+/// backend count, slots 1..=count hold backend ids. The master is written
+/// last, so a reader never sees a half-written service.
+pub const MAP_SERVICES: &str = "flb_svc_v1";
+/// Backend id -> address.
+pub const MAP_BACKENDS: &str = "flb_be_v1";
+/// Connection tracking, forward and reverse entries (LRU).
+pub const MAP_CONNTRACK: &str = "flb_ct_v1";
+/// Socket-level reverse translation for node-originated traffic (LRU).
+pub const MAP_SOCK_REVNAT: &str = "flb_sock_v1";
+/// Frontend metadata for the CLI (service name), keyed by service id.
+pub const MAP_SVC_INFO: &str = "flb_info_v1";
+/// Per-CPU datapath counters, indexed by [`crate::stats::Stat`].
+pub const MAP_STATS: &str = "flb_stats_v1";
+
+/// Every map the programs declare, for pinning and cleanup.
+pub const ALL_MAPS: [&str; 6] = [
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_CONNTRACK,
+    MAP_SOCK_REVNAT,
+    MAP_SVC_INFO,
+    MAP_STATS,
+];
+
+/// Default map sizes; the agent can override each with a flag.
+pub const DEFAULT_SERVICES_MAX: u32 = 262_144;
+pub const DEFAULT_BACKENDS_MAX: u32 = 262_144;
+pub const DEFAULT_CONNTRACK_MAX: u32 = 524_288;
+pub const DEFAULT_SOCK_REVNAT_MAX: u32 = 131_072;
+pub const DEFAULT_SVC_INFO_MAX: u32 = 65_536;
+
+/// Most backends one frontend may have (slots 1..=MAX_BACKENDS_PER_SERVICE).
+pub const MAX_BACKENDS_PER_SERVICE: u16 = 4096;
+
+/// Service flags (ServiceValue::flags on the master slot).
+pub const SVC_FLAG_NONE: u16 = 0;
+
+/// Conntrack directions.
+pub const CT_DIR_FORWARD: u8 = 0;
+pub const CT_DIR_REVERSE: u8 = 1;
+
+/// Length of the service name stored for the CLI.
+pub const SVC_NAME_LEN: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// VIP, network order.
+    pub addr: u32,
+    /// Service port, network order.
+    pub port: u16,
+    /// 0 = master entry, 1..=count = backend slots.
+    pub slot: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    /// Backend id (backend slots); 0 on the master entry.
+    pub backend_id: u32,
+    /// Number of backend slots in use (master entry only).
+    pub count: u16,
+    pub flags: u16,
+    /// Stable id of this frontend (master entry only), key of `MAP_SVC_INFO`.
+    pub svc_id: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    /// Backend address, network order.
+    pub addr: u32,
+    /// Backend (target) port, network order.
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// [`CT_DIR_FORWARD`] (client -> VIP) or [`CT_DIR_REVERSE`] (backend -> client).
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    /// Forward: backend address; reverse: VIP. Network order.
+    pub addr: u32,
+    /// Forward: backend port; reverse: service port. Network order.
+    pub port: u16,
+    pub flags: u16,
+    pub svc_id: u32,
+    pub backend_id: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub cookie: u64,
+    /// VIP (dir 0) or backend (dir 1) address, network order.
+    pub addr: u32,
+    pub port: u16,
+    /// 0: VIP -> backend chosen for this socket; 1: backend -> VIP.
+    pub dir: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockValue {
+    /// VIP and service port the application asked for, network order.
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SvcInfo {
+    /// "namespace/name:port", NUL padded.
+    pub name: [u8; SVC_NAME_LEN],
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ServiceKey>() == 12);
+    assert!(core::mem::size_of::<ServiceValue>() == 12);
+    assert!(core::mem::size_of::<Backend>() == 8);
+    assert!(core::mem::size_of::<CtKey>() == 16);
+    assert!(core::mem::size_of::<CtValue>() == 16);
+    assert!(core::mem::size_of::<SockKey>() == 16);
+    assert!(core::mem::size_of::<SockValue>() == 8);
+    assert!(core::mem::size_of::<SvcInfo>() == SVC_NAME_LEN);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    macro_rules! pod {
+        ($($t:ty),*) => {$(
+            // SAFETY: repr(C), only integer fields, explicit padding: every
+            // bit pattern is valid and there are no implicit padding bytes.
+            unsafe impl aya::Pod for $t {}
+            unsafe impl bytemuck::Zeroable for $t {}
+            unsafe impl bytemuck::Pod for $t {}
+        )*};
+    }
+    pod!(ServiceKey, ServiceValue, Backend, CtKey, CtValue, SockKey, SockValue, SvcInfo);
+}

@@ -1,0 +1,42 @@
+//! Datapath counters: one per outcome, so "where did this packet go and
+//! why" has an answer. Indexes into the per-CPU `MAP_STATS` array.
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Not service traffic, passed untouched.
+    Pass = 0,
+    /// New flow to a VIP, DNATed to a freshly chosen backend.
+    DnatNew = 1,
+    /// Packet of a tracked flow, DNATed to its backend.
+    DnatEstablished = 2,
+    /// Reply from a backend, source rewritten back to the VIP.
+    RevNat = 3,
+    /// VIP port without endpoints: TCP RST or ICMP port unreachable sent.
+    RejectNoBackend = 4,
+    /// VIP port without endpoints, and no reject could be built: dropped.
+    DropNoBackend = 5,
+    /// Malformed or unsupported packet to a VIP: dropped.
+    DropMalformed = 6,
+    /// A map write or packet rewrite helper failed: dropped.
+    DropInternal = 7,
+    /// connect()/sendmsg() from the node translated at the socket.
+    SockTranslate = 8,
+    /// connect()/sendmsg() from the node to a VIP without endpoints refused.
+    SockReject = 9,
+}
+
+pub const STAT_COUNT: u32 = 10;
+
+pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
+    "pass",
+    "dnat_new",
+    "dnat_established",
+    "revnat",
+    "reject_no_backend",
+    "drop_no_backend",
+    "drop_malformed",
+    "drop_internal",
+    "sock_translate",
+    "sock_reject",
+];

@@ -1,0 +1,53 @@
+//! Service lookup and backend selection.
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use lb_common::{Backend, ServiceKey, ServiceValue};
+
+use crate::maps::{BACKENDS, SERVICES};
+
+/// A frontend's master entry, as found in the services map.
+#[derive(Clone, Copy)]
+pub struct Frontend {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub count: u16,
+    pub svc_id: u32,
+}
+
+#[inline(always)]
+fn key(addr: u32, port: u16, proto: u8, slot: u16) -> ServiceKey {
+    ServiceKey {
+        addr,
+        port,
+        slot,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Looks up the master entry of VIP:port/proto.
+#[inline(always)]
+pub fn lookup_frontend(addr: u32, port: u16, proto: u8) -> Option<Frontend> {
+    let v: &ServiceValue = unsafe { SERVICES.get(key(addr, port, proto, 0)) }?;
+    Some(Frontend {
+        addr,
+        port,
+        proto,
+        count: v.count,
+        svc_id: v.svc_id,
+    })
+}
+
+/// Picks one backend with equal probability, as kube-proxy's `statistic
+/// --mode random` chains do. Returns the backend id and its address.
+#[inline(always)]
+pub fn select_backend(fe: &Frontend) -> Option<(u32, Backend)> {
+    if fe.count == 0 {
+        return None;
+    }
+    let slot = (unsafe { bpf_get_prandom_u32() } % fe.count as u32) as u16 + 1;
+    let v: &ServiceValue = unsafe { SERVICES.get(key(fe.addr, fe.port, fe.proto, slot)) }?;
+    let id = v.backend_id;
+    let be: &Backend = unsafe { BACKENDS.get(id) }?;
+    Some((id, *be))
+}

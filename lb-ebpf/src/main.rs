@@ -1,0 +1,27 @@
+//! ferrolb kernel programs. Entry points are thin: each calls a `try_*`
+//! function and maps its outcome to a verdict. The stages of a packet live
+//! in their own modules: parse -> lb (service lookup, backend selection)
+//! -> conntrack -> nat -> reject.
+#![no_std]
+#![no_main]
+
+mod checksum;
+mod conntrack;
+mod lb;
+mod maps;
+mod nat;
+mod parse;
+mod reject;
+mod sock;
+mod stats;
+mod tc;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,39 @@
+//! The maps, declared once. Names and layouts come from `lb-common`; the
+//! `name` literals must equal the `lb_common::MAP_*` constants (the agent
+//! looks maps up by those constants and fails loudly if one is missing).
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, CtKey, CtValue, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX,
+    DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SVC_INFO_MAX, STAT_COUNT, ServiceKey, ServiceValue, SockKey,
+    SockValue, SvcInfo,
+};
+
+#[map(name = "flb_svc_v1")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::pinned(DEFAULT_SERVICES_MAX, 0);
+
+#[map(name = "flb_be_v1")]
+pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(DEFAULT_BACKENDS_MAX, 0);
+
+#[map(name = "flb_ct_v1")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_MAX, 0);
+
+#[map(name = "flb_sock_v1")]
+pub static SOCK_REVNAT: LruHashMap<SockKey, SockValue> =
+    LruHashMap::pinned(DEFAULT_SOCK_REVNAT_MAX, 0);
+
+// Read by the CLI only; declared here so it is created and pinned with the rest.
+#[map(name = "flb_info_v1")]
+pub static SVC_INFO: HashMap<u32, SvcInfo> = HashMap::pinned(DEFAULT_SVC_INFO_MAX, 0);
+
+#[map(name = "flb_stats_v1")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+
+/// Keeps `SVC_INFO` in the object: the programs never read it.
+#[inline(always)]
+pub fn keep_info_map() {
+    let _ = SVC_INFO.get_ptr(0);
+}

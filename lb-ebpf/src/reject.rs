@@ -1,0 +1,145 @@
+//! kube-proxy REJECT parity: a packet to a VIP port without endpoints is
+//! answered, never blackholed. TCP gets a RST, UDP an ICMP port
+//! unreachable. The packet is rewritten in place into the answer and sent
+//! back out of the interface it came in on.
+use aya_ebpf::{
+    bindings::TC_ACT_REDIRECT,
+    helpers::{bpf_redirect, bpf_skb_change_tail},
+    programs::TcContext,
+};
+use lb_common::{IPPROTO_ICMP, IPPROTO_TCP};
+
+use crate::checksum::{finish, sum_words};
+use crate::parse::{ETH_LEN, L3_OFF, Packet, ptr_at};
+
+const IP_LEN: usize = 20;
+const TCP_LEN: usize = 20;
+const ICMP_LEN: usize = 8;
+/// An ICMP error quotes the offending IP header and 8 bytes of its payload.
+const QUOTE_LEN: usize = IP_LEN + 8;
+const RST_FRAME: usize = ETH_LEN + IP_LEN + TCP_LEN;
+const ICMP_FRAME: usize = ETH_LEN + IP_LEN + ICMP_LEN + QUOTE_LEN;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Writes the swapped Ethernet header and a fresh IPv4 header (no options).
+#[inline(always)]
+fn write_l2_l3(out: &mut [u8], eth: &[u8; ETH_LEN], p: &Packet, proto: u8, tot_len: u16) {
+    out[0..6].copy_from_slice(&eth[6..12]);
+    out[6..12].copy_from_slice(&eth[0..6]);
+    out[12] = 0x08;
+    out[13] = 0x00;
+    let ip = &mut out[L3_OFF..L3_OFF + IP_LEN];
+    ip[0] = 0x45;
+    ip[1] = 0;
+    ip[2..4].copy_from_slice(&tot_len.to_be_bytes());
+    ip[4] = 0;
+    ip[5] = 0;
+    ip[6] = 0x40; // DF
+    ip[7] = 0;
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[10] = 0;
+    ip[11] = 0;
+    // The answer comes from the VIP the client talked to.
+    ip[12..16].copy_from_slice(&p.daddr.to_ne_bytes());
+    ip[16..20].copy_from_slice(&p.saddr.to_ne_bytes());
+    let c = finish(sum_words(ip, 0));
+    ip[10] = c[0];
+    ip[11] = c[1];
+}
+
+/// Turns a TCP segment into the RST a closed port would send. A RST is
+/// never answered (RFC 793); that and IP options yield `Err` (drop).
+#[inline(always)]
+pub fn tcp_rst(ctx: &TcContext, p: &Packet) -> Result<i32, ()> {
+    if p.ihl != IP_LEN || p.fragment || p.tcp_flags & TCP_RST != 0 {
+        return Err(());
+    }
+    let eth: *const [u8; ETH_LEN] = ptr_at(ctx, 0)?;
+    let eth = unsafe { *eth };
+    let ip: *const [u8; IP_LEN] = ptr_at(ctx, L3_OFF)?;
+    let tot_len = u16::from_be_bytes([unsafe { (*ip)[2] }, unsafe { (*ip)[3] }]) as u32;
+    let tcp: *const [u8; TCP_LEN] = ptr_at(ctx, p.l4_off)?;
+    let tcp = unsafe { *tcp };
+    let doff = ((tcp[12] >> 4) as u32) * 4;
+    let payload = tot_len.saturating_sub(IP_LEN as u32 + doff);
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+
+    let mut out = [0u8; RST_FRAME];
+    write_l2_l3(&mut out, &eth, p, IPPROTO_TCP, (IP_LEN + TCP_LEN) as u16);
+    let t = &mut out[L3_OFF + IP_LEN..];
+    t[0..2].copy_from_slice(&tcp[2..4]);
+    t[2..4].copy_from_slice(&tcp[0..2]);
+    let (rseq, rack, flags) = if p.tcp_flags & TCP_ACK != 0 {
+        (ack, 0, TCP_RST)
+    } else {
+        let mut len = payload;
+        if p.tcp_flags & TCP_SYN != 0 {
+            len += 1;
+        }
+        if p.tcp_flags & TCP_FIN != 0 {
+            len += 1;
+        }
+        (0, seq.wrapping_add(len), TCP_RST | TCP_ACK)
+    };
+    t[4..8].copy_from_slice(&rseq.to_be_bytes());
+    t[8..12].copy_from_slice(&rack.to_be_bytes());
+    t[12] = 0x50;
+    t[13] = flags;
+    // Pseudo header: addresses, protocol, TCP length.
+    let mut acc = sum_words(&out[L3_OFF + 12..L3_OFF + 20], 0);
+    acc += IPPROTO_TCP as u32 + TCP_LEN as u32;
+    let c = finish(sum_words(&out[L3_OFF + IP_LEN..], acc));
+    out[L3_OFF + IP_LEN + 16] = c[0];
+    out[L3_OFF + IP_LEN + 17] = c[1];
+
+    send_back_with(ctx, &out)
+}
+
+/// Turns a UDP datagram into ICMP destination unreachable / port
+/// unreachable quoting its IP header and first 8 payload bytes.
+#[inline(always)]
+pub fn icmp_port_unreachable(ctx: &TcContext, p: &Packet) -> Result<i32, ()> {
+    if p.ihl != IP_LEN || p.fragment {
+        return Err(());
+    }
+    let eth: *const [u8; ETH_LEN] = ptr_at(ctx, 0)?;
+    let eth = unsafe { *eth };
+    let quote: *const [u8; QUOTE_LEN] = ptr_at(ctx, L3_OFF)?;
+    let quote = unsafe { *quote };
+
+    let mut out = [0u8; ICMP_FRAME];
+    write_l2_l3(
+        &mut out,
+        &eth,
+        p,
+        IPPROTO_ICMP,
+        (IP_LEN + ICMP_LEN + QUOTE_LEN) as u16,
+    );
+    let icmp_off = L3_OFF + IP_LEN;
+    out[icmp_off] = 3; // destination unreachable
+    out[icmp_off + 1] = 3; // port unreachable
+    out[icmp_off + ICMP_LEN..].copy_from_slice(&quote);
+    let c = finish(sum_words(&out[icmp_off..], 0));
+    out[icmp_off + 2] = c[0];
+    out[icmp_off + 3] = c[1];
+
+    send_back_with(ctx, &out)
+}
+
+#[inline(always)]
+fn send_back_with<const N: usize>(ctx: &TcContext, frame: &[u8; N]) -> Result<i32, ()> {
+    // Resize first: the store below must land inside the packet.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, N as u32, 0) } != 0 {
+        return Err(());
+    }
+    ctx.store(0, frame, 0).map_err(|_| ())?;
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let _ = unsafe { bpf_redirect(ifindex, 0) };
+    Ok(TC_ACT_REDIRECT as i32)
+}

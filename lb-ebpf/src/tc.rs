@@ -1,0 +1,79 @@
+//! tc ingress on the host side of pod interfaces: the per-packet path.
+//!
+//! parse -> service lookup -> conntrack (or backend selection) -> DNAT;
+//! packets that are not to a VIP are checked against reverse conntrack
+//! entries (replies from backends) and SNATed back to the VIP.
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+use lb_common::{IPPROTO_TCP, Stat};
+
+use crate::{
+    conntrack,
+    lb::{self, Frontend},
+    maps::keep_info_map,
+    nat::{self, Side},
+    parse::{self, Packet, Skip},
+    reject,
+    stats::count,
+};
+
+#[classifier]
+pub fn flb_tc_ingress(ctx: TcContext) -> i32 {
+    keep_info_map();
+    let (verdict, stat) = match parse::parse(&ctx) {
+        Ok(p) => process(&ctx, &p),
+        Err(Skip::NotOurs) | Err(Skip::Malformed) => (TC_ACT_OK as i32, Stat::Pass),
+    };
+    count(stat);
+    verdict
+}
+
+#[inline(always)]
+fn process(ctx: &TcContext, p: &Packet) -> (i32, Stat) {
+    if let Some(fe) = lb::lookup_frontend(p.daddr, p.dport, p.proto) {
+        return to_service(ctx, p, &fe);
+    }
+    if let Some(rev) = conntrack::lookup_reverse(p) {
+        return match nat::rewrite(ctx, p, Side::Source, rev.addr, rev.port) {
+            Ok(()) => (TC_ACT_OK as i32, Stat::RevNat),
+            Err(()) => (TC_ACT_SHOT as i32, Stat::DropInternal),
+        };
+    }
+    (TC_ACT_OK as i32, Stat::Pass)
+}
+
+#[inline(always)]
+fn to_service(ctx: &TcContext, p: &Packet, fe: &Frontend) -> (i32, Stat) {
+    if p.fragment {
+        // Later fragments carry no ports: translating only some pieces of
+        // a datagram would corrupt it, so fragments to a VIP are dropped.
+        return (TC_ACT_SHOT as i32, Stat::DropMalformed);
+    }
+    if let Some(ct) = conntrack::lookup_forward(p) {
+        return match nat::rewrite(ctx, p, Side::Destination, ct.addr, ct.port) {
+            Ok(()) => (TC_ACT_OK as i32, Stat::DnatEstablished),
+            Err(()) => (TC_ACT_SHOT as i32, Stat::DropInternal),
+        };
+    }
+    let Some((backend_id, be)) = lb::select_backend(fe) else {
+        let answer = if p.proto == IPPROTO_TCP {
+            reject::tcp_rst(ctx, p)
+        } else {
+            reject::icmp_port_unreachable(ctx, p)
+        };
+        return match answer {
+            Ok(v) => (v, Stat::RejectNoBackend),
+            Err(()) => (TC_ACT_SHOT as i32, Stat::DropNoBackend),
+        };
+    };
+    if conntrack::create(p, be.addr, be.port, fe.svc_id, backend_id).is_err() {
+        return (TC_ACT_SHOT as i32, Stat::DropInternal);
+    }
+    match nat::rewrite(ctx, p, Side::Destination, be.addr, be.port) {
+        Ok(()) => (TC_ACT_OK as i32, Stat::DnatNew),
+        Err(()) => (TC_ACT_SHOT as i32, Stat::DropInternal),
+    }
+}
