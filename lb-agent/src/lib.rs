@@ -1,0 +1,14 @@
+//! ferrolb agent. The data flow, one module per stage:
+//!
+//! `source` (manifests on disk; the Kubernetes API next) -> `store` (the
+//! validated objects) -> `model` (desired frontends and backends) ->
+//! `reconcile` (diff against the maps, ordered writes) -> `datapath`
+//! (map writes, program attachment) -> the kernel programs in `lb-ebpf`.
+pub mod agent;
+pub mod datapath;
+pub mod model;
+pub mod reconcile;
+pub mod source;
+pub mod store;
+pub mod table;
+pub mod validate;

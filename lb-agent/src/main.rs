@@ -1,1 +1,178 @@
-fn main(){}
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use lb_agent::{
+    agent::{self, RunOptions},
+    datapath::{attach, loader::LoadOptions, maps},
+    table,
+};
+use lb_common::{ALL_MAPS, STAT_NAMES};
+
+#[derive(Parser)]
+#[command(name = "lb-agent", version, about = "ferrolb: Kubernetes Services on an eBPF datapath")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct PinArgs {
+    /// bpffs directory holding the pinned maps (created 0700).
+    #[arg(long, env = "FERROLB_PIN_PATH", default_value = "/sys/fs/bpf/ferrolb")]
+    pin_path: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: program the datapath from manifests and follow changes.
+    Run {
+        /// A YAML/JSON file or a directory of them (multi-document) with
+        /// Services, EndpointSlices (discovery.k8s.io/v1) and Endpoints.
+        #[arg(long)]
+        manifests: PathBuf,
+        #[command(flatten)]
+        pin: PinArgs,
+        /// Interfaces (glob patterns) that get the tc program: the host
+        /// side of pod interfaces. Default: every interface but loopback.
+        #[arg(long, value_delimiter = ',', default_value = "*")]
+        interfaces: Vec<String>,
+        /// Interfaces (glob patterns) never attached to.
+        #[arg(long, value_delimiter = ',', default_value = "lo")]
+        exclude_interfaces: Vec<String>,
+        /// cgroup v2 directory for the socket hooks that translate
+        /// node-originated traffic; "none" to disable. Default: the cgroup
+        /// v2 root.
+        #[arg(long)]
+        cgroup: Option<String>,
+        /// How often the manifests are checked for changes, in milliseconds.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+        poll_interval_ms: u64,
+        /// Size of the services map (frontend slots).
+        #[arg(long, default_value_t = lb_common::DEFAULT_SERVICES_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+        services_max: u32,
+        /// Size of the backends map.
+        #[arg(long, default_value_t = lb_common::DEFAULT_BACKENDS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+        backends_max: u32,
+        /// Size of the conntrack map (LRU: least recently used flows are
+        /// evicted when full; each flow takes two entries).
+        #[arg(long, default_value_t = lb_common::DEFAULT_CONNTRACK_MAX, value_parser = clap::value_parser!(u32).range(2..))]
+        conntrack_max: u32,
+        /// Size of the socket translation map (LRU).
+        #[arg(long, default_value_t = lb_common::DEFAULT_SOCK_REVNAT_MAX, value_parser = clap::value_parser!(u32).range(2..))]
+        sock_max: u32,
+    },
+    /// Print the service table as the datapath holds it.
+    Services {
+        #[command(flatten)]
+        pin: PinArgs,
+    },
+    /// Print datapath counters (where packets went and why).
+    Stats {
+        #[command(flatten)]
+        pin: PinArgs,
+    },
+    /// Check manifests and report every problem, without touching the datapath.
+    Check {
+        #[arg(long)]
+        manifests: PathBuf,
+    },
+    /// Remove every pin the project created. Idempotent.
+    Cleanup {
+        #[command(flatten)]
+        pin: PinArgs,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            manifests,
+            pin,
+            interfaces,
+            exclude_interfaces,
+            cgroup,
+            poll_interval_ms,
+            services_max,
+            backends_max,
+            conntrack_max,
+            sock_max,
+        } => {
+            let cgroup = match cgroup.as_deref() {
+                Some("none") => None,
+                Some(p) => Some(PathBuf::from(p)),
+                None => Some(attach::cgroup2_root().context(
+                    "no cgroup v2 mount found for the socket hooks: pass --cgroup PATH or --cgroup none",
+                )?),
+            };
+            let opts = RunOptions {
+                manifests,
+                load: LoadOptions {
+                    pin_dir: pin.pin_path,
+                    services_max,
+                    backends_max,
+                    conntrack_max,
+                    sock_max,
+                },
+                interfaces,
+                exclude_interfaces,
+                cgroup,
+                poll_interval: Duration::from_millis(poll_interval_ms),
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(agent::run(opts))
+        }
+        Command::Services { pin } => {
+            let state = maps::ServiceMaps::from_pins(&pin.pin_path)?.read()?;
+            print!("{}", table::render(&state));
+            Ok(())
+        }
+        Command::Stats { pin } => {
+            let values = maps::read_stats(&pin.pin_path)?;
+            for (name, v) in STAT_NAMES.iter().zip(values) {
+                println!("{name:<20} {v}");
+            }
+            Ok(())
+        }
+        Command::Check { manifests } => {
+            let reload = lb_agent::source::files::FileSource::new(&manifests).load()?;
+            for e in &reload.errors {
+                eprintln!("error: {e}");
+            }
+            println!("{} objects valid", reload.store.len());
+            if !reload.errors.is_empty() {
+                bail!("{} problem(s) in {}", reload.errors.len(), manifests.display());
+            }
+            Ok(())
+        }
+        Command::Cleanup { pin } => {
+            for name in ALL_MAPS {
+                let p = pin.pin_path.join(name);
+                match std::fs::remove_file(&p) {
+                    Ok(()) => println!("removed {}", p.display()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
+                }
+            }
+            match std::fs::remove_dir(&pin.pin_path) {
+                Ok(()) => println!("removed {}", pin.pin_path.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("removing {}", pin.pin_path.display()));
+                }
+            }
+            Ok(())
+        }
+    }
+}

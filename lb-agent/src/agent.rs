@@ -1,0 +1,107 @@
+//! `lb-agent run`: load and attach the datapath, adopt what the pinned
+//! maps already hold, then keep them equal to the manifests.
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::datapath::{
+    attach::{self, TcAttachments},
+    ifaces::Selector,
+    loader::{self, LoadOptions},
+    maps::ServiceMaps,
+};
+use crate::reconcile::{self, MapState};
+use crate::source::files::FileSource;
+use crate::{model, reconcile::Op};
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub manifests: PathBuf,
+    pub load: LoadOptions,
+    pub interfaces: Vec<String>,
+    pub exclude_interfaces: Vec<String>,
+    pub cgroup: Option<PathBuf>,
+    pub poll_interval: Duration,
+}
+
+/// How often interfaces are re-listed to pick up new pods.
+const IFACE_RESCAN: Duration = Duration::from_secs(1);
+
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let selector = Selector::new(&opts.interfaces, &opts.exclude_interfaces)?;
+    let mut ebpf = loader::load(&opts.load)?;
+    attach::load_programs(&mut ebpf, opts.cgroup.is_some())?;
+    let mut maps = ServiceMaps::from_ebpf(&mut ebpf)?;
+    let mut mirror = maps.read()?;
+    info!(
+        pin_path = %opts.load.pin_dir.display(),
+        entries = mirror.services.len(),
+        "maps opened; existing entries adopted"
+    );
+    let mut tc = TcAttachments::default();
+    tc.sync(&mut ebpf, &selector);
+    if let Some(cg) = &opts.cgroup {
+        attach::attach_cgroup(&mut ebpf, cg)?;
+    }
+    let mut source = FileSource::new(&opts.manifests);
+    sync(&mut source, &mut maps, &mut mirror);
+    info!(interfaces = ?tc.interfaces(), "agent ready");
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(opts.poll_interval);
+    let mut last_scan = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if source.changed() {
+                    sync(&mut source, &mut maps, &mut mirror);
+                }
+                if last_scan.elapsed() >= IFACE_RESCAN {
+                    tc.sync(&mut ebpf, &selector);
+                    last_scan = Instant::now();
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    info!("shutting down; pinned maps are kept for the next agent");
+    Ok(())
+}
+
+/// One pass: manifests -> desired state -> plan -> map writes.
+fn sync(source: &mut FileSource, maps: &mut ServiceMaps, mirror: &mut MapState) {
+    let reload = match source.load() {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("{e}; keeping what is programmed");
+            return;
+        }
+    };
+    for e in &reload.errors {
+        warn!("{e}");
+    }
+    let desired = model::desired(&reload.store);
+    let target = reconcile::target(&desired, mirror);
+    let ops = reconcile::plan(mirror, &target);
+    let errors = maps.apply(&ops, mirror);
+    for e in &errors {
+        let what = match &e.op {
+            Op::PutService(k, _) | Op::DelService(k) => reconcile::frontend_of(k)
+                .and_then(|fk| desired.frontends.get(&fk).map(|s| format!("{} ({fk})", s.name)))
+                .unwrap_or_else(|| format!("{k:?}")),
+            other => format!("{other:?}"),
+        };
+        warn!(target_entry = %what, error = %e.error, "map write failed");
+    }
+    info!(
+        frontends = desired.frontends.len(),
+        writes = ops.len(),
+        failed = errors.len(),
+        "maps reconciled"
+    );
+}

@@ -1,0 +1,24 @@
+//! Everything that touches the kernel: loading and pinning (`loader`),
+//! attaching to interfaces and the cgroup (`attach`), executing map write
+//! plans and reading the maps back (`maps`).
+pub mod attach;
+pub mod bpffs;
+pub mod ifaces;
+pub mod loader;
+pub mod maps;
+
+/// The compiled kernel programs, built from `lb-ebpf` by `build.rs`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// Program names in the object.
+pub const PROG_TC_INGRESS: &str = "flb_tc_ingress";
+pub const PROG_CONNECT4: &str = "flb_connect4";
+pub const PROG_SENDMSG4: &str = "flb_sendmsg4";
+pub const PROG_RECVMSG4: &str = "flb_recvmsg4";
+pub const PROG_GETPEERNAME4: &str = "flb_getpeername4";
+pub const SOCK_PROGRAMS: [&str; 4] = [
+    PROG_CONNECT4,
+    PROG_SENDMSG4,
+    PROG_RECVMSG4,
+    PROG_GETPEERNAME4,
+];

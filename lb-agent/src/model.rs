@@ -1,0 +1,337 @@
+//! The desired state: which frontends (VIP:port/proto) exist and which
+//! backends each one balances over. A pure function of the object store,
+//! the same whatever source filled it.
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Endpoints, Service, ServicePort},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use tracing::{debug, warn};
+
+use crate::store::{NsName, ObjectStore};
+
+/// Label linking an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Proto {
+    pub fn from_k8s(p: Option<&str>) -> Option<Proto> {
+        match p.unwrap_or("TCP") {
+            "TCP" => Some(Proto::Tcp),
+            "UDP" => Some(Proto::Udp),
+            "SCTP" => Some(Proto::Sctp),
+            _ => None,
+        }
+    }
+
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => lb_common::IPPROTO_TCP,
+            Proto::Udp => lb_common::IPPROTO_UDP,
+            Proto::Sctp => lb_common::IPPROTO_SCTP,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Proto> {
+        match n {
+            lb_common::IPPROTO_TCP => Some(Proto::Tcp),
+            lb_common::IPPROTO_UDP => Some(Proto::Udp),
+            lb_common::IPPROTO_SCTP => Some(Proto::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+            Proto::Sctp => "SCTP",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FrontendKey {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for FrontendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendAddr {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.addr, self.port)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendState {
+    /// "namespace/name:portname" (or the port number when unnamed).
+    pub name: String,
+    /// Sorted, deduplicated.
+    pub backends: Vec<BackendAddr>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub frontends: BTreeMap<FrontendKey, FrontendState>,
+}
+
+/// One endpoint address as the model needs it, from a slice or Endpoints.
+#[derive(Clone, Debug)]
+struct EndpointView {
+    addr: Ipv4Addr,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    /// (port name, protocol) -> port number.
+    ports: BTreeMap<(String, Proto), u16>,
+}
+
+pub fn desired(store: &ObjectStore) -> Desired {
+    let mut out = Desired::default();
+    for (key, svc) in &store.services {
+        service_frontends(store, key, svc, &mut out);
+    }
+    out
+}
+
+fn service_frontends(store: &ObjectStore, key: &NsName, svc: &Service, out: &mut Desired) {
+    let Some(spec) = &svc.spec else { return };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        debug!(service = %key, "ExternalName Service: resolved by DNS, nothing to program");
+        return;
+    }
+    let mut vips: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let mut any_ip = false;
+    for v in spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+    {
+        if v.is_empty() || v == "None" {
+            continue;
+        }
+        any_ip = true;
+        match v.parse::<Ipv4Addr>() {
+            Ok(a) => {
+                vips.insert(a);
+            }
+            Err(_) => debug!(service = %key, ip = %v, "non-IPv4 cluster IP not programmed yet"),
+        }
+    }
+    if !any_ip {
+        debug!(service = %key, "headless Service (clusterIP: None): nothing to program");
+        return;
+    }
+    let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
+    let endpoints = endpoints_of(store, key);
+    let ports = spec.ports.as_deref().unwrap_or(&[]);
+    for sp in ports {
+        let Some(proto) = Proto::from_k8s(sp.protocol.as_deref()) else {
+            continue;
+        };
+        if proto == Proto::Sctp {
+            warn!(service = %key, port = sp.port, "SCTP is not supported by the datapath yet; port skipped");
+            continue;
+        }
+        let backends = backends_for(sp, proto, ports.len() == 1, &endpoints, publish_not_ready);
+        let port_label = sp.name.clone().unwrap_or_else(|| sp.port.to_string());
+        for vip in &vips {
+            let fk = FrontendKey {
+                addr: *vip,
+                port: sp.port as u16,
+                proto,
+            };
+            out.frontends.insert(
+                fk,
+                FrontendState {
+                    name: format!("{key}:{port_label}"),
+                    backends: backends.clone(),
+                },
+            );
+        }
+    }
+}
+
+/// Resolves the target port of service port `sp` for one endpoint: by port
+/// name and protocol through the endpoint's ports (this is how named
+/// targetPorts resolve), else a numeric targetPort, else the port itself.
+fn target_port(sp: &ServicePort, proto: Proto, only_port: bool, ep: &EndpointView) -> Option<u16> {
+    let name = sp.name.clone().unwrap_or_default();
+    if let Some(p) = ep.ports.get(&(name, proto)) {
+        return Some(*p);
+    }
+    if only_port {
+        // A single-port Service matches the single endpoint port whatever its name.
+        let mut same_proto = ep.ports.iter().filter(|((_, pr), _)| *pr == proto);
+        if let (Some((_, p)), None) = (same_proto.next(), same_proto.next()) {
+            return Some(*p);
+        }
+    }
+    if !ep.ports.is_empty() {
+        return None;
+    }
+    match &sp.target_port {
+        Some(IntOrString::Int(p)) => Some(*p as u16),
+        Some(IntOrString::String(_)) => None,
+        None => Some(sp.port as u16),
+    }
+}
+
+fn backends_for(
+    sp: &ServicePort,
+    proto: Proto,
+    only_port: bool,
+    endpoints: &[EndpointView],
+    publish_not_ready: bool,
+) -> Vec<BackendAddr> {
+    let pick = |ep: &EndpointView| -> Option<BackendAddr> {
+        target_port(sp, proto, only_port, ep).map(|port| BackendAddr {
+            addr: ep.addr,
+            port,
+        })
+    };
+    let ready: BTreeSet<BackendAddr> = endpoints
+        .iter()
+        .filter(|e| publish_not_ready || e.ready)
+        .filter_map(pick)
+        .collect();
+    if !ready.is_empty() {
+        return ready.into_iter().collect();
+    }
+    // No ready endpoint: fall back to serving-but-terminating ones, so
+    // connections drain gracefully instead of failing.
+    endpoints
+        .iter()
+        .filter(|e| e.serving && e.terminating)
+        .filter_map(pick)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// All endpoints of a Service: its EndpointSlices merged (deduplicated by
+/// address), or its legacy Endpoints object when it has no slice.
+fn endpoints_of(store: &ObjectStore, key: &NsName) -> Vec<EndpointView> {
+    let slices: Vec<&EndpointSlice> = store
+        .slices
+        .iter()
+        .filter(|(k, s)| {
+            k.namespace == key.namespace
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                    == Some(&key.name)
+        })
+        .map(|(_, s)| s)
+        .collect();
+    if !slices.is_empty() {
+        let mut by_addr: BTreeMap<Ipv4Addr, EndpointView> = BTreeMap::new();
+        for s in slices {
+            if s.address_type != "IPv4" {
+                continue;
+            }
+            let ports: BTreeMap<(String, Proto), u16> = s
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| {
+                    let proto = Proto::from_k8s(p.protocol.as_deref())?;
+                    Some(((p.name.clone().unwrap_or_default(), proto), p.port? as u16))
+                })
+                .collect();
+            for e in &s.endpoints {
+                let c = e.conditions.clone().unwrap_or_default();
+                // Per the API: nil ready means ready; nil serving follows ready.
+                let ready = c.ready.unwrap_or(true);
+                let view = |addr| EndpointView {
+                    addr,
+                    ready,
+                    serving: c.serving.unwrap_or(ready),
+                    terminating: c.terminating.unwrap_or(false),
+                    ports: ports.clone(),
+                };
+                for a in &e.addresses {
+                    if let Ok(addr) = a.parse::<Ipv4Addr>() {
+                        let v = view(addr);
+                        by_addr
+                            .entry(addr)
+                            .and_modify(|old| {
+                                old.ready |= v.ready;
+                                old.serving |= v.serving;
+                                old.terminating &= v.terminating;
+                                old.ports.extend(v.ports.clone());
+                            })
+                            .or_insert(v);
+                    }
+                }
+            }
+        }
+        return by_addr.into_values().collect();
+    }
+    match store.endpoints.get(key) {
+        Some(ep) => legacy_endpoints(ep),
+        None => Vec::new(),
+    }
+}
+
+fn legacy_endpoints(ep: &Endpoints) -> Vec<EndpointView> {
+    let mut out = Vec::new();
+    for sub in ep.subsets.iter().flatten() {
+        let ports: BTreeMap<(String, Proto), u16> = sub
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let proto = Proto::from_k8s(p.protocol.as_deref())?;
+                Some(((p.name.clone().unwrap_or_default(), proto), p.port as u16))
+            })
+            .collect();
+        let mut push = |ip: &str, ready: bool| {
+            if let Ok(addr) = ip.parse::<Ipv4Addr>() {
+                out.push(EndpointView {
+                    addr,
+                    ready,
+                    serving: ready,
+                    terminating: false,
+                    ports: ports.clone(),
+                });
+            }
+        };
+        for a in sub.addresses.iter().flatten() {
+            push(&a.ip, true);
+        }
+        for a in sub.not_ready_addresses.iter().flatten() {
+            push(&a.ip, false);
+        }
+    }
+    out
+}

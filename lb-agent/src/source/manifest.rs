@@ -1,0 +1,295 @@
+//! Parsing YAML/JSON manifests (multi-document, `kind: List` too) into
+//! typed k8s-openapi objects. Errors name the file, the document, the
+//! object and the field.
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+use crate::store::{Kind, NsName, Object, ObjectId};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    /// 1-based document number within the file.
+    pub document: usize,
+    /// "Service default/hostnames", or "document" when it could not be named.
+    pub object: String,
+    /// Field path, e.g. `spec.ports[0].port`; empty for whole-document errors.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: document {}: {}",
+            self.file.display(),
+            self.document,
+            self.object
+        )?;
+        if !self.field.is_empty() {
+            write!(f, ": field {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// One document's outcome. `id` is known whenever the document could be
+/// named, even if its contents are invalid: that lets the caller keep the
+/// last good version of exactly that object.
+#[derive(Debug)]
+pub struct Parsed {
+    pub id: Option<ObjectId>,
+    pub result: Result<Object, ManifestError>,
+}
+
+/// What one file holds. `Err` when the file as a whole cannot be read or
+/// is not YAML; then none of its documents can be trusted.
+pub type FileContents = Result<Vec<Parsed>, ManifestError>;
+
+pub fn parse_file(path: &Path) -> FileContents {
+    let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+        file: path.to_path_buf(),
+        document: 0,
+        object: "file".into(),
+        field: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse_str(path, &text)
+}
+
+pub fn parse_str(path: &Path, text: &str) -> FileContents {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let document = i + 1;
+        let value = Value::deserialize(doc).map_err(|e| ManifestError {
+            file: path.to_path_buf(),
+            document,
+            object: "document".into(),
+            field: String::new(),
+            message: format!("not valid YAML: {e}"),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        parse_value(path, document, value, &mut out);
+    }
+    Ok(out)
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_str()
+}
+
+fn parse_value(path: &Path, document: usize, value: Value, out: &mut Vec<Parsed>) {
+    let fail = |object: String, field: &str, message: String| ManifestError {
+        file: path.to_path_buf(),
+        document,
+        object,
+        field: field.to_string(),
+        message,
+    };
+    let kind_str = str_at(&value, &["kind"]).map(str::to_string);
+    let api = str_at(&value, &["apiVersion"]).unwrap_or("").to_string();
+    let name = str_at(&value, &["metadata", "name"]).unwrap_or("").to_string();
+    let namespace = str_at(&value, &["metadata", "namespace"])
+        .unwrap_or("default")
+        .to_string();
+    let Some(kind_str) = kind_str else {
+        out.push(Parsed {
+            id: None,
+            result: Err(fail("document".into(), "kind", "is missing".into())),
+        });
+        return;
+    };
+    if kind_str == "List" {
+        if let Some(Value::Sequence(items)) = value.get("items").cloned() {
+            for item in items {
+                parse_value(path, document, item, out);
+            }
+        }
+        return;
+    }
+    let kind = match (kind_str.as_str(), api.as_str()) {
+        ("Service", "v1") => Kind::Service,
+        ("Endpoints", "v1") => Kind::Endpoints,
+        ("EndpointSlice", "discovery.k8s.io/v1") => Kind::EndpointSlice,
+        (k @ ("Service" | "Endpoints" | "EndpointSlice"), a) => {
+            out.push(Parsed {
+                id: None,
+                result: Err(fail(
+                    format!("{k} {namespace}/{name}"),
+                    "apiVersion",
+                    format!("unsupported apiVersion {a:?} for {k}"),
+                )),
+            });
+            return;
+        }
+        (k, _) => {
+            out.push(Parsed {
+                id: None,
+                result: Err(fail(
+                    format!("{k} {namespace}/{name}"),
+                    "kind",
+                    format!(
+                        "unknown kind {k:?} (expected Service, EndpointSlice or Endpoints)"
+                    ),
+                )),
+            });
+            return;
+        }
+    };
+    let id = ObjectId {
+        kind,
+        key: NsName {
+            namespace,
+            name: name.clone(),
+        },
+    };
+    let object_name = id.to_string();
+    let result = match kind {
+        Kind::Service => typed(value).map(Object::Service),
+        Kind::Endpoints => typed(value).map(Object::Endpoints),
+        Kind::EndpointSlice => typed(value).map(Object::EndpointSlice),
+    }
+    .map_err(|(field, message)| fail(object_name.clone(), &field, message))
+    .and_then(|obj| {
+        crate::validate::object(&obj)
+            .map(|()| obj)
+            .map_err(|e| fail(object_name.clone(), &e.field, e.message))
+    });
+    out.push(Parsed {
+        id: if name.is_empty() { None } else { Some(id) },
+        result,
+    });
+}
+
+/// Deserializes with the failing field's path kept for the error.
+fn typed<T: DeserializeOwned>(value: Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        (field, e.into_inner().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Vec<Parsed> {
+        parse_str(Path::new("t.yaml"), text).expect("yaml")
+    }
+
+    #[test]
+    fn seeds_hostnames_service_parses() {
+        let docs = parse(
+            r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: hostnames
+spec:
+  selector:
+    app: hostnames
+  clusterIP: 10.0.1.175
+  ports:
+  - name: default
+    protocol: TCP
+    port: 80
+    targetPort: 9376
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: hostnames-abc
+  labels:
+    kubernetes.io/service-name: hostnames
+addressType: IPv4
+ports:
+- name: default
+  port: 9376
+  protocol: TCP
+endpoints:
+- addresses: ["10.244.0.5"]
+"#,
+        );
+        assert_eq!(docs.len(), 2);
+        assert!(docs.iter().all(|d| d.result.is_ok()));
+        assert_eq!(
+            docs[0].id.as_ref().unwrap().to_string(),
+            "Service default/hostnames"
+        );
+    }
+
+    #[test]
+    fn errors_name_file_object_and_field() {
+        let docs = parse(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: bad-port, namespace: web}
+spec:
+  clusterIP: 10.0.0.9
+  ports: [{port: 70000, targetPort: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bad-ip}
+spec:
+  clusterIP: 10.0.0.300
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cm}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bad-type}
+spec:
+  ports: [{port: "eighty"}]
+"#,
+        );
+        let msgs: Vec<String> = docs
+            .iter()
+            .map(|d| d.result.as_ref().unwrap_err().to_string())
+            .collect();
+        assert!(
+            msgs[0].contains("t.yaml: document 1: Service web/bad-port: field spec.ports[0].port: port 70000 is out of range"),
+            "{}",
+            msgs[0]
+        );
+        assert!(msgs[1].contains("Service default/bad-ip: field spec.clusterIP"), "{}", msgs[1]);
+        assert!(msgs[1].contains("10.0.0.300"), "{}", msgs[1]);
+        assert!(msgs[2].contains("ConfigMap default/cm: field kind: unknown kind"), "{}", msgs[2]);
+        assert!(msgs[3].contains("field spec.ports[0].port"), "{}", msgs[3]);
+        // The named ones can be matched to their last good version.
+        assert!(docs[0].id.is_some() && docs[1].id.is_some());
+    }
+
+    #[test]
+    fn broken_yaml_fails_the_whole_file() {
+        let err = parse_str(Path::new("x.yaml"), "kind: Service\n  bad: [indent").unwrap_err();
+        assert!(err.to_string().starts_with("x.yaml: document 1: document: not valid YAML"));
+    }
+
+    #[test]
+    fn list_items_are_objects() {
+        let docs = parse(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n  spec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n",
+        );
+        assert_eq!(docs.len(), 1);
+        assert!(docs[0].result.is_ok());
+    }
+}

@@ -1,0 +1,70 @@
+//! The service table the CLI prints, rebuilt from what the maps hold:
+//! it shows what the datapath will do, not what the agent meant to do.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use lb_common::{ipv4_from_net, port_from_net};
+
+use crate::reconcile::{MapState, frontend_of, info_name};
+
+pub struct Row {
+    pub name: String,
+    pub frontend: String,
+    pub backends: Vec<String>,
+}
+
+pub fn rows(state: &MapState) -> Vec<Row> {
+    let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (k, v) in &state.services {
+        if k.slot != 0 {
+            continue;
+        }
+        let Some(fk) = frontend_of(k) else { continue };
+        let name = state
+            .info
+            .get(&v.svc_id)
+            .map(info_name)
+            .unwrap_or_else(|| format!("<id {}>", v.svc_id));
+        let mut backends = Vec::new();
+        for slot in 1..=v.count {
+            let sk = lb_common::ServiceKey { slot, ..*k };
+            if let Some(b) = state
+                .services
+                .get(&sk)
+                .and_then(|s| state.backends.get(&s.backend_id))
+            {
+                backends.push(format!(
+                    "{}:{}",
+                    Ipv4Addr::from(ipv4_from_net(b.addr)),
+                    port_from_net(b.port)
+                ));
+            }
+        }
+        out.insert((name, fk.to_string()), backends);
+    }
+    out.into_iter()
+        .map(|((name, frontend), backends)| Row {
+            name,
+            frontend,
+            backends,
+        })
+        .collect()
+}
+
+pub fn render(state: &MapState) -> String {
+    let rows = rows(state);
+    let w0 = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(7);
+    let w1 = rows.iter().map(|r| r.frontend.len()).max().unwrap_or(0).max(8);
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<w0$}  {:<w1$}  BACKENDS", "SERVICE", "FRONTEND");
+    for r in rows {
+        let b = if r.backends.is_empty() {
+            "<none: rejected>".to_string()
+        } else {
+            r.backends.join(",")
+        };
+        let _ = writeln!(s, "{:<w0$}  {:<w1$}  {}", r.name, r.frontend, b);
+    }
+    s
+}

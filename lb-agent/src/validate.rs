@@ -1,0 +1,165 @@
+//! Field-level checks of the objects we program. Each error names the
+//! field by its manifest path (`spec.ports[0].port`).
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Endpoints, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use crate::store::Object;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "field {}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn port(field: String, value: i32) -> Result<(), FieldError> {
+    if (1..=65535).contains(&value) {
+        Ok(())
+    } else {
+        Err(err(
+            field,
+            format!("port {value} is out of range 1-65535"),
+        ))
+    }
+}
+
+fn protocol(field: String, value: Option<&str>) -> Result<(), FieldError> {
+    match value {
+        None | Some("TCP") | Some("UDP") | Some("SCTP") => Ok(()),
+        Some(other) => Err(err(
+            field,
+            format!("unknown protocol {other:?} (expected TCP, UDP or SCTP)"),
+        )),
+    }
+}
+
+fn ip(field: String, value: &str) -> Result<(), FieldError> {
+    value
+        .parse::<IpAddr>()
+        .map(|_| ())
+        .map_err(|_| err(field, format!("{value:?} is not a valid IP address")))
+}
+
+pub fn object(obj: &Object) -> Result<(), FieldError> {
+    let meta = match obj {
+        Object::Service(o) => &o.metadata,
+        Object::EndpointSlice(o) => &o.metadata,
+        Object::Endpoints(o) => &o.metadata,
+    };
+    if meta.name.as_deref().unwrap_or("").is_empty() {
+        return Err(err("metadata.name", "is required"));
+    }
+    match obj {
+        Object::Service(s) => service(s),
+        Object::EndpointSlice(s) => slice(s),
+        Object::Endpoints(e) => endpoints(e),
+    }
+}
+
+fn is_no_ip(v: &str) -> bool {
+    v.is_empty() || v == "None"
+}
+
+pub fn service(s: &Service) -> Result<(), FieldError> {
+    let Some(spec) = &s.spec else { return Ok(()) };
+    if let Some(v) = spec.cluster_ip.as_deref()
+        && !is_no_ip(v)
+    {
+        ip("spec.clusterIP".into(), v)?;
+    }
+    for (i, v) in spec.cluster_ips.iter().flatten().enumerate() {
+        if !is_no_ip(v) {
+            ip(format!("spec.clusterIPs[{i}]"), v)?;
+        }
+    }
+    match spec.type_.as_deref() {
+        None | Some("ClusterIP") | Some("NodePort") | Some("LoadBalancer")
+        | Some("ExternalName") => {}
+        Some(other) => return Err(err("spec.type", format!("unknown type {other:?}"))),
+    }
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        port(format!("spec.ports[{i}].port"), p.port)?;
+        protocol(format!("spec.ports[{i}].protocol"), p.protocol.as_deref())?;
+        match &p.target_port {
+            Some(IntOrString::Int(t)) => port(format!("spec.ports[{i}].targetPort"), *t)?,
+            Some(IntOrString::String(name)) if name.is_empty() => {
+                return Err(err(
+                    format!("spec.ports[{i}].targetPort"),
+                    "named targetPort is empty",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(np) = p.node_port {
+            port(format!("spec.ports[{i}].nodePort"), np)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn slice(s: &EndpointSlice) -> Result<(), FieldError> {
+    match s.address_type.as_str() {
+        "IPv4" | "IPv6" | "FQDN" => {}
+        other => {
+            return Err(err(
+                "addressType",
+                format!("unknown address type {other:?} (expected IPv4, IPv6 or FQDN)"),
+            ));
+        }
+    }
+    if s.address_type != "FQDN" {
+        for (i, e) in s.endpoints.iter().enumerate() {
+            for (j, a) in e.addresses.iter().enumerate() {
+                ip(format!("endpoints[{i}].addresses[{j}]"), a)?;
+            }
+        }
+    }
+    for (i, p) in s.ports.iter().flatten().enumerate() {
+        if let Some(v) = p.port {
+            port(format!("ports[{i}].port"), v)?;
+        }
+        protocol(format!("ports[{i}].protocol"), p.protocol.as_deref())?;
+    }
+    Ok(())
+}
+
+pub fn endpoints(e: &Endpoints) -> Result<(), FieldError> {
+    for (i, sub) in e.subsets.iter().flatten().enumerate() {
+        for (j, a) in sub.addresses.iter().flatten().enumerate() {
+            ip(format!("subsets[{i}].addresses[{j}].ip"), &a.ip)?;
+        }
+        for (j, a) in sub.not_ready_addresses.iter().flatten().enumerate() {
+            ip(format!("subsets[{i}].notReadyAddresses[{j}].ip"), &a.ip)?;
+        }
+        for (j, p) in sub.ports.iter().flatten().enumerate() {
+            port(format!("subsets[{i}].ports[{j}].port"), p.port)?;
+            protocol(
+                format!("subsets[{i}].ports[{j}].protocol"),
+                p.protocol.as_deref(),
+            )?;
+        }
+    }
+    Ok(())
+}
