@@ -1,0 +1,69 @@
+//! A pod's server, like the seeds' `serve_hostname`: answers every HTTP
+//! request on TCP and every datagram on UDP with its own name. HTTP
+//! connections are kept alive unless the client asks to close, so one
+//! connection can carry many exchanges.
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+
+fn serve_http(stream: TcpStream, name: &str) {
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut out = stream;
+    loop {
+        let mut close = false;
+        let mut line = String::new();
+        // Request line, then headers up to the blank line.
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h.to_ascii_lowercase().starts_with("connection: close") {
+                close = true;
+            }
+            if h == "\r\n" || h == "\n" {
+                break;
+            }
+        }
+        let body = format!("{name}\n");
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        if out.write_all(resp.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut name = String::from("pod");
+    let mut port: u16 = 9376;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--name" => name = args.next().expect("--name VALUE"),
+            "--port" => port = args.next().and_then(|p| p.parse().ok()).expect("--port N"),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let udp = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
+    let udp_name = name.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, peer)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(format!("{udp_name}\n").as_bytes(), peer);
+        }
+    });
+    let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
+    for stream in listener.incoming().flatten() {
+        let n = name.clone();
+        std::thread::spawn(move || serve_http(stream, &n));
+    }
+}

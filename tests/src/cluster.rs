@@ -1,0 +1,277 @@
+//! A simulated Kubernetes node: one "node" namespace that routes between
+//! "pod" namespaces over veth pairs, the way a CNI plugin with routed pod
+//! interfaces does. Pods get /32 addresses and a default route via the
+//! node; the node has a /32 route per pod and forwards. Nothing here has
+//! a route out of the machine.
+//!
+//! Everything is removed on drop: processes, namespaces (and with them
+//! every veth and tc link), the bpffs mount holding the pins, the cgroup.
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::{NetNs, sh};
+
+/// The node's address on every pod link (the pods' gateway).
+pub const NODE_GW: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+/// Serving port of the seeds' `serve_hostname` pods.
+pub const POD_PORT: u16 = 9376;
+
+pub struct Pod {
+    /// The pod's hostname, which its server answers with.
+    pub name: String,
+    pub ns: NetNs,
+    pub ip: Ipv4Addr,
+    /// Host-side veth name, in the node namespace.
+    pub host_if: String,
+}
+
+/// Paths of the binaries the cluster runs.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub agent: PathBuf,
+    pub podserver: PathBuf,
+}
+
+pub struct Cluster {
+    pub id: String,
+    pub workdir: PathBuf,
+    pub bpffs: PathBuf,
+    pub cgroup: PathBuf,
+    pub bins: Binaries,
+    children: Vec<Child>,
+    agent: Option<Child>,
+    // Declared last: dropped after the processes above are killed.
+    pub pods: Vec<Pod>,
+    pub client: Option<Pod>,
+    pub node: NetNs,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The seeds' pod names, so the demo prints what the seeds print.
+pub const SEED_POD_NAMES: [&str; 3] = ["hostnames-0uton", "hostnames-yp2kp", "hostnames-bvc05"];
+
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    text.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+                .flatten()
+        })
+        .context("no cgroup v2 hierarchy is mounted")
+}
+
+impl Cluster {
+    /// A node with `backends` pods serving their hostname on TCP and UDP
+    /// 9376, plus one client pod.
+    pub fn new(bins: Binaries, backends: usize) -> Result<Self> {
+        let id = format!(
+            "flb{}x{}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let workdir = std::env::temp_dir().join(format!("ferrolb-{id}"));
+        std::fs::create_dir_all(&workdir)?;
+        let node = NetNs::new(&format!("{id}-node"))?;
+        let mut c = Cluster {
+            id: id.clone(),
+            bpffs: workdir.join("bpf"),
+            cgroup: cgroup2_root()?.join(format!("ferrolb-{id}")),
+            workdir,
+            bins,
+            children: Vec::new(),
+            agent: None,
+            pods: Vec::new(),
+            client: None,
+            node,
+        };
+        std::fs::create_dir_all(&c.bpffs)?;
+        sh(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&c.bpffs))?;
+        std::fs::create_dir_all(&c.cgroup)
+            .with_context(|| format!("creating cgroup {}", c.cgroup.display()))?;
+        c.node
+            .run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))??;
+        for i in 0..backends {
+            let name = SEED_POD_NAMES
+                .get(i)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| format!("hostnames-{i}"));
+            let pod = c.add_pod(&name, Ipv4Addr::new(10, 244, 0, 5 + i as u8), i)?;
+            c.pods.push(pod);
+            let i = c.pods.len() - 1;
+            c.serve(i)?;
+        }
+        let client = c.add_pod("client", Ipv4Addr::new(10, 244, 0, 100), 100)?;
+        c.client = Some(client);
+        Ok(c)
+    }
+
+    fn add_pod(&mut self, name: &str, ip: Ipv4Addr, index: usize) -> Result<Pod> {
+        let ns = NetNs::new(&format!("{}-p{index}", self.id))?;
+        let host_if = format!("veth{index}");
+        crate::netns::ip(&[
+            "link", "add", &host_if, "netns", &self.node.name, "type", "veth", "peer", "name",
+            "eth0", "netns", &ns.name,
+        ])?;
+        let pod_cidr = format!("{ip}/32");
+        let gw = NODE_GW.to_string();
+        ns.ip(&["addr", "add", &pod_cidr, "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["route", "add", &gw, "dev", "eth0", "scope", "link"])?;
+        ns.ip(&["route", "add", "default", "via", &gw, "dev", "eth0"])?;
+        self.node
+            .ip(&["addr", "add", &format!("{gw}/32"), "dev", &host_if])?;
+        self.node.ip(&["link", "set", &host_if, "up"])?;
+        self.node
+            .ip(&["route", "add", &pod_cidr, "dev", &host_if])?;
+        Ok(Pod {
+            name: name.to_string(),
+            ns,
+            ip,
+            host_if,
+        })
+    }
+
+    /// Starts pod `i`'s hostname server (TCP HTTP and UDP on 9376).
+    pub fn serve(&mut self, i: usize) -> Result<()> {
+        let pod = &self.pods[i];
+        let child = pod
+            .ns
+            .command(self.bins.podserver.to_str().context("utf-8 path")?)
+            .args(["--name", &pod.name, "--port", &POD_PORT.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting flb-podserver")?;
+        self.children.push(child);
+        let addr = SocketAddr::from((pod.ip, POD_PORT));
+        wait_until(Duration::from_secs(5), || {
+            let a = addr;
+            pod.ns
+                .run(move || TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok())
+                .unwrap_or(false)
+        })
+        .with_context(|| format!("pod {} did not start serving", pod.name))
+    }
+
+    pub fn client(&self) -> &Pod {
+        self.client.as_ref().expect("client pod")
+    }
+
+    pub fn pin_path(&self) -> PathBuf {
+        self.bpffs.join("ferrolb")
+    }
+
+    pub fn agent_log(&self) -> PathBuf {
+        self.workdir.join("agent.log")
+    }
+
+    /// Starts the agent in the node namespace, following `manifests`, and
+    /// waits until it has programmed them.
+    pub fn start_agent(&mut self, manifests: &Path) -> Result<()> {
+        let log = std::fs::File::create(self.agent_log())?;
+        let child = self
+            .node
+            .command(self.bins.agent.to_str().context("utf-8 path")?)
+            .arg("run")
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--pin-path")
+            .arg(self.pin_path())
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .args(["--poll-interval-ms", "100"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting lb-agent")?;
+        self.agent = Some(child);
+        let log = self.agent_log();
+        wait_until(Duration::from_secs(20), || {
+            std::fs::read_to_string(&log)
+                .map(|s| s.contains("agent ready"))
+                .unwrap_or(false)
+        })
+        .with_context(|| {
+            format!(
+                "agent did not become ready; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })
+    }
+
+    /// True while the agent process is alive.
+    pub fn agent_running(&mut self) -> bool {
+        matches!(self.agent.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn agent_log_text(&self) -> String {
+        std::fs::read_to_string(self.agent_log()).unwrap_or_default()
+    }
+
+    /// Runs an `lb-agent` CLI subcommand against this cluster's pins.
+    pub fn cli(&self, sub: &str) -> Result<String> {
+        sh(Command::new(&self.bins.agent)
+            .arg(sub)
+            .arg("--pin-path")
+            .arg(self.pin_path()))
+    }
+
+    /// A command run from the node itself: node network namespace, and
+    /// the cgroup the agent's socket hooks are attached to.
+    pub fn node_command(&self, program: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && ns="$1" && shift && exec nsenter --net="$ns" -- "$@""#)
+            .arg(&self.cgroup)
+            .arg(self.node.path())
+            .arg(program);
+        c
+    }
+
+    pub fn stop_agent(&mut self, signal: i32) {
+        if let Some(mut a) = self.agent.take() {
+            // SAFETY: plain kill(2) on our child's pid.
+            unsafe { libc::kill(a.id() as i32, signal) };
+            let _ = a.wait();
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("condition not met within {timeout:?}")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_agent(libc::SIGTERM);
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Namespaces go with the fields' own drops (pods, then the node);
+        // drop them now so the veths and tc links are gone before the pins.
+        self.pods.clear();
+        self.client = None;
+        let _ = Command::new("umount").arg(&self.bpffs).status();
+        let _ = std::fs::remove_dir(&self.cgroup);
+        let _ = std::fs::remove_dir_all(&self.workdir);
+    }
+}

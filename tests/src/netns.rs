@@ -1,0 +1,81 @@
+//! Network namespaces: an RAII guard that deletes the namespace on drop
+//! (so a failing test cannot leak one), and running code inside one.
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Runs a command and fails with its stderr if it fails.
+pub fn sh(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn ip(args: &[&str]) -> Result<String> {
+    sh(Command::new("ip").args(args))
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(name: &str) -> Result<Self> {
+        ip(&["netns", "add", name])?;
+        let ns = NetNs {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// `ip -n NAME ...`
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// A command that runs inside this namespace (network only; mounts,
+    /// /sys and cgroups stay the caller's).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path())).arg("--").arg(program);
+        c
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: sockets it
+    /// opens live there.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let path = self.path();
+        std::thread::spawn(move || -> Result<T> {
+            let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid namespace fd; setns only affects this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("setns {path}: {}", std::io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))?
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}

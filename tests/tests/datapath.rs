@@ -1,0 +1,267 @@
+//! The tc program run on crafted packets through BPF_PROG_TEST_RUN: exact
+//! rewritten headers, valid checksums, untouched pass-through. Maps are
+//! filled by the agent's own reconcile path. Each case is a row.
+mod common;
+
+use std::net::Ipv4Addr;
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_RST, TCP_SYN};
+use lb_agent::{
+    datapath::{attach, loader, maps::ServiceMaps, PROG_TC_INGRESS},
+    model::{BackendAddr, Desired, FrontendKey, FrontendState, Proto},
+    reconcile,
+};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 175);
+const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 176);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 100);
+
+fn be(i: u8) -> BackendAddr {
+    BackendAddr {
+        addr: Ipv4Addr::new(10, 244, 0, 5 + i),
+        port: 9376,
+    }
+}
+
+struct Datapath {
+    _fs: common::Bpffs,
+    ebpf: aya::Ebpf,
+}
+
+impl Datapath {
+    /// Loads the programs and programs `frontends` through reconcile.
+    fn new(tag: &str, frontends: &[(FrontendKey, Vec<BackendAddr>)]) -> Self {
+        let fs = common::Bpffs::new(tag);
+        let opts = loader::LoadOptions {
+            pin_dir: fs.dir.join("ferrolb"),
+            services_max: 1024,
+            backends_max: 1024,
+            conntrack_max: 1024,
+            sock_max: 1024,
+        };
+        let mut ebpf = loader::load(&opts).expect("load object");
+        attach::load_programs(&mut ebpf, false).expect("verifier accepts the tc program");
+        let mut maps = ServiceMaps::from_ebpf(&mut ebpf).unwrap();
+        let mut desired = Desired::default();
+        for (k, b) in frontends {
+            desired.frontends.insert(
+                *k,
+                FrontendState {
+                    name: format!("default/{}", k.addr),
+                    backends: b.clone(),
+                },
+            );
+        }
+        let mut mirror = maps.read().unwrap();
+        let t = reconcile::target(&desired, &mirror);
+        let errs = maps.apply(&reconcile::plan(&mirror, &t), &mut mirror);
+        assert!(errs.is_empty(), "{errs:?}");
+        Datapath { _fs: fs, ebpf }
+    }
+
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(PROG_TC_INGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut out = vec![0u8; 512];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+}
+
+fn hostnames() -> (FrontendKey, Vec<BackendAddr>) {
+    (
+        FrontendKey {
+            addr: VIP,
+            port: 80,
+            proto: Proto::Tcp,
+        },
+        vec![be(0), be(1), be(2)],
+    )
+}
+
+fn udp_one() -> (FrontendKey, Vec<BackendAddr>) {
+    (
+        FrontendKey {
+            addr: VIP,
+            port: 53,
+            proto: Proto::Udp,
+        },
+        vec![be(0)],
+    )
+}
+
+fn empty(proto: Proto, port: u16) -> (FrontendKey, Vec<BackendAddr>) {
+    (
+        FrontendKey {
+            addr: EMPTY_VIP,
+            port,
+            proto,
+        },
+        vec![],
+    )
+}
+
+/// Bytes outside the rewritten fields must be identical.
+fn assert_only_changed(before: &[u8], after: &[u8], allowed: &[std::ops::Range<usize>]) {
+    assert_eq!(before.len(), after.len());
+    for i in 0..before.len() {
+        if before[i] != after[i] {
+            assert!(
+                allowed.iter().any(|r| r.contains(&i)),
+                "byte {i} changed: {:#x} -> {:#x}",
+                before[i],
+                after[i]
+            );
+        }
+    }
+}
+
+const IP_CSUM: std::ops::Range<usize> = 24..26;
+const IP_SRC: std::ops::Range<usize> = 26..30;
+const IP_DST: std::ops::Range<usize> = 30..34;
+const SPORT: std::ops::Range<usize> = 34..36;
+const DPORT: std::ops::Range<usize> = 36..38;
+const TCP_CSUM: std::ops::Range<usize> = 50..52;
+const UDP_CSUM: std::ops::Range<usize> = 40..42;
+
+#[test]
+fn pass_through_cases_are_byte_identical() {
+    let mut dp = Datapath::new("dp-pass", &[hostnames()]);
+    let mut arp = Frame::tcp((CLIENT, 1), (VIP, 80), 0).build();
+    arp[12] = 0x08;
+    arp[13] = 0x06;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("tcp to a pod ip", Frame::tcp((CLIENT, 40000), (be(0).addr, 9376), TCP_SYN).build()),
+        ("tcp to the vip on another port", Frame::tcp((CLIENT, 40000), (VIP, 81), TCP_SYN).build()),
+        ("udp to the vip on a tcp-only port", Frame::udp((CLIENT, 40000), (VIP, 80), b"x").build()),
+        ("arp", arp),
+        ("truncated tcp header", Frame::tcp((CLIENT, 1), (VIP, 80), TCP_SYN).build()[..44].to_vec()),
+        ("reply with no flow", Frame::tcp((be(0).addr, 9376), (CLIENT, 40000), TCP_ACK).build()),
+    ];
+    for (what, frame) in cases {
+        let (verdict, out) = dp.run(&frame);
+        assert_eq!(verdict, TC_ACT_OK, "{what}");
+        assert_eq!(out, frame, "{what}: must pass untouched");
+    }
+}
+
+#[test]
+fn tcp_flow_is_dnated_pinned_and_reverse_natted() {
+    let mut dp = Datapath::new("dp-tcp", &[hostnames()]);
+    let syn = Frame::tcp((CLIENT, 40001), (VIP, 80), TCP_SYN).build();
+    let (verdict, out) = dp.run(&syn);
+    assert_eq!(verdict, TC_ACT_OK);
+    let (backend, port) = packet::dst(&out);
+    assert!([be(0), be(1), be(2)].iter().any(|b| b.addr == backend), "{backend}");
+    assert_eq!(port, 9376);
+    assert_eq!(packet::src(&out), (CLIENT, 40001));
+    assert!(packet::checksums_valid(&out), "checksums after DNAT");
+    assert_only_changed(&syn, &out, &[IP_CSUM, IP_DST, DPORT, TCP_CSUM]);
+
+    // Every later packet of the flow goes to the same backend.
+    for i in 0..50 {
+        let mut f = Frame::tcp((CLIENT, 40001), (VIP, 80), TCP_ACK);
+        f.seq = 1001 + i;
+        f.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+        let (v, o) = dp.run(&f.build());
+        assert_eq!(v, TC_ACT_OK);
+        assert_eq!(packet::dst(&o), (backend, 9376), "packet {i} changed backend");
+        assert!(packet::checksums_valid(&o));
+    }
+
+    // The backend's reply is rewritten to come from the VIP.
+    let reply = Frame::tcp((backend, 9376), (CLIENT, 40001), TCP_SYN | TCP_ACK).build();
+    let (v, o) = dp.run(&reply);
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(packet::src(&o), (VIP, 80));
+    assert_eq!(packet::dst(&o), (CLIENT, 40001));
+    assert!(packet::checksums_valid(&o), "checksums after reverse NAT");
+    assert_only_changed(&reply, &o, &[IP_CSUM, IP_SRC, SPORT, TCP_CSUM]);
+}
+
+#[test]
+fn new_flows_spread_over_all_backends() {
+    let mut dp = Datapath::new("dp-spread", &[hostnames()]);
+    let mut hits = std::collections::BTreeMap::new();
+    for sport in 0..300u16 {
+        let (_, o) = dp.run(&Frame::tcp((CLIENT, 20000 + sport), (VIP, 80), TCP_SYN).build());
+        *hits.entry(packet::dst(&o).0).or_insert(0u32) += 1;
+    }
+    assert_eq!(hits.len(), 3, "{hits:?}");
+    for (b, n) in &hits {
+        // Equal probability: each within 10 points of 1/3 (100 +- 30).
+        assert!((70..=130).contains(n), "backend {b} got {n} of 300");
+    }
+}
+
+#[test]
+fn udp_checksums_including_zero() {
+    let mut dp = Datapath::new("dp-udp", &[udp_one()]);
+    let f = Frame::udp((CLIENT, 5353), (VIP, 53), b"query");
+    let frame = f.build();
+    let (v, o) = dp.run(&frame);
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(packet::dst(&o), (be(0).addr, 9376));
+    assert!(packet::checksums_valid(&o));
+    assert_only_changed(&frame, &o, &[IP_CSUM, IP_DST, DPORT, UDP_CSUM]);
+
+    let mut z = f.clone();
+    z.sport = 5354;
+    z.udp_zero_csum = true;
+    let (v, o) = dp.run(&z.build());
+    assert_eq!(v, TC_ACT_OK);
+    assert_eq!(packet::dst(&o), (be(0).addr, 9376));
+    assert_eq!(&o[UDP_CSUM], &[0, 0], "a zero UDP checksum stays zero");
+    assert!(packet::checksums_valid(&o));
+}
+
+#[test]
+fn no_endpoints_tcp_gets_rst() {
+    let mut dp = Datapath::new("dp-rst", &[empty(Proto::Tcp, 80)]);
+    let syn = Frame::tcp((CLIENT, 40002), (EMPTY_VIP, 80), TCP_SYN).build();
+    let (v, o) = dp.run(&syn);
+    assert_eq!(v, TC_ACT_REDIRECT, "answered back out of the interface");
+    assert_eq!(o.len(), 54);
+    assert_eq!(&o[0..6], &syn[6..12], "MACs swapped");
+    assert_eq!(packet::src(&o), (EMPTY_VIP, 80));
+    assert_eq!(packet::dst(&o), (CLIENT, 40002));
+    assert_eq!(o[47] & (TCP_RST | TCP_ACK), TCP_RST | TCP_ACK);
+    let ack = u32::from_be_bytes([o[42], o[43], o[44], o[45]]);
+    assert_eq!(ack, 1001, "acknowledges the SYN");
+    assert!(packet::checksums_valid(&o));
+
+    // A RST is never answered.
+    let rst = Frame::tcp((CLIENT, 40002), (EMPTY_VIP, 80), TCP_RST).build();
+    assert_eq!(dp.run(&rst).0, TC_ACT_SHOT);
+}
+
+#[test]
+fn no_endpoints_udp_gets_icmp_port_unreachable() {
+    let mut dp = Datapath::new("dp-icmp", &[empty(Proto::Udp, 53)]);
+    let q = Frame::udp((CLIENT, 5353), (EMPTY_VIP, 53), b"query-bytes").build();
+    let (v, o) = dp.run(&q);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!(o.len(), 70);
+    assert_eq!(o[23], 1, "ICMP");
+    assert_eq!(&o[26..30], &EMPTY_VIP.octets());
+    assert_eq!(&o[30..34], &CLIENT.octets());
+    assert_eq!((o[34], o[35]), (3, 3), "destination/port unreachable");
+    assert_eq!(&o[42..70], &q[14..42], "quotes the original header and 8 bytes");
+    assert!(packet::checksums_valid(&o));
+}
