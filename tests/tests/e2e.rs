@@ -1,0 +1,353 @@
+//! End to end: the real agent in a simulated node namespace, real pod
+//! servers, real TCP/UDP clients in a client pod and on the node itself.
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferrolb_tests::cluster::{Cluster, wait_until};
+use ferrolb_tests::firewall;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 175);
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn service(name: &str, vip: &str, ports: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector:\n    app: {name}\n  clusterIP: {vip}\n  ports:\n{ports}\n"
+    )
+}
+
+fn slice(name: &str, service: &str, ports: &str, ips: &[Ipv4Addr]) -> String {
+    let mut s = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n{ports}\nendpoints:\n"
+    );
+    for ip in ips {
+        s.push_str(&format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n"));
+    }
+    s
+}
+
+/// The seeds' `hostnames` Service and its slice, for the given pod IPs.
+fn hostnames(ips: &[Ipv4Addr]) -> String {
+    format!(
+        "{}---\n{}",
+        service(
+            "hostnames",
+            "10.0.1.175",
+            "  - name: default\n    protocol: TCP\n    port: 80\n    targetPort: 9376"
+        ),
+        slice(
+            "hostnames-abcde",
+            "hostnames",
+            "- name: default\n  port: 9376\n  protocol: TCP",
+            ips
+        )
+    )
+}
+
+/// Writes a manifest atomically (rename), as a config tool would.
+fn write(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+struct Setup {
+    cluster: Cluster,
+    manifest: PathBuf,
+    fw_before: String,
+}
+
+fn setup(backends: usize, manifest: impl FnOnce(&Cluster) -> String) -> Setup {
+    let fw_before = firewall::snapshot(None).expect("firewall snapshot");
+    let mut cluster = Cluster::new(common::bins(), backends).expect("cluster");
+    let dir = cluster.workdir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("services.yaml");
+    write(&path, &manifest(&cluster));
+    cluster.start_agent(&dir).expect("agent starts");
+    Setup {
+        cluster,
+        manifest: path,
+        fw_before,
+    }
+}
+
+impl Setup {
+    fn pod_ips(&self) -> Vec<Ipv4Addr> {
+        self.cluster.pods.iter().map(|p| p.ip).collect()
+    }
+
+    /// Nothing the run did created a firewall rule, here or in the node.
+    fn assert_no_firewall_rules(&self) {
+        assert_eq!(firewall::snapshot(None).unwrap(), self.fw_before, "root namespace rules changed");
+        let node = firewall::snapshot(Some(&self.cluster.node.name)).unwrap();
+        assert!(
+            !node.lines().any(|l| l.starts_with('-') || l.contains("chain")),
+            "rules in the node namespace:\n{node}"
+        );
+    }
+}
+
+/// One HTTP GET on a new connection from the client pod.
+fn get_from_client(c: &Cluster, addr: SocketAddr) -> std::io::Result<String> {
+    c.client()
+        .ns
+        .run(move || -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+            s.set_read_timeout(Some(TIMEOUT))?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body.rsplit("\r\n\r\n").next().unwrap_or("").trim().to_string())
+        })
+        .unwrap()
+}
+
+fn spread(c: &Cluster, n: usize) -> BTreeMap<String, usize> {
+    let mut hits = BTreeMap::new();
+    for _ in 0..n {
+        let name = get_from_client(c, SocketAddr::from((VIP, 80))).expect("request through the VIP");
+        *hits.entry(name).or_insert(0) += 1;
+    }
+    hits
+}
+
+#[test]
+fn hostnames_from_a_pod_spreads_evenly() {
+    let s = setup(3, |c| hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>()));
+    let hits = spread(&s.cluster, 300);
+    assert_eq!(hits.len(), 3, "all three backends answer: {hits:?}");
+    for (name, n) in &hits {
+        assert!(
+            s.cluster.pods.iter().any(|p| &p.name == name),
+            "unexpected answer {name:?}"
+        );
+        // 1/3 of 300 is 100; within 10 points means 70..=130.
+        assert!((70..=130).contains(n), "{name} got {n} of 300: {hits:?}");
+    }
+    let table = s.cluster.cli("services").unwrap();
+    assert!(table.contains("default/hostnames:default"), "{table}");
+    assert!(table.contains("10.0.1.175:80/TCP"), "{table}");
+    s.assert_no_firewall_rules();
+}
+
+#[test]
+fn hostnames_from_the_node() {
+    let s = setup(3, |c| hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>()));
+    let mut seen = BTreeMap::new();
+    for _ in 0..30 {
+        let out = s
+            .cluster
+            .node_command("curl")
+            .args(["-sS", "-m", "2", "http://10.0.1.175:80/"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl from the node: {}", String::from_utf8_lossy(&out.stderr));
+        *seen.entry(String::from_utf8_lossy(&out.stdout).trim().to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 3, "node traffic reaches every backend: {seen:?}");
+    // UDP from the node: an unconnected socket, replies shown from the VIP.
+    let out = s
+        .cluster
+        .node_command("sh")
+        .args(["-c", "echo hi | timeout 3 ncat -u -w1 10.0.1.175 80 || true"])
+        .output()
+        .unwrap();
+    // Port 80 is TCP-only in this Service: UDP to it is not translated.
+    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    s.assert_no_firewall_rules();
+}
+
+#[test]
+fn long_lived_connection_stays_on_one_backend() {
+    let s = setup(3, |c| hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>()));
+    let names = s
+        .cluster
+        .client()
+        .ns
+        .run(|| -> std::io::Result<Vec<String>> {
+            let mut conn = TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), TIMEOUT)?;
+            conn.set_read_timeout(Some(TIMEOUT))?;
+            let mut reader = BufReader::new(conn.try_clone()?);
+            let mut names = Vec::new();
+            for _ in 0..100 {
+                conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h)?;
+                    if let Some(v) = h.strip_prefix("Content-Length: ") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if h == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body)?;
+                names.push(String::from_utf8_lossy(&body).trim().to_string());
+            }
+            Ok(names)
+        })
+        .unwrap()
+        .expect("100 exchanges on one connection");
+    assert_eq!(names.len(), 100);
+    assert!(names.iter().all(|n| n == &names[0]), "backend changed mid-connection: {names:?}");
+}
+
+#[test]
+fn udp_service_and_rejects_without_endpoints() {
+    let s = setup(2, |c| {
+        let ips: Vec<Ipv4Addr> = c.pods.iter().map(|p| p.ip).collect();
+        format!(
+            "{}---\n{}---\n{}",
+            service("dns", "10.0.1.53", "  - name: dns\n    protocol: UDP\n    port: 53\n    targetPort: 9376"),
+            slice("dns-1", "dns", "- name: dns\n  port: 9376\n  protocol: UDP", &ips),
+            service("nothing", "10.0.1.99", "  - name: web\n    port: 80\n  - name: dns\n    protocol: UDP\n    port: 53"),
+        )
+    });
+    let pods: Vec<String> = s.cluster.pods.iter().map(|p| p.name.clone()).collect();
+    let answers = s
+        .cluster
+        .client()
+        .ns
+        .run(|| {
+            let mut out = Vec::new();
+            for _ in 0..40 {
+                let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+                sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+                sock.send_to(b"who", "10.0.1.53:53").unwrap();
+                let mut buf = [0u8; 256];
+                let (n, from) = sock.recv_from(&mut buf).expect("UDP answer through the VIP");
+                out.push((String::from_utf8_lossy(&buf[..n]).trim().to_string(), from));
+            }
+            out
+        })
+        .unwrap();
+    let expected_from: SocketAddr = "10.0.1.53:53".parse().unwrap();
+    for (name, from) in &answers {
+        assert!(pods.contains(name), "{name}");
+        assert_eq!(*from, expected_from, "the client only ever sees the VIP");
+    }
+    let distinct: std::collections::BTreeSet<_> = answers.iter().map(|a| &a.0).collect();
+    assert_eq!(distinct.len(), 2, "both UDP backends used");
+
+    // No endpoints: TCP is refused (RST), UDP gets port unreachable.
+    let tcp = get_from_client(&s.cluster, "10.0.1.99:80".parse().unwrap());
+    assert_eq!(tcp.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
+    let udp_err = s
+        .cluster
+        .client()
+        .ns
+        .run(|| {
+            let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+            sock.connect("10.0.1.99:53").unwrap();
+            sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+            sock.send(b"x").unwrap();
+            sock.recv(&mut [0u8; 16]).unwrap_err().kind()
+        })
+        .unwrap();
+    assert_eq!(udp_err, std::io::ErrorKind::ConnectionRefused, "ICMP port unreachable");
+    // From the node, too: refused at connect() by the socket hook.
+    let out = s
+        .cluster
+        .node_command("curl")
+        .args(["-sS", "-m", "2", "http://10.0.1.99:80/"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Couldn't connect"), "{}", String::from_utf8_lossy(&out.stderr));
+    s.assert_no_firewall_rules();
+}
+
+#[test]
+fn scaling_endpoints_is_reflected_within_a_second() {
+    let s = setup(3, |c| hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>()));
+    let ips = s.pod_ips();
+    assert_eq!(spread(&s.cluster, 60).len(), 3);
+
+    write(&s.manifest, &hostnames(&ips[..1]));
+    std::thread::sleep(Duration::from_secs(1));
+    let hits = spread(&s.cluster, 40);
+    assert_eq!(hits.len(), 1, "1 endpoint one second after the change: {hits:?}");
+    assert!(hits.contains_key(&s.cluster.pods[0].name));
+
+    write(&s.manifest, &hostnames(&ips));
+    std::thread::sleep(Duration::from_secs(1));
+    let hits = spread(&s.cluster, 90);
+    assert_eq!(hits.len(), 3, "3 endpoints one second after the change: {hits:?}");
+}
+
+#[test]
+fn selectorless_service_with_manual_endpoints_and_named_ports() {
+    // The seeds' `mydb`: no selector, a hand-written Endpoints object. Plus
+    // a multi-port Service whose named targetPort resolves via the slice.
+    let s = setup(2, |c| {
+        let a = c.pods[0].ip;
+        let b = c.pods[1].ip;
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: mydb}}\nspec:\n  clusterIP: 10.0.2.29\n  ports: [{{port: 3306, targetPort: 9376}}]\n---\n\
+             apiVersion: v1\nkind: Endpoints\nmetadata: {{name: mydb}}\nsubsets:\n- addresses: [{{ip: \"{a}\"}}]\n  ports: [{{port: 9376}}]\n---\n\
+             {}---\n{}",
+            service("multi", "10.0.2.30", "  - name: http\n    port: 80\n    targetPort: web\n  - name: alt\n    port: 8080\n    targetPort: web"),
+            slice("multi-1", "multi", "- name: http\n  port: 9376\n  protocol: TCP\n- name: alt\n  port: 9376\n  protocol: TCP", &[b]),
+        )
+    });
+    let db = get_from_client(&s.cluster, "10.0.2.29:3306".parse().unwrap()).unwrap();
+    assert_eq!(db, s.cluster.pods[0].name);
+    for port in [80, 8080] {
+        let r = get_from_client(&s.cluster, SocketAddr::from((Ipv4Addr::new(10, 0, 2, 30), port))).unwrap();
+        assert_eq!(r, s.cluster.pods[1].name, "port {port}");
+    }
+}
+
+#[test]
+fn bad_manifests_are_reported_and_the_rest_keeps_working() {
+    let mut s = setup(3, |c| hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>()));
+    let dir = s.manifest.parent().unwrap().to_path_buf();
+    write(
+        &dir.join("bad.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: badport}\nspec:\n  clusterIP: 10.0.3.1\n  ports: [{port: 70000}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: badip}\nspec:\n  clusterIP: 10.0.3.300\n  ports: [{port: 80}]\n---\n\
+         apiVersion: v1\nkind: Widget\nmetadata: {name: w}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: good}\nspec:\n  clusterIP: 10.0.3.2\n  ports: [{port: 80, targetPort: 9376}]\n---\n\
+         apiVersion: v1\nkind: Endpoints\nmetadata: {name: good}\nsubsets: [{addresses: [{ip: \"10.244.0.5\"}], ports: [{port: 9376}]}]\n",
+    );
+    write(&dir.join("broken.yaml"), "kind: Service\n  metadata: [unclosed\n");
+    let log = s.cluster.agent_log();
+    wait_until(Duration::from_secs(5), || {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        t.contains("broken.yaml") && t.contains("badip")
+    })
+    .unwrap_or_else(|_| panic!("errors not reported:\n{}", s.cluster.agent_log_text()));
+    let text = s.cluster.agent_log_text();
+    for needle in [
+        "bad.yaml: document 1: Service default/badport: field spec.ports[0].port: port 70000 is out of range",
+        "bad.yaml: document 2: Service default/badip: field spec.clusterIP",
+        "bad.yaml: document 3: Widget default/w: field kind: unknown kind",
+        "broken.yaml: document 1: document: not valid YAML",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(s.cluster.agent_running(), "agent keeps running");
+    // The good objects, in the same file as the bad ones, are programmed.
+    wait_until(Duration::from_secs(3), || {
+        get_from_client(&s.cluster, "10.0.3.2:80".parse().unwrap()).is_ok()
+    })
+    .expect("good Service in the bad file serves");
+    assert_eq!(spread(&s.cluster, 30).len(), 3, "hostnames unaffected");
+
+    // Breaking a valid object keeps its last good version programmed.
+    let ips = s.pod_ips();
+    write(
+        &s.manifest,
+        &hostnames(&ips).replace("port: 80\n", "port: 0\n"),
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(spread(&s.cluster, 30).len(), 3, "last good hostnames kept");
+    assert!(s.cluster.agent_running());
+}
