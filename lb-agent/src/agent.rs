@@ -92,7 +92,12 @@ fn sync(source: &mut FileSource, maps: &mut ServiceMaps, mirror: &mut MapState) 
     for e in &errors {
         let what = match &e.op {
             Op::PutService(k, _) | Op::DelService(k) => reconcile::frontend_of(k)
-                .and_then(|fk| desired.frontends.get(&fk).map(|s| format!("{} ({fk})", s.name)))
+                .and_then(|fk| {
+                    desired
+                        .frontends
+                        .get(&fk)
+                        .map(|s| format!("{} ({fk})", s.name))
+                })
                 .unwrap_or_else(|| format!("{k:?}")),
             other => format!("{other:?}"),
         };

@@ -11,7 +11,11 @@ use lb_agent::{
 use lb_common::{ALL_MAPS, STAT_NAMES};
 
 #[derive(Parser)]
-#[command(name = "lb-agent", version, about = "ferrolb: Kubernetes Services on an eBPF datapath")]
+#[command(
+    name = "lb-agent",
+    version,
+    about = "ferrolb: Kubernetes Services on an eBPF datapath"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -152,7 +156,11 @@ fn main() -> Result<()> {
             }
             println!("{} objects valid", reload.store.len());
             if !reload.errors.is_empty() {
-                bail!("{} problem(s) in {}", reload.errors.len(), manifests.display());
+                bail!(
+                    "{} problem(s) in {}",
+                    reload.errors.len(),
+                    manifests.display()
+                );
             }
             Ok(())
         }

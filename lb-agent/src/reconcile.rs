@@ -73,7 +73,11 @@ pub fn info_entry(name: &str) -> SvcInfo {
 }
 
 pub fn info_name(info: &SvcInfo) -> String {
-    let end = info.name.iter().position(|b| *b == 0).unwrap_or(SVC_NAME_LEN);
+    let end = info
+        .name
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(SVC_NAME_LEN);
     String::from_utf8_lossy(&info.name[..end]).into_owned()
 }
 
@@ -128,7 +132,11 @@ pub fn target(desired: &Desired, current: &MapState) -> MapState {
     for (fk, st) in &desired.frontends {
         let svc_id = *svc_ids.entry(*fk).or_insert_with(|| svc_alloc.take());
         let mut count: u16 = 0;
-        for b in st.backends.iter().take(lb_common::MAX_BACKENDS_PER_SERVICE as usize) {
+        for b in st
+            .backends
+            .iter()
+            .take(lb_common::MAX_BACKENDS_PER_SERVICE as usize)
+        {
             let entry = backend_entry(b, fk.proto);
             let id = *be_ids.entry(entry).or_insert_with(|| be_alloc.take());
             out.backends.insert(id, entry);
@@ -174,7 +182,9 @@ pub fn plan(current: &MapState, target: &MapState) -> Vec<Op> {
     let by_frontend = |m: &BTreeMap<ServiceKey, ServiceValue>| {
         let mut g: BTreeMap<(u32, u16, u8), Vec<(ServiceKey, ServiceValue)>> = BTreeMap::new();
         for (k, v) in m {
-            g.entry((k.addr, k.port, k.proto)).or_default().push((*k, *v));
+            g.entry((k.addr, k.port, k.proto))
+                .or_default()
+                .push((*k, *v));
         }
         g
     };
@@ -315,16 +325,42 @@ mod tests {
         let d1 = desired(&[(fk(175, 80), &[5]), (fk(9, 53), &[8])]);
         let (t1, ops) = run(&t3, &d1);
         // master count 1, slots 2 and 3 removed, backends 6 and 7 removed.
-        assert!(ops.contains(&Op::PutService(service_key(&fk(175, 80), 0), t1.services[&service_key(&fk(175, 80), 0)])));
-        assert_eq!(ops.iter().filter(|o| matches!(o, Op::DelService(_))).count(), 2);
-        assert_eq!(ops.iter().filter(|o| matches!(o, Op::DelBackend(_))).count(), 2);
-        assert!(!ops.iter().any(|o| matches!(o, Op::PutService(k, _) if k.addr == service_key(&fk(9, 53), 0).addr)));
+        assert!(ops.contains(&Op::PutService(
+            service_key(&fk(175, 80), 0),
+            t1.services[&service_key(&fk(175, 80), 0)]
+        )));
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, Op::DelService(_)))
+                .count(),
+            2
+        );
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, Op::DelBackend(_)))
+                .count(),
+            2
+        );
+        assert!(!ops.iter().any(
+            |o| matches!(o, Op::PutService(k, _) if k.addr == service_key(&fk(9, 53), 0).addr)
+        ));
         // Master update comes before the surplus slots go.
-        let master = ops.iter().position(|o| matches!(o, Op::PutService(k, _) if k.slot == 0)).unwrap();
-        let first_del = ops.iter().position(|o| matches!(o, Op::DelService(_))).unwrap();
+        let master = ops
+            .iter()
+            .position(|o| matches!(o, Op::PutService(k, _) if k.slot == 0))
+            .unwrap();
+        let first_del = ops
+            .iter()
+            .position(|o| matches!(o, Op::DelService(_)))
+            .unwrap();
         assert!(master < first_del);
         let (_, ops) = run(&t1, &d3);
-        assert_eq!(ops.iter().filter(|o| matches!(o, Op::PutBackend(..))).count(), 2);
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, Op::PutBackend(..)))
+                .count(),
+            2
+        );
     }
 
     #[test]

@@ -53,6 +53,8 @@ impl fmt::Display for ObjectId {
     }
 }
 
+// Objects are moved rarely and in small numbers; boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Service(Service),

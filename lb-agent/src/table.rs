@@ -55,7 +55,12 @@ pub fn rows(state: &MapState) -> Vec<Row> {
 pub fn render(state: &MapState) -> String {
     let rows = rows(state);
     let w0 = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(7);
-    let w1 = rows.iter().map(|r| r.frontend.len()).max().unwrap_or(0).max(8);
+    let w1 = rows
+        .iter()
+        .map(|r| r.frontend.len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
     let mut s = String::new();
     let _ = writeln!(s, "{:<w0$}  {:<w1$}  BACKENDS", "SERVICE", "FRONTEND");
     for r in rows {

@@ -38,10 +38,7 @@ fn port(field: String, value: i32) -> Result<(), FieldError> {
     if (1..=65535).contains(&value) {
         Ok(())
     } else {
-        Err(err(
-            field,
-            format!("port {value} is out of range 1-65535"),
-        ))
+        Err(err(field, format!("port {value} is out of range 1-65535")))
     }
 }
 

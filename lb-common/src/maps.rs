@@ -160,5 +160,14 @@ mod user {
             unsafe impl bytemuck::Pod for $t {}
         )*};
     }
-    pod!(ServiceKey, ServiceValue, Backend, CtKey, CtValue, SockKey, SockValue, SvcInfo);
+    pod!(
+        ServiceKey,
+        ServiceValue,
+        Backend,
+        CtKey,
+        CtValue,
+        SockKey,
+        SockValue,
+        SvcInfo
+    );
 }

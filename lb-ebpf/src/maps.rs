@@ -12,8 +12,7 @@ use lb_common::{
 };
 
 #[map(name = "flb_svc_v1")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::pinned(DEFAULT_SERVICES_MAX, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(DEFAULT_SERVICES_MAX, 0);
 
 #[map(name = "flb_be_v1")]
 pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(DEFAULT_BACKENDS_MAX, 0);

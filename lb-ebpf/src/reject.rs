@@ -3,7 +3,6 @@
 //! unreachable. The packet is rewritten in place into the answer and sent
 //! back out of the interface it came in on.
 use aya_ebpf::{
-    bindings::TC_ACT_REDIRECT,
     helpers::{bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
@@ -11,6 +10,7 @@ use lb_common::{IPPROTO_ICMP, IPPROTO_TCP};
 
 use crate::checksum::{finish, sum_words};
 use crate::parse::{ETH_LEN, L3_OFF, Packet, ptr_at};
+use crate::tc::REDIRECT;
 
 const IP_LEN: usize = 20;
 const TCP_LEN: usize = 20;
@@ -141,5 +141,5 @@ fn send_back_with<const N: usize>(ctx: &TcContext, frame: &[u8; N]) -> Result<i3
     ctx.store(0, frame, 0).map_err(|_| ())?;
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let _ = unsafe { bpf_redirect(ifindex, 0) };
-    Ok(TC_ACT_REDIRECT as i32)
+    Ok(REDIRECT)
 }

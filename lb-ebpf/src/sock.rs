@@ -3,9 +3,7 @@
 //! an unconnected UDP socket); replies then need no per-packet work.
 //! recvmsg/getpeername show the application the VIP it asked for.
 use aya_ebpf::{
-    EbpfContext,
-    helpers::bpf_get_socket_cookie,
-    macros::cgroup_sock_addr,
+    EbpfContext, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use lb_common::{SockKey, SockValue, Stat};

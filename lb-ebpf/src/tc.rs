@@ -4,7 +4,7 @@
 //! packets that are not to a VIP are checked against reverse conntrack
 //! entries (replies from backends) and SNATed back to the VIP.
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     macros::classifier,
     programs::TcContext,
 };
@@ -20,12 +20,20 @@ use crate::{
     stats::count,
 };
 
+// The bindings' type for these differs between the BPF and host targets.
+#[allow(clippy::unnecessary_cast)]
+pub const OK: i32 = TC_ACT_OK as i32;
+#[allow(clippy::unnecessary_cast)]
+pub const SHOT: i32 = TC_ACT_SHOT as i32;
+#[allow(clippy::unnecessary_cast)]
+pub const REDIRECT: i32 = TC_ACT_REDIRECT as i32;
+
 #[classifier]
 pub fn flb_tc_ingress(ctx: TcContext) -> i32 {
     keep_info_map();
     let (verdict, stat) = match parse::parse(&ctx) {
         Ok(p) => process(&ctx, &p),
-        Err(Skip::NotOurs) | Err(Skip::Malformed) => (TC_ACT_OK as i32, Stat::Pass),
+        Err(Skip::NotOurs) | Err(Skip::Malformed) => (OK, Stat::Pass),
     };
     count(stat);
     verdict
@@ -38,11 +46,11 @@ fn process(ctx: &TcContext, p: &Packet) -> (i32, Stat) {
     }
     if let Some(rev) = conntrack::lookup_reverse(p) {
         return match nat::rewrite(ctx, p, Side::Source, rev.addr, rev.port) {
-            Ok(()) => (TC_ACT_OK as i32, Stat::RevNat),
-            Err(()) => (TC_ACT_SHOT as i32, Stat::DropInternal),
+            Ok(()) => (OK, Stat::RevNat),
+            Err(()) => (SHOT, Stat::DropInternal),
         };
     }
-    (TC_ACT_OK as i32, Stat::Pass)
+    (OK, Stat::Pass)
 }
 
 #[inline(always)]
@@ -50,12 +58,12 @@ fn to_service(ctx: &TcContext, p: &Packet, fe: &Frontend) -> (i32, Stat) {
     if p.fragment {
         // Later fragments carry no ports: translating only some pieces of
         // a datagram would corrupt it, so fragments to a VIP are dropped.
-        return (TC_ACT_SHOT as i32, Stat::DropMalformed);
+        return (SHOT, Stat::DropMalformed);
     }
     if let Some(ct) = conntrack::lookup_forward(p) {
         return match nat::rewrite(ctx, p, Side::Destination, ct.addr, ct.port) {
-            Ok(()) => (TC_ACT_OK as i32, Stat::DnatEstablished),
-            Err(()) => (TC_ACT_SHOT as i32, Stat::DropInternal),
+            Ok(()) => (OK, Stat::DnatEstablished),
+            Err(()) => (SHOT, Stat::DropInternal),
         };
     }
     let Some((backend_id, be)) = lb::select_backend(fe) else {
@@ -66,14 +74,14 @@ fn to_service(ctx: &TcContext, p: &Packet, fe: &Frontend) -> (i32, Stat) {
         };
         return match answer {
             Ok(v) => (v, Stat::RejectNoBackend),
-            Err(()) => (TC_ACT_SHOT as i32, Stat::DropNoBackend),
+            Err(()) => (SHOT, Stat::DropNoBackend),
         };
     };
     if conntrack::create(p, be.addr, be.port, fe.svc_id, backend_id).is_err() {
-        return (TC_ACT_SHOT as i32, Stat::DropInternal);
+        return (SHOT, Stat::DropInternal);
     }
     match nat::rewrite(ctx, p, Side::Destination, be.addr, be.port) {
-        Ok(()) => (TC_ACT_OK as i32, Stat::DnatNew),
-        Err(()) => (TC_ACT_SHOT as i32, Stat::DropInternal),
+        Ok(()) => (OK, Stat::DnatNew),
+        Err(()) => (SHOT, Stat::DropInternal),
     }
 }

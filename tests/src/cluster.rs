@@ -93,7 +93,9 @@ impl Cluster {
             node,
         };
         std::fs::create_dir_all(&c.bpffs)?;
-        sh(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&c.bpffs))?;
+        sh(Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&c.bpffs))?;
         std::fs::create_dir_all(&c.cgroup)
             .with_context(|| format!("creating cgroup {}", c.cgroup.display()))?;
         c.node
@@ -117,8 +119,18 @@ impl Cluster {
         let ns = NetNs::new(&format!("{}-p{index}", self.id))?;
         let host_if = format!("veth{index}");
         crate::netns::ip(&[
-            "link", "add", &host_if, "netns", &self.node.name, "type", "veth", "peer", "name",
-            "eth0", "netns", &ns.name,
+            "link",
+            "add",
+            &host_if,
+            "netns",
+            &self.node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
         ])?;
         let pod_cidr = format!("{ip}/32");
         let gw = NODE_GW.to_string();

@@ -8,7 +8,10 @@ use anyhow::{Context, Result, bail};
 /// the comment lines that carry timestamps.
 pub fn snapshot(netns: Option<&str>) -> Result<String> {
     let mut out = String::new();
-    for (prog, args) in [("iptables-save", &[][..]), ("nft", &["list", "ruleset"][..])] {
+    for (prog, args) in [
+        ("iptables-save", &[][..]),
+        ("nft", &["list", "ruleset"][..]),
+    ] {
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");

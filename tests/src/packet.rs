@@ -124,7 +124,15 @@ pub fn checksums_valid(f: &[u8]) -> bool {
         return false;
     }
     let proto = f[ETH + 9];
-    let off = ETH + ihl + if proto == 6 { 16 } else if proto == 17 { 6 } else { 2 };
+    let off = ETH
+        + ihl
+        + if proto == 6 {
+            16
+        } else if proto == 17 {
+            6
+        } else {
+            2
+        };
     let stored = u16::from_be_bytes([f[off], f[off + 1]]);
     match proto {
         17 if stored == 0 => true,

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_RST, TCP_SYN};
 use lb_agent::{
-    datapath::{attach, loader, maps::ServiceMaps, PROG_TC_INGRESS},
+    datapath::{PROG_TC_INGRESS, attach, loader, maps::ServiceMaps},
     model::{BackendAddr, Desired, FrontendKey, FrontendState, Proto},
     reconcile,
 };
@@ -147,12 +147,27 @@ fn pass_through_cases_are_byte_identical() {
     arp[12] = 0x08;
     arp[13] = 0x06;
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("tcp to a pod ip", Frame::tcp((CLIENT, 40000), (be(0).addr, 9376), TCP_SYN).build()),
-        ("tcp to the vip on another port", Frame::tcp((CLIENT, 40000), (VIP, 81), TCP_SYN).build()),
-        ("udp to the vip on a tcp-only port", Frame::udp((CLIENT, 40000), (VIP, 80), b"x").build()),
+        (
+            "tcp to a pod ip",
+            Frame::tcp((CLIENT, 40000), (be(0).addr, 9376), TCP_SYN).build(),
+        ),
+        (
+            "tcp to the vip on another port",
+            Frame::tcp((CLIENT, 40000), (VIP, 81), TCP_SYN).build(),
+        ),
+        (
+            "udp to the vip on a tcp-only port",
+            Frame::udp((CLIENT, 40000), (VIP, 80), b"x").build(),
+        ),
         ("arp", arp),
-        ("truncated tcp header", Frame::tcp((CLIENT, 1), (VIP, 80), TCP_SYN).build()[..44].to_vec()),
-        ("reply with no flow", Frame::tcp((be(0).addr, 9376), (CLIENT, 40000), TCP_ACK).build()),
+        (
+            "truncated tcp header",
+            Frame::tcp((CLIENT, 1), (VIP, 80), TCP_SYN).build()[..44].to_vec(),
+        ),
+        (
+            "reply with no flow",
+            Frame::tcp((be(0).addr, 9376), (CLIENT, 40000), TCP_ACK).build(),
+        ),
     ];
     for (what, frame) in cases {
         let (verdict, out) = dp.run(&frame);
@@ -168,7 +183,10 @@ fn tcp_flow_is_dnated_pinned_and_reverse_natted() {
     let (verdict, out) = dp.run(&syn);
     assert_eq!(verdict, TC_ACT_OK);
     let (backend, port) = packet::dst(&out);
-    assert!([be(0), be(1), be(2)].iter().any(|b| b.addr == backend), "{backend}");
+    assert!(
+        [be(0), be(1), be(2)].iter().any(|b| b.addr == backend),
+        "{backend}"
+    );
     assert_eq!(port, 9376);
     assert_eq!(packet::src(&out), (CLIENT, 40001));
     assert!(packet::checksums_valid(&out), "checksums after DNAT");
@@ -181,7 +199,11 @@ fn tcp_flow_is_dnated_pinned_and_reverse_natted() {
         f.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
         let (v, o) = dp.run(&f.build());
         assert_eq!(v, TC_ACT_OK);
-        assert_eq!(packet::dst(&o), (backend, 9376), "packet {i} changed backend");
+        assert_eq!(
+            packet::dst(&o),
+            (backend, 9376),
+            "packet {i} changed backend"
+        );
         assert!(packet::checksums_valid(&o));
     }
 
@@ -262,6 +284,10 @@ fn no_endpoints_udp_gets_icmp_port_unreachable() {
     assert_eq!(&o[26..30], &EMPTY_VIP.octets());
     assert_eq!(&o[30..34], &CLIENT.octets());
     assert_eq!((o[34], o[35]), (3, 3), "destination/port unreachable");
-    assert_eq!(&o[42..70], &q[14..42], "quotes the original header and 8 bytes");
+    assert_eq!(
+        &o[42..70],
+        &q[14..42],
+        "quotes the original header and 8 bytes"
+    );
     assert!(packet::checksums_valid(&o));
 }

@@ -25,7 +25,9 @@ fn slice(name: &str, service: &str, ports: &str, ips: &[Ipv4Addr]) -> String {
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n{ports}\nendpoints:\n"
     );
     for ip in ips {
-        s.push_str(&format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n"));
+        s.push_str(&format!(
+            "- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n"
+        ));
     }
     s
 }
@@ -83,10 +85,16 @@ impl Setup {
 
     /// Nothing the run did created a firewall rule, here or in the node.
     fn assert_no_firewall_rules(&self) {
-        assert_eq!(firewall::snapshot(None).unwrap(), self.fw_before, "root namespace rules changed");
+        assert_eq!(
+            firewall::snapshot(None).unwrap(),
+            self.fw_before,
+            "root namespace rules changed"
+        );
         let node = firewall::snapshot(Some(&self.cluster.node.name)).unwrap();
         assert!(
-            !node.lines().any(|l| l.starts_with('-') || l.contains("chain")),
+            !node
+                .lines()
+                .any(|l| l.starts_with('-') || l.contains("chain")),
             "rules in the node namespace:\n{node}"
         );
     }
@@ -102,7 +110,12 @@ fn get_from_client(c: &Cluster, addr: SocketAddr) -> std::io::Result<String> {
             s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
             let mut body = String::new();
             s.read_to_string(&mut body)?;
-            Ok(body.rsplit("\r\n\r\n").next().unwrap_or("").trim().to_string())
+            Ok(body
+                .rsplit("\r\n\r\n")
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string())
         })
         .unwrap()
 }
@@ -110,7 +123,8 @@ fn get_from_client(c: &Cluster, addr: SocketAddr) -> std::io::Result<String> {
 fn spread(c: &Cluster, n: usize) -> BTreeMap<String, usize> {
     let mut hits = BTreeMap::new();
     for _ in 0..n {
-        let name = get_from_client(c, SocketAddr::from((VIP, 80))).expect("request through the VIP");
+        let name =
+            get_from_client(c, SocketAddr::from((VIP, 80))).expect("request through the VIP");
         *hits.entry(name).or_insert(0) += 1;
     }
     hits
@@ -118,7 +132,9 @@ fn spread(c: &Cluster, n: usize) -> BTreeMap<String, usize> {
 
 #[test]
 fn hostnames_from_a_pod_spreads_evenly() {
-    let s = setup(3, |c| hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>()));
+    let s = setup(3, |c| {
+        hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>())
+    });
     let hits = spread(&s.cluster, 300);
     assert_eq!(hits.len(), 3, "all three backends answer: {hits:?}");
     for (name, n) in &hits {
@@ -137,7 +153,9 @@ fn hostnames_from_a_pod_spreads_evenly() {
 
 #[test]
 fn hostnames_from_the_node() {
-    let s = setup(3, |c| hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>()));
+    let s = setup(3, |c| {
+        hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>())
+    });
     let mut seen = BTreeMap::new();
     for _ in 0..30 {
         let out = s
@@ -146,15 +164,28 @@ fn hostnames_from_the_node() {
             .args(["-sS", "-m", "2", "http://10.0.1.175:80/"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "curl from the node: {}", String::from_utf8_lossy(&out.stderr));
-        *seen.entry(String::from_utf8_lossy(&out.stdout).trim().to_string()).or_insert(0) += 1;
+        assert!(
+            out.status.success(),
+            "curl from the node: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        *seen
+            .entry(String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .or_insert(0) += 1;
     }
-    assert_eq!(seen.len(), 3, "node traffic reaches every backend: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        3,
+        "node traffic reaches every backend: {seen:?}"
+    );
     // UDP from the node: an unconnected socket, replies shown from the VIP.
     let out = s
         .cluster
         .node_command("sh")
-        .args(["-c", "echo hi | timeout 3 ncat -u -w1 10.0.1.175 80 || true"])
+        .args([
+            "-c",
+            "echo hi | timeout 3 ncat -u -w1 10.0.1.175 80 || true",
+        ])
         .output()
         .unwrap();
     // Port 80 is TCP-only in this Service: UDP to it is not translated.
@@ -164,7 +195,9 @@ fn hostnames_from_the_node() {
 
 #[test]
 fn long_lived_connection_stays_on_one_backend() {
-    let s = setup(3, |c| hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>()));
+    let s = setup(3, |c| {
+        hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>())
+    });
     let names = s
         .cluster
         .client()
@@ -196,7 +229,10 @@ fn long_lived_connection_stays_on_one_backend() {
         .unwrap()
         .expect("100 exchanges on one connection");
     assert_eq!(names.len(), 100);
-    assert!(names.iter().all(|n| n == &names[0]), "backend changed mid-connection: {names:?}");
+    assert!(
+        names.iter().all(|n| n == &names[0]),
+        "backend changed mid-connection: {names:?}"
+    );
 }
 
 #[test]
@@ -205,9 +241,22 @@ fn udp_service_and_rejects_without_endpoints() {
         let ips: Vec<Ipv4Addr> = c.pods.iter().map(|p| p.ip).collect();
         format!(
             "{}---\n{}---\n{}",
-            service("dns", "10.0.1.53", "  - name: dns\n    protocol: UDP\n    port: 53\n    targetPort: 9376"),
-            slice("dns-1", "dns", "- name: dns\n  port: 9376\n  protocol: UDP", &ips),
-            service("nothing", "10.0.1.99", "  - name: web\n    port: 80\n  - name: dns\n    protocol: UDP\n    port: 53"),
+            service(
+                "dns",
+                "10.0.1.53",
+                "  - name: dns\n    protocol: UDP\n    port: 53\n    targetPort: 9376"
+            ),
+            slice(
+                "dns-1",
+                "dns",
+                "- name: dns\n  port: 9376\n  protocol: UDP",
+                &ips
+            ),
+            service(
+                "nothing",
+                "10.0.1.99",
+                "  - name: web\n    port: 80\n  - name: dns\n    protocol: UDP\n    port: 53"
+            ),
         )
     });
     let pods: Vec<String> = s.cluster.pods.iter().map(|p| p.name.clone()).collect();
@@ -222,7 +271,9 @@ fn udp_service_and_rejects_without_endpoints() {
                 sock.set_read_timeout(Some(TIMEOUT)).unwrap();
                 sock.send_to(b"who", "10.0.1.53:53").unwrap();
                 let mut buf = [0u8; 256];
-                let (n, from) = sock.recv_from(&mut buf).expect("UDP answer through the VIP");
+                let (n, from) = sock
+                    .recv_from(&mut buf)
+                    .expect("UDP answer through the VIP");
                 out.push((String::from_utf8_lossy(&buf[..n]).trim().to_string(), from));
             }
             out
@@ -238,7 +289,10 @@ fn udp_service_and_rejects_without_endpoints() {
 
     // No endpoints: TCP is refused (RST), UDP gets port unreachable.
     let tcp = get_from_client(&s.cluster, "10.0.1.99:80".parse().unwrap());
-    assert_eq!(tcp.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(
+        tcp.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
     let udp_err = s
         .cluster
         .client()
@@ -251,7 +305,11 @@ fn udp_service_and_rejects_without_endpoints() {
             sock.recv(&mut [0u8; 16]).unwrap_err().kind()
         })
         .unwrap();
-    assert_eq!(udp_err, std::io::ErrorKind::ConnectionRefused, "ICMP port unreachable");
+    assert_eq!(
+        udp_err,
+        std::io::ErrorKind::ConnectionRefused,
+        "ICMP port unreachable"
+    );
     // From the node, too: refused at connect() by the socket hook.
     let out = s
         .cluster
@@ -260,26 +318,40 @@ fn udp_service_and_rejects_without_endpoints() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Couldn't connect"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Couldn't connect"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     s.assert_no_firewall_rules();
 }
 
 #[test]
 fn scaling_endpoints_is_reflected_within_a_second() {
-    let s = setup(3, |c| hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>()));
+    let s = setup(3, |c| {
+        hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>())
+    });
     let ips = s.pod_ips();
     assert_eq!(spread(&s.cluster, 60).len(), 3);
 
     write(&s.manifest, &hostnames(&ips[..1]));
     std::thread::sleep(Duration::from_secs(1));
     let hits = spread(&s.cluster, 40);
-    assert_eq!(hits.len(), 1, "1 endpoint one second after the change: {hits:?}");
+    assert_eq!(
+        hits.len(),
+        1,
+        "1 endpoint one second after the change: {hits:?}"
+    );
     assert!(hits.contains_key(&s.cluster.pods[0].name));
 
     write(&s.manifest, &hostnames(&ips));
     std::thread::sleep(Duration::from_secs(1));
     let hits = spread(&s.cluster, 90);
-    assert_eq!(hits.len(), 3, "3 endpoints one second after the change: {hits:?}");
+    assert_eq!(
+        hits.len(),
+        3,
+        "3 endpoints one second after the change: {hits:?}"
+    );
 }
 
 #[test]
@@ -293,21 +365,36 @@ fn selectorless_service_with_manual_endpoints_and_named_ports() {
             "apiVersion: v1\nkind: Service\nmetadata: {{name: mydb}}\nspec:\n  clusterIP: 10.0.2.29\n  ports: [{{port: 3306, targetPort: 9376}}]\n---\n\
              apiVersion: v1\nkind: Endpoints\nmetadata: {{name: mydb}}\nsubsets:\n- addresses: [{{ip: \"{a}\"}}]\n  ports: [{{port: 9376}}]\n---\n\
              {}---\n{}",
-            service("multi", "10.0.2.30", "  - name: http\n    port: 80\n    targetPort: web\n  - name: alt\n    port: 8080\n    targetPort: web"),
-            slice("multi-1", "multi", "- name: http\n  port: 9376\n  protocol: TCP\n- name: alt\n  port: 9376\n  protocol: TCP", &[b]),
+            service(
+                "multi",
+                "10.0.2.30",
+                "  - name: http\n    port: 80\n    targetPort: web\n  - name: alt\n    port: 8080\n    targetPort: web"
+            ),
+            slice(
+                "multi-1",
+                "multi",
+                "- name: http\n  port: 9376\n  protocol: TCP\n- name: alt\n  port: 9376\n  protocol: TCP",
+                &[b]
+            ),
         )
     });
     let db = get_from_client(&s.cluster, "10.0.2.29:3306".parse().unwrap()).unwrap();
     assert_eq!(db, s.cluster.pods[0].name);
     for port in [80, 8080] {
-        let r = get_from_client(&s.cluster, SocketAddr::from((Ipv4Addr::new(10, 0, 2, 30), port))).unwrap();
+        let r = get_from_client(
+            &s.cluster,
+            SocketAddr::from((Ipv4Addr::new(10, 0, 2, 30), port)),
+        )
+        .unwrap();
         assert_eq!(r, s.cluster.pods[1].name, "port {port}");
     }
 }
 
 #[test]
 fn bad_manifests_are_reported_and_the_rest_keeps_working() {
-    let mut s = setup(3, |c| hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>()));
+    let mut s = setup(3, |c| {
+        hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>())
+    });
     let dir = s.manifest.parent().unwrap().to_path_buf();
     write(
         &dir.join("bad.yaml"),
@@ -317,7 +404,10 @@ fn bad_manifests_are_reported_and_the_rest_keeps_working() {
          apiVersion: v1\nkind: Service\nmetadata: {name: good}\nspec:\n  clusterIP: 10.0.3.2\n  ports: [{port: 80, targetPort: 9376}]\n---\n\
          apiVersion: v1\nkind: Endpoints\nmetadata: {name: good}\nsubsets: [{addresses: [{ip: \"10.244.0.5\"}], ports: [{port: 9376}]}]\n",
     );
-    write(&dir.join("broken.yaml"), "kind: Service\n  metadata: [unclosed\n");
+    write(
+        &dir.join("broken.yaml"),
+        "kind: Service\n  metadata: [unclosed\n",
+    );
     let log = s.cluster.agent_log();
     wait_until(Duration::from_secs(5), || {
         let t = std::fs::read_to_string(&log).unwrap_or_default();

@@ -1,1 +1,148 @@
-fn main(){}
+//! `cargo xtask ...`: the developer-facing commands. Each installs what it
+//! needs first (idempotently), so they work on a fresh machine.
+mod demo;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Build the kernel programs only (they are embedded in lb-agent).
+    BuildEbpf,
+    /// Build the agent and the test bed.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the seeds' `hostnames` example end to end in network namespaces.
+    Demo,
+    /// Run every test: formatting, lints, unit, datapath and end-to-end.
+    Test,
+}
+
+/// Runs a command, echoing it, and fails if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let st = cmd.status()?;
+    if !st.success() {
+        bail!("{cmd:?} failed with {st}");
+    }
+    Ok(())
+}
+
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut c = cargo();
+    c.args(["build", "-p", "lb-agent", "-p", "ferrolb-tests", "--bins"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)
+}
+
+/// Runs the test suites, echoing their output, and closes with one
+/// plain `N passed, N failed` line summed over every test binary.
+fn test_and_count() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "lb-ebpf",
+        "--lib",
+        "--bins",
+        "--tests",
+        "--",
+        "--test-threads=1",
+    ]);
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut w = part.split_whitespace().rev();
+                let (Some(label), Some(n)) = (w.next(), w.next()) else {
+                    continue;
+                };
+                let n: u64 = n.parse().unwrap_or(0);
+                match label {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let st = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !st.success() || failed > 0 {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::all(),
+        Cmd::BuildEbpf => {
+            setup::all()?;
+            run(Command::new("rustup").args([
+                "run",
+                "nightly",
+                "cargo",
+                "build",
+                "-p",
+                "lb-ebpf",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ]))
+        }
+        Cmd::Build { release } => {
+            setup::all()?;
+            build(release)
+        }
+        Cmd::Demo => {
+            setup::all()?;
+            build(true)?;
+            demo::run()
+        }
+        Cmd::Test => {
+            setup::all()?;
+            run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            build(false)?;
+            // One test at a time: the end-to-end tests measure traffic
+            // spreads and one-second deadlines on a 2-core machine.
+            test_and_count()
+        }
+    }
+}

@@ -57,6 +57,7 @@ impl Selector {
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        self.include.iter().any(|p| p.matches(name)) && !self.exclude.iter().any(|p| p.matches(name))
+        self.include.iter().any(|p| p.matches(name))
+            && !self.exclude.iter().any(|p| p.matches(name))
     }
 }

@@ -36,10 +36,15 @@ fn take<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<HashMap
 
 fn open_pinned<K: aya::Pod, V: aya::Pod>(dir: &Path, name: &str) -> Result<HashMap<MapData, K, V>> {
     let path = dir.join(name);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {} (is the agent running with this --pin-path?)", path.display()))?;
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening pinned map {} (is the agent running with this --pin-path?)",
+            path.display()
+        )
+    })?;
     let map = Map::from_map_data(data).with_context(|| format!("map {}", path.display()))?;
-    HashMap::try_from(map).with_context(|| format!("map {} has an unexpected layout", path.display()))
+    HashMap::try_from(map)
+        .with_context(|| format!("map {} has an unexpected layout", path.display()))
 }
 
 impl ServiceMaps {

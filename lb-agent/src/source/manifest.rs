@@ -101,7 +101,9 @@ fn parse_value(path: &Path, document: usize, value: Value, out: &mut Vec<Parsed>
     };
     let kind_str = str_at(&value, &["kind"]).map(str::to_string);
     let api = str_at(&value, &["apiVersion"]).unwrap_or("").to_string();
-    let name = str_at(&value, &["metadata", "name"]).unwrap_or("").to_string();
+    let name = str_at(&value, &["metadata", "name"])
+        .unwrap_or("")
+        .to_string();
     let namespace = str_at(&value, &["metadata", "namespace"])
         .unwrap_or("default")
         .to_string();
@@ -141,9 +143,7 @@ fn parse_value(path: &Path, document: usize, value: Value, out: &mut Vec<Parsed>
                 result: Err(fail(
                     format!("{k} {namespace}/{name}"),
                     "kind",
-                    format!(
-                        "unknown kind {k:?} (expected Service, EndpointSlice or Endpoints)"
-                    ),
+                    format!("unknown kind {k:?} (expected Service, EndpointSlice or Endpoints)"),
                 )),
             });
             return;
@@ -270,9 +270,17 @@ spec:
             "{}",
             msgs[0]
         );
-        assert!(msgs[1].contains("Service default/bad-ip: field spec.clusterIP"), "{}", msgs[1]);
+        assert!(
+            msgs[1].contains("Service default/bad-ip: field spec.clusterIP"),
+            "{}",
+            msgs[1]
+        );
         assert!(msgs[1].contains("10.0.0.300"), "{}", msgs[1]);
-        assert!(msgs[2].contains("ConfigMap default/cm: field kind: unknown kind"), "{}", msgs[2]);
+        assert!(
+            msgs[2].contains("ConfigMap default/cm: field kind: unknown kind"),
+            "{}",
+            msgs[2]
+        );
         assert!(msgs[3].contains("field spec.ports[0].port"), "{}", msgs[3]);
         // The named ones can be matched to their last good version.
         assert!(docs[0].id.is_some() && docs[1].id.is_some());
@@ -281,7 +289,10 @@ spec:
     #[test]
     fn broken_yaml_fails_the_whole_file() {
         let err = parse_str(Path::new("x.yaml"), "kind: Service\n  bad: [indent").unwrap_err();
-        assert!(err.to_string().starts_with("x.yaml: document 1: document: not valid YAML"));
+        assert!(
+            err.to_string()
+                .starts_with("x.yaml: document 1: document: not valid YAML")
+        );
     }
 
     #[test]
