@@ -335,3 +335,96 @@ fn legacy_endpoints(ep: &Endpoints) -> Vec<EndpointView> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::source::manifest::parse_str;
+
+    fn store(yaml: &str) -> ObjectStore {
+        let mut s = ObjectStore::default();
+        for d in parse_str(Path::new("t.yaml"), yaml).unwrap() {
+            s.upsert(d.result.unwrap()).unwrap();
+        }
+        s
+    }
+
+    fn backends(d: &Desired, vip: &str, port: u16, proto: Proto) -> Vec<String> {
+        let k = FrontendKey {
+            addr: vip.parse().unwrap(),
+            port,
+            proto,
+        };
+        d.frontends[&k]
+            .backends
+            .iter()
+            .map(|b| b.to_string())
+            .collect()
+    }
+
+    const SLICE_HEAD: &str = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s1, labels: {kubernetes.io/service-name: svc}}\naddressType: IPv4\n";
+
+    #[test]
+    fn same_port_with_two_protocols_is_two_frontends() {
+        let d = desired(&store(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc}}\nspec:\n  clusterIP: 10.0.0.10\n  ports:\n  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}\n  - {{name: dns-tcp, port: 53, protocol: TCP, targetPort: 5353}}\n---\n{SLICE_HEAD}ports: [{{name: dns, port: 5353, protocol: UDP}}, {{name: dns-tcp, port: 5354, protocol: TCP}}]\nendpoints: [{{addresses: [10.244.0.9]}}]\n"
+        )));
+        assert_eq!(
+            backends(&d, "10.0.0.10", 53, Proto::Udp),
+            ["10.244.0.9:5353"]
+        );
+        assert_eq!(
+            backends(&d, "10.0.0.10", 53, Proto::Tcp),
+            ["10.244.0.9:5354"]
+        );
+    }
+
+    #[test]
+    fn terminating_endpoints_only_when_none_is_ready() {
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: svc}\nspec:\n  clusterIP: 10.0.0.11\n  ports: [{port: 80, targetPort: 8080}]\n---\n";
+        let eps = |a: &str, b: &str| {
+            format!(
+                "{svc}{SLICE_HEAD}ports: [{{port: 8080}}]\nendpoints:\n- {{addresses: [10.244.0.1], conditions: {a}}}\n- {{addresses: [10.244.0.2], conditions: {b}}}\n"
+            )
+        };
+        let d = desired(&store(&eps(
+            "{ready: true}",
+            "{ready: false, serving: true, terminating: true}",
+        )));
+        assert_eq!(
+            backends(&d, "10.0.0.11", 80, Proto::Tcp),
+            ["10.244.0.1:8080"]
+        );
+        let d = desired(&store(&eps(
+            "{ready: false, serving: false}",
+            "{ready: false, serving: true, terminating: true}",
+        )));
+        assert_eq!(
+            backends(&d, "10.0.0.11", 80, Proto::Tcp),
+            ["10.244.0.2:8080"]
+        );
+    }
+
+    #[test]
+    fn headless_and_external_name_are_not_programmed() {
+        let d = desired(&store(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: h}\nspec: {clusterIP: None, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: e}\nspec: {type: ExternalName, externalName: db.example.com}\n",
+        ));
+        assert!(d.frontends.is_empty());
+    }
+
+    #[test]
+    fn slices_of_one_service_merge_and_dedupe() {
+        let d = desired(&store(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc}}\nspec:\n  clusterIP: 10.0.0.12\n  ports: [{{name: web, port: 80, targetPort: http}}]\n---\n{SLICE_HEAD}ports: [{{name: web, port: 8080}}]\nendpoints: [{{addresses: [10.244.0.1]}}, {{addresses: [10.244.0.2]}}]\n---\n{}",
+            SLICE_HEAD.replace("name: s1", "name: s2")
+                + "ports: [{name: web, port: 8080}]\nendpoints: [{addresses: [10.244.0.2]}, {addresses: [10.244.0.3]}]\n"
+        )));
+        assert_eq!(
+            backends(&d, "10.0.0.12", 80, Proto::Tcp),
+            ["10.244.0.1:8080", "10.244.0.2:8080", "10.244.0.3:8080"]
+        );
+    }
+}
