@@ -13,36 +13,7 @@ use ferrolb_tests::cluster::{Binaries, Cluster};
 
 /// The embedded default: the seeds' Service, and the EndpointSlice the
 /// endpoints controller would write for its three pods.
-const MANIFEST: &str = r#"apiVersion: v1
-kind: Service
-metadata:
-  name: hostnames
-spec:
-  selector:
-    app: hostnames
-  clusterIP: 10.0.1.175
-  ports:
-  - name: default
-    protocol: TCP
-    port: 80
-    targetPort: 9376
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: hostnames-abcde
-  labels:
-    kubernetes.io/service-name: hostnames
-addressType: IPv4
-ports:
-- name: default
-  port: 9376
-  protocol: TCP
-endpoints:
-- addresses: ["10.244.0.5"]
-- addresses: ["10.244.0.6"]
-- addresses: ["10.244.0.7"]
-"#;
+const MANIFEST: &str = include_str!("../../manifests/hostnames.yaml");
 
 fn step(n: u32, what: &str) {
     println!("\n[{n}/6] {what}");

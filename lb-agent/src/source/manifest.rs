@@ -193,37 +193,7 @@ mod tests {
 
     #[test]
     fn seeds_hostnames_service_parses() {
-        let docs = parse(
-            r#"
-apiVersion: v1
-kind: Service
-metadata:
-  name: hostnames
-spec:
-  selector:
-    app: hostnames
-  clusterIP: 10.0.1.175
-  ports:
-  - name: default
-    protocol: TCP
-    port: 80
-    targetPort: 9376
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: hostnames-abc
-  labels:
-    kubernetes.io/service-name: hostnames
-addressType: IPv4
-ports:
-- name: default
-  port: 9376
-  protocol: TCP
-endpoints:
-- addresses: ["10.244.0.5"]
-"#,
-        );
+        let docs = parse(include_str!("../../../manifests/hostnames.yaml"));
         assert_eq!(docs.len(), 2);
         assert!(docs.iter().all(|d| d.result.is_ok()));
         assert_eq!(
