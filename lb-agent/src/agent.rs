@@ -25,6 +25,8 @@ pub struct RunOptions {
     pub exclude_interfaces: Vec<String>,
     pub cgroup: Option<PathBuf>,
     pub poll_interval: Duration,
+    /// When set, only VIPs inside these prefixes are programmed.
+    pub service_cidrs: Vec<model::Cidr>,
 }
 
 /// How often interfaces are re-listed to pick up new pods.
@@ -47,7 +49,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         attach::attach_cgroup(&mut ebpf, cg)?;
     }
     let mut source = FileSource::new(&opts.manifests);
-    sync(&mut source, &mut maps, &mut mirror);
+    sync(&mut source, &mut maps, &mut mirror, &opts.service_cidrs);
     info!(interfaces = ?tc.interfaces(), "agent ready");
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -58,7 +60,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tokio::select! {
             _ = tick.tick() => {
                 if source.changed() {
-                    sync(&mut source, &mut maps, &mut mirror);
+                    sync(&mut source, &mut maps, &mut mirror, &opts.service_cidrs);
                 }
                 if last_scan.elapsed() >= IFACE_RESCAN {
                     tc.sync(&mut ebpf, &selector);
@@ -74,7 +76,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 }
 
 /// One pass: manifests -> desired state -> plan -> map writes.
-fn sync(source: &mut FileSource, maps: &mut ServiceMaps, mirror: &mut MapState) {
+fn sync(
+    source: &mut FileSource,
+    maps: &mut ServiceMaps,
+    mirror: &mut MapState,
+    cidrs: &[model::Cidr],
+) {
     let reload = match source.load() {
         Ok(r) => r,
         Err(e) => {
@@ -85,7 +92,10 @@ fn sync(source: &mut FileSource, maps: &mut ServiceMaps, mirror: &mut MapState) 
     for e in &reload.errors {
         warn!("{e}");
     }
-    let desired = model::desired(&reload.store);
+    let mut desired = model::desired(&reload.store);
+    for msg in model::restrict_to_cidrs(&mut desired, cidrs) {
+        warn!("{msg}");
+    }
     let target = reconcile::target(&desired, mirror);
     let ops = reconcile::plan(mirror, &target);
     let errors = maps.apply(&ops, mirror);

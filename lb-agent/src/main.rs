@@ -53,6 +53,12 @@ enum Command {
         /// How often the manifests are checked for changes, in milliseconds.
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=60_000))]
         poll_interval_ms: u64,
+        /// Service (ClusterIP) prefixes, comma-separated, like the API
+        /// server's --service-cluster-ip-range. When given, Services whose
+        /// cluster IP is outside are reported and not programmed. Default:
+        /// accept every cluster IP.
+        #[arg(long, value_delimiter = ',')]
+        service_cidr: Vec<lb_agent::model::Cidr>,
         /// Size of the services map (frontend slots).
         #[arg(long, default_value_t = lb_common::DEFAULT_SERVICES_MAX, value_parser = clap::value_parser!(u32).range(1..))]
         services_max: u32,
@@ -106,6 +112,7 @@ fn main() -> Result<()> {
             exclude_interfaces,
             cgroup,
             poll_interval_ms,
+            service_cidr,
             services_max,
             backends_max,
             conntrack_max,
@@ -131,6 +138,7 @@ fn main() -> Result<()> {
                 exclude_interfaces,
                 cgroup,
                 poll_interval: Duration::from_millis(poll_interval_ms),
+                service_cidrs: service_cidr,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -428,3 +428,97 @@ mod tests {
         );
     }
 }
+
+/// An IPv4 prefix, as given to `--service-cidr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.len)
+        };
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (expected a.b.c.d/len)"))?;
+        let addr = a
+            .parse()
+            .map_err(|_| format!("{a:?} in {s:?} is not an IPv4 address"))?;
+        let len: u8 = l
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("prefix length {l:?} in {s:?} is not 0-32"))?;
+        Ok(Cidr { addr, len })
+    }
+}
+
+/// Drops frontends whose VIP is outside every service CIDR (when any is
+/// configured), so a manifest cannot hijack addresses the node really
+/// uses. Returns a message per dropped frontend, naming its Service.
+pub fn restrict_to_cidrs(desired: &mut Desired, cidrs: &[Cidr]) -> Vec<String> {
+    if cidrs.is_empty() {
+        return Vec::new();
+    }
+    let mut dropped = Vec::new();
+    desired.frontends.retain(|k, st| {
+        let ok = cidrs.iter().any(|c| c.contains(k.addr));
+        if !ok {
+            dropped.push(format!(
+                "Service {}: field spec.clusterIP: {} is outside --service-cidr; not programmed",
+                st.name, k.addr
+            ));
+        }
+        ok
+    });
+    dropped
+}
+
+#[cfg(test)]
+mod cidr_tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parsing_and_restriction() {
+        let c: Cidr = "10.0.0.0/16".parse().unwrap();
+        assert!(c.contains(Ipv4Addr::new(10, 0, 1, 175)));
+        assert!(!c.contains(Ipv4Addr::new(10, 1, 0, 1)));
+        assert!("10.0.0.0/33".parse::<Cidr>().unwrap_err().contains("0-32"));
+        assert!("10.0.0.300/8".parse::<Cidr>().is_err());
+        let mut d = Desired::default();
+        for last in [1u8, 2] {
+            d.frontends.insert(
+                FrontendKey {
+                    addr: Ipv4Addr::new(10, last, 0, 1),
+                    port: 80,
+                    proto: Proto::Tcp,
+                },
+                FrontendState {
+                    name: format!("default/s{last}:80"),
+                    backends: vec![],
+                },
+            );
+        }
+        let msgs = restrict_to_cidrs(&mut d, &["10.1.0.0/16".parse().unwrap()]);
+        assert_eq!(d.frontends.len(), 1);
+        assert_eq!(
+            msgs,
+            [
+                "Service default/s2:80: field spec.clusterIP: 10.2.0.1 is outside --service-cidr; not programmed"
+            ]
+        );
+    }
+}
