@@ -8,6 +8,7 @@ use k8s_openapi::api::{
     core::v1::{Endpoints, Service},
     discovery::v1::EndpointSlice,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::validate::{self, FieldError};
 
@@ -71,12 +72,16 @@ impl Object {
         }
     }
 
-    pub fn id(&self) -> ObjectId {
-        let meta = match self {
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
             Object::Endpoints(o) => &o.metadata,
-        };
+        }
+    }
+
+    pub fn id(&self) -> ObjectId {
+        let meta = self.meta();
         ObjectId {
             kind: self.kind(),
             key: NsName {

@@ -60,12 +60,7 @@ fn ip(field: String, value: &str) -> Result<(), FieldError> {
 }
 
 pub fn object(obj: &Object) -> Result<(), FieldError> {
-    let meta = match obj {
-        Object::Service(o) => &o.metadata,
-        Object::EndpointSlice(o) => &o.metadata,
-        Object::Endpoints(o) => &o.metadata,
-    };
-    if meta.name.as_deref().unwrap_or("").is_empty() {
+    if obj.meta().name.as_deref().unwrap_or("").is_empty() {
         return Err(err("metadata.name", "is required"));
     }
     match obj {
