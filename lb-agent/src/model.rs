@@ -259,15 +259,12 @@ fn endpoints_of(store: &ObjectStore, key: &NsName) -> Vec<EndpointView> {
             if s.address_type != "IPv4" {
                 continue;
             }
-            let ports: BTreeMap<(String, Proto), u16> = s
-                .ports
-                .iter()
-                .flatten()
-                .filter_map(|p| {
-                    let proto = Proto::from_k8s(p.protocol.as_deref())?;
-                    Some(((p.name.clone().unwrap_or_default(), proto), p.port? as u16))
-                })
-                .collect();
+            let ports = port_map(
+                s.ports
+                    .iter()
+                    .flatten()
+                    .map(|p| (p.name.as_deref(), p.protocol.as_deref(), p.port)),
+            );
             for e in &s.endpoints {
                 let c = e.conditions.clone().unwrap_or_default();
                 // Per the API: nil ready means ready; nil serving follows ready.
@@ -303,18 +300,28 @@ fn endpoints_of(store: &ObjectStore, key: &NsName) -> Vec<EndpointView> {
     }
 }
 
+/// (port name, protocol) -> port number, from EndpointSlice or Endpoints
+/// ports given as (name, protocol, port).
+fn port_map<'a>(
+    ports: impl Iterator<Item = (Option<&'a str>, Option<&'a str>, Option<i32>)>,
+) -> BTreeMap<(String, Proto), u16> {
+    ports
+        .filter_map(|(name, protocol, port)| {
+            let proto = Proto::from_k8s(protocol)?;
+            Some(((name.unwrap_or_default().to_string(), proto), port? as u16))
+        })
+        .collect()
+}
+
 fn legacy_endpoints(ep: &Endpoints) -> Vec<EndpointView> {
     let mut out = Vec::new();
     for sub in ep.subsets.iter().flatten() {
-        let ports: BTreeMap<(String, Proto), u16> = sub
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                let proto = Proto::from_k8s(p.protocol.as_deref())?;
-                Some(((p.name.clone().unwrap_or_default(), proto), p.port as u16))
-            })
-            .collect();
+        let ports = port_map(
+            sub.ports
+                .iter()
+                .flatten()
+                .map(|p| (p.name.as_deref(), p.protocol.as_deref(), Some(p.port))),
+        );
         let mut push = |ip: &str, ready: bool| {
             if let Ok(addr) = ip.parse::<Ipv4Addr>() {
                 out.push(EndpointView {
