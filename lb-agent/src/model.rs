@@ -113,15 +113,45 @@ struct EndpointView {
     ports: BTreeMap<(String, Proto), u16>,
 }
 
+/// EndpointSlices by the Service they belong to (their service-name label).
+type SliceIndex<'a> = BTreeMap<NsName, Vec<&'a EndpointSlice>>;
+
+fn index_slices(store: &ObjectStore) -> SliceIndex<'_> {
+    let mut index: SliceIndex<'_> = BTreeMap::new();
+    for (k, s) in &store.slices {
+        if let Some(svc) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        {
+            let key = NsName {
+                namespace: k.namespace.clone(),
+                name: svc.clone(),
+            };
+            index.entry(key).or_default().push(s);
+        }
+    }
+    index
+}
+
 pub fn desired(store: &ObjectStore) -> Desired {
     let mut out = Desired::default();
+    // One pass over the slices, not one per Service: O(S + L), not O(S * L).
+    let slices = index_slices(store);
     for (key, svc) in &store.services {
-        service_frontends(store, key, svc, &mut out);
+        service_frontends(store, &slices, key, svc, &mut out);
     }
     out
 }
 
-fn service_frontends(store: &ObjectStore, key: &NsName, svc: &Service, out: &mut Desired) {
+fn service_frontends(
+    store: &ObjectStore,
+    slices: &SliceIndex<'_>,
+    key: &NsName,
+    svc: &Service,
+    out: &mut Desired,
+) {
     let Some(spec) = &svc.spec else { return };
     if spec.type_.as_deref() == Some("ExternalName") {
         debug!(service = %key, "ExternalName Service: resolved by DNS, nothing to program");
@@ -151,7 +181,7 @@ fn service_frontends(store: &ObjectStore, key: &NsName, svc: &Service, out: &mut
         return;
     }
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
-    let endpoints = endpoints_of(store, key);
+    let endpoints = endpoints_of(store, slices, key);
     let ports = spec.ports.as_deref().unwrap_or(&[]);
     for sp in ports {
         let Some(proto) = Proto::from_k8s(sp.protocol.as_deref()) else {
@@ -239,21 +269,8 @@ fn backends_for(
 
 /// All endpoints of a Service: its EndpointSlices merged (deduplicated by
 /// address), or its legacy Endpoints object when it has no slice.
-fn endpoints_of(store: &ObjectStore, key: &NsName) -> Vec<EndpointView> {
-    let slices: Vec<&EndpointSlice> = store
-        .slices
-        .iter()
-        .filter(|(k, s)| {
-            k.namespace == key.namespace
-                && s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    == Some(&key.name)
-        })
-        .map(|(_, s)| s)
-        .collect();
-    if !slices.is_empty() {
+fn endpoints_of(store: &ObjectStore, index: &SliceIndex<'_>, key: &NsName) -> Vec<EndpointView> {
+    if let Some(slices) = index.get(key) {
         let mut by_addr: BTreeMap<Ipv4Addr, EndpointView> = BTreeMap::new();
         for s in slices {
             if s.address_type != "IPv4" {

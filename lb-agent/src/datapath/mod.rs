@@ -12,6 +12,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// Program names in the object.
 pub const PROG_TC_INGRESS: &str = "flb_tc_ingress";
+/// A program that only returns TC_ACT_OK: the benchmarks' baseline.
+pub const PROG_TC_PASS: &str = "flb_tc_pass";
 pub const PROG_CONNECT4: &str = "flb_connect4";
 pub const PROG_SENDMSG4: &str = "flb_sendmsg4";
 pub const PROG_RECVMSG4: &str = "flb_recvmsg4";
