@@ -6,6 +6,7 @@ mod common;
 use std::net::Ipv4Addr;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use ferrolb_tests::bpffs::Bpffs;
 use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_RST, TCP_SYN};
 use lb_agent::{
     datapath::{PROG_TC_INGRESS, attach, loader, maps::ServiceMaps},
@@ -29,14 +30,14 @@ fn be(i: u8) -> BackendAddr {
 }
 
 struct Datapath {
-    _fs: common::Bpffs,
+    _fs: Bpffs,
     ebpf: aya::Ebpf,
 }
 
 impl Datapath {
     /// Loads the programs and programs `frontends` through reconcile.
     fn new(tag: &str, frontends: &[(FrontendKey, Vec<BackendAddr>)]) -> Self {
-        let fs = common::Bpffs::new(tag);
+        let fs = Bpffs::new(tag).expect("private bpffs");
         let opts = loader::LoadOptions {
             pin_dir: fs.dir.join("ferrolb"),
             services_max: 1024,
