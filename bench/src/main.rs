@@ -1,0 +1,64 @@
+//! `cargo xtask bench`: measures ferrolb against the kernel's own limit and
+//! kube-proxy-shaped baselines in one run, and writes BENCHMARKS.md.
+mod control;
+mod datapath;
+mod report;
+mod stats;
+mod synth;
+mod traffic;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+
+#[derive(Parser, Clone)]
+#[command(name = "flb-bench")]
+pub struct Opts {
+    /// Small sizes and short runs (under 3 minutes): the CI smoke test.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where BENCHMARKS.md is written.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    /// The agent binary.
+    #[arg(long)]
+    pub agent: PathBuf,
+    /// The pod server binary.
+    #[arg(long)]
+    pub podserver: PathBuf,
+    /// Run only these sections (datapath, control, traffic).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+impl Opts {
+    fn wants(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
+fn main() -> Result<()> {
+    let o = Opts::parse();
+    let mut r = report::Report {
+        command: if o.quick { "cargo xtask bench --quick" } else { "cargo xtask bench" }.into(),
+        ..Default::default()
+    };
+    if o.wants("datapath") {
+        eprintln!("==> 1. per-packet datapath cost");
+        datapath::run(&o, &mut r)?;
+    }
+    if o.wants("traffic") {
+        eprintln!("==> 2. end-to-end traffic");
+        traffic::run(&o, &mut r)?;
+    }
+    if o.wants("control") {
+        eprintln!("==> 3. control plane");
+        control::run(&o, &mut r)?;
+    }
+    let path = o.out.join("BENCHMARKS.md");
+    std::fs::write(&path, r.markdown())?;
+    println!("{}", r.summary());
+    println!("wrote {}", path.display());
+    Ok(())
+}

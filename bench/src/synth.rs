@@ -1,0 +1,161 @@
+//! Synthetic clusters: N Services with 10 endpoints each, as a desired
+//! state (for the datapath), as manifests (for the agent) and as
+//! kube-proxy-shaped iptables/nftables rule sets (for the baselines).
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use lb_agent::model::{BackendAddr, Desired, FrontendKey, FrontendState, Proto};
+
+pub const ENDPOINTS_PER_SERVICE: usize = 10;
+pub const SERVICE_PORT: u16 = 80;
+pub const TARGET_PORT: u16 = 8080;
+
+/// Cluster IP of synthetic Service `i` (10.96.0.0/12, like a default
+/// service CIDR).
+pub fn vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + i as u32)
+}
+
+/// Endpoint `j` of Service `i` (never routed: these are map entries).
+pub fn endpoint(i: usize, j: usize) -> Ipv4Addr {
+    Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * ENDPOINTS_PER_SERVICE + j) as u32,
+    )
+}
+
+pub fn desired(n: usize) -> Desired {
+    let mut d = Desired::default();
+    for i in 0..n {
+        d.frontends.insert(
+            FrontendKey {
+                addr: vip(i),
+                port: SERVICE_PORT,
+                proto: Proto::Tcp,
+            },
+            FrontendState {
+                name: format!("bench/svc-{i}:http"),
+                backends: (0..ENDPOINTS_PER_SERVICE)
+                    .map(|j| BackendAddr {
+                        addr: endpoint(i, j),
+                        port: TARGET_PORT,
+                    })
+                    .collect(),
+            },
+        );
+    }
+    d
+}
+
+/// Service and EndpointSlice manifests for Service `i`.
+pub fn manifest(i: usize, endpoints: usize) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\nspec:\n  clusterIP: {}\n  ports: [{{name: http, port: {SERVICE_PORT}, targetPort: {TARGET_PORT}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-{i}-1\n  namespace: bench\n  labels: {{kubernetes.io/service-name: svc-{i}}}\naddressType: IPv4\nports: [{{name: http, port: {TARGET_PORT}}}]\nendpoints:\n",
+        vip(i)
+    );
+    for j in 0..endpoints {
+        let _ = writeln!(s, "- addresses: [\"{}\"]", endpoint(i, j));
+    }
+    s
+}
+
+/// A chain-name suffix in kube-proxy's style (hash-like, fixed width).
+fn tag(kind: &str, i: usize, j: usize) -> String {
+    format!("{kind}-{:016X}", (i as u64) << 20 | j as u64)
+}
+
+/// `iptables-restore` input shaped like kube-proxy's iptables mode (as
+/// in the seeds): KUBE-SERVICES -> KUBE-SVC-* with `statistic --mode
+/// random` -> KUBE-SEP-* DNAT. `extra` holds real Services (VIP, port,
+/// backends) appended after the synthetic ones, i.e. matched last.
+pub fn iptables_rules(n: usize, extra: &[(Ipv4Addr, u16, Vec<(Ipv4Addr, u16)>)]) -> String {
+    let mut services: Vec<(Ipv4Addr, u16, Vec<(Ipv4Addr, u16)>)> = (0..n)
+        .map(|i| {
+            (
+                vip(i),
+                SERVICE_PORT,
+                (0..ENDPOINTS_PER_SERVICE)
+                    .map(|j| (endpoint(i, j), TARGET_PORT))
+                    .collect(),
+            )
+        })
+        .collect();
+    services.extend_from_slice(extra);
+    let mut chains = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n");
+    let mut rules = String::from(
+        "-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n",
+    );
+    for (i, (vip, port, eps)) in services.iter().enumerate() {
+        let svc = tag("KUBE-SVC", i, 0);
+        let _ = writeln!(chains, ":{svc} - [0:0]");
+        let _ = writeln!(
+            rules,
+            "-A KUBE-SERVICES -d {vip}/32 -p tcp -m tcp --dport {port} -j {svc}"
+        );
+        let k = eps.len();
+        for (j, (ip, tport)) in eps.iter().enumerate() {
+            let sep = tag("KUBE-SEP", i, j);
+            let _ = writeln!(chains, ":{sep} - [0:0]");
+            if j + 1 < k {
+                let p = 1.0 / (k - j) as f64;
+                let _ = writeln!(
+                    rules,
+                    "-A {svc} -m statistic --mode random --probability {p:.11} -j {sep}"
+                );
+            } else {
+                let _ = writeln!(rules, "-A {svc} -j {sep}");
+            }
+            let _ = writeln!(
+                rules,
+                "-A {sep} -p tcp -m tcp -j DNAT --to-destination {ip}:{tport}"
+            );
+        }
+    }
+    format!("{chains}{rules}COMMIT\n")
+}
+
+/// `nft -f` input shaped like kube-proxy's nftables mode: one verdict
+/// map from VIP . protocol . port to a per-service chain, which picks an
+/// endpoint chain with `numgen random mod N vmap`, which DNATs.
+pub fn nft_rules(n: usize, extra: &[(Ipv4Addr, u16, Vec<(Ipv4Addr, u16)>)]) -> String {
+    let mut services: Vec<(Ipv4Addr, u16, Vec<(Ipv4Addr, u16)>)> = (0..n)
+        .map(|i| {
+            (
+                vip(i),
+                SERVICE_PORT,
+                (0..ENDPOINTS_PER_SERVICE)
+                    .map(|j| (endpoint(i, j), TARGET_PORT))
+                    .collect(),
+            )
+        })
+        .collect();
+    services.extend_from_slice(extra);
+    let mut s = String::from("table ip kube-proxy {\n");
+    let mut elems = Vec::new();
+    for (i, (vip, port, eps)) in services.iter().enumerate() {
+        let chain = format!("service-{i}");
+        let mut vmap = Vec::new();
+        for (j, (ip, p)) in eps.iter().enumerate() {
+            let ep = format!("endpoint-{i}-{j}");
+            let _ = writeln!(s, "  chain {ep} {{\n    meta l4proto tcp dnat to {ip}:{p}\n  }}");
+            vmap.push(format!("{j} : goto {ep}"));
+        }
+        let _ = writeln!(
+            s,
+            "  chain {chain} {{\n    numgen random mod {} vmap {{ {} }}\n  }}",
+            eps.len(),
+            vmap.join(", ")
+        );
+        elems.push(format!("{vip} . tcp . {port} : goto {chain}"));
+    }
+    let _ = writeln!(
+        s,
+        "  map service-ips {{\n    type ipv4_addr . inet_proto . inet_service : verdict\n    elements = {{ {} }}\n  }}",
+        elems.join(",\n      ")
+    );
+    s.push_str(
+        "  chain services {\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }\n\
+         chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }\n\
+         chain output {\n    type nat hook output priority dstnat; policy accept;\n    jump services\n  }\n}\n",
+    );
+    s
+}
