@@ -154,8 +154,8 @@ pub fn nft_rules(n: usize, extra: &[(Ipv4Addr, u16, Vec<(Ipv4Addr, u16)>)]) -> S
     );
     s.push_str(
         "  chain services {\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }\n\
-         chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }\n\
-         chain output {\n    type nat hook output priority dstnat; policy accept;\n    jump services\n  }\n}\n",
+         chain prerouting {\n    type nat hook prerouting priority -100; policy accept;\n    jump services\n  }\n\
+         chain output {\n    type nat hook output priority -100; policy accept;\n    jump services\n  }\n}\n",
     );
     s
 }
