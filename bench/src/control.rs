@@ -1,4 +1,4 @@
-//! 3. Control plane: manifests -> maps. Initial programming and one-change
+//! Section 3, control plane: manifests -> maps. Initial programming and one-change
 //! latency run in-process through the agent's own pipeline (the same
 //! `FileSource`, `model`, `reconcile` and `ServiceMaps` calls its sync loop
 //! makes); start-up, peak RSS and map memory come from the real agent
@@ -29,36 +29,18 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Writes Services `lo..hi` into one file, Service `short` with one
-/// endpoint fewer (the "change").
-fn write_file(dir: &Path, file: usize, n: usize, short: Option<usize>) -> Result<()> {
-    let lo = file * PER_FILE;
-    let hi = (lo + PER_FILE).min(n);
-    let mut text = String::new();
-    for i in lo..hi {
-        let eps = synth::ENDPOINTS_PER_SERVICE - usize::from(short == Some(i));
-        text.push_str(&synth::manifest(i, eps));
-        text.push_str("---\n");
-    }
-    let path = dir.join(format!("svc-{file:05}.yaml"));
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
-}
-
 fn write_manifests(n: usize) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("ferrolb-bench-cp-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    for f in 0..n.div_ceil(PER_FILE) {
-        write_file(&dir, f, n, None)?;
-    }
+    synth::write_manifests(&dir, n, PER_FILE)?;
     Ok(dir)
 }
 
 fn load_opts(fs: &Bpffs, n: usize) -> loader::LoadOptions {
-    let entries = ((n * (synth::ENDPOINTS_PER_SERVICE + 1)) as u32).next_power_of_two().max(1024);
+    let entries = ((n * (synth::ENDPOINTS_PER_SERVICE + 1)) as u32)
+        .next_power_of_two()
+        .max(1024);
     loader::LoadOptions {
         pin_dir: fs.dir.join("ferrolb"),
         services_max: entries,
@@ -69,10 +51,18 @@ fn load_opts(fs: &Bpffs, n: usize) -> loader::LoadOptions {
 }
 
 /// One sync, exactly as the agent does it. Returns (parse, program) time.
-fn sync(src: &mut FileSource, maps: &mut ServiceMaps, mirror: &mut reconcile::MapState) -> Result<(Duration, Duration)> {
+fn sync(
+    src: &mut FileSource,
+    maps: &mut ServiceMaps,
+    mirror: &mut reconcile::MapState,
+) -> Result<(Duration, Duration)> {
     let t0 = Instant::now();
     let reload = src.load()?;
-    ensure!(reload.errors.is_empty(), "manifest errors: {:?}", reload.errors.first());
+    ensure!(
+        reload.errors.is_empty(),
+        "manifest errors: {:?}",
+        reload.errors.first()
+    );
     let t1 = Instant::now();
     let desired = model::desired(&reload.store);
     let target = reconcile::target(&desired, mirror);
@@ -140,9 +130,13 @@ fn real_agent(o: &Opts, dir: &Path, n: usize) -> Result<Agent> {
 /// Sum of `memlock` over the distinct BPF maps a process holds open.
 fn map_memory(pid: u32) -> u64 {
     let mut ids = std::collections::BTreeMap::new();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return 0 };
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
     for e in fds.flatten() {
-        let Ok(info) = std::fs::read_to_string(e.path()) else { continue };
+        let Ok(info) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
         if !info.contains("map_type:") {
             continue;
         }
@@ -184,7 +178,11 @@ fn kube_proxy_load(n: usize) -> Result<(Duration, Duration)> {
 }
 
 pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
-    let sizes: &[usize] = if o.quick { &[100, 1_000] } else { &[100, 1_000, 10_000] };
+    let sizes: &[usize] = if o.quick {
+        &[100, 1_000]
+    } else {
+        &[100, 1_000, 10_000]
+    };
     let changes = if o.quick { 50 } else { 200 };
     let reps = if o.quick { 1 } else { 3 };
     let mut rows = Vec::new();
@@ -192,7 +190,10 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     let mut mem_rows = Vec::new();
     let mut last = (0.0, 0.0, 0.0, 0.0);
     for &n in sizes {
-        eprintln!("  control plane: {n} services x {} endpoints", synth::ENDPOINTS_PER_SERVICE);
+        eprintln!(
+            "  control plane: {n} services x {} endpoints",
+            synth::ENDPOINTS_PER_SERVICE
+        );
         let dir = write_manifests(n)?;
         let mut parse = Vec::new();
         let mut program = Vec::new();
@@ -217,7 +218,7 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         for c in 0..changes {
             let i = (c * 7919) % n;
             // Odd changes take an endpoint away, even ones give it back.
-            write_file(&dir, i / PER_FILE, n, (c % 2 == 0).then_some(i))?;
+            synth::write_manifest_file(&dir, i / PER_FILE, n, PER_FILE, (c % 2 == 0).then_some(i))?;
             let t = Instant::now();
             ensure!(src.changed(), "change {c} not visible");
             sync(&mut src, &mut maps, &mut mirror)?;

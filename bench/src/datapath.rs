@@ -1,4 +1,4 @@
-//! 1. Per-packet cost of the tc program through BPF_PROG_TEST_RUN, against
+//! Section 1, per-packet cost of the tc program through BPF_PROG_TEST_RUN, against
 //! a program that only returns, at growing numbers of Services.
 //!
 //! Each sample is one run (repeat = 1) on a fresh skb: with repeat > 1 the
@@ -35,7 +35,11 @@ fn run_once(prog: &SchedClassifier, frame: &[u8]) -> Result<(u32, f64, Vec<u8>)>
 }
 
 /// Median ns of `samples` runs, each on the frame `make(k)` returns.
-fn median_ns(prog: &SchedClassifier, samples: usize, make: impl Fn(usize) -> Vec<u8>) -> Result<f64> {
+fn median_ns(
+    prog: &SchedClassifier,
+    samples: usize,
+    make: impl Fn(usize) -> Vec<u8>,
+) -> Result<f64> {
     let mut v = Vec::with_capacity(samples);
     for k in 0..samples {
         v.push(run_once(prog, &make(k))?.1);
@@ -51,7 +55,11 @@ const CASES: [&str; 4] = [
 ];
 
 pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
-    let sizes: &[usize] = if o.quick { &[1, 1_000, 10_000] } else { &[1, 1_000, 10_000, 100_000] };
+    let sizes: &[usize] = if o.quick {
+        &[1, 1_000, 10_000]
+    } else {
+        &[1, 1_000, 10_000, 100_000]
+    };
     let samples = if o.quick { 400 } else { 3000 };
     let reps = if o.quick { 1 } else { 3 };
     let fs = Bpffs::new("bench-dp")?;
@@ -84,36 +92,52 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     let mut totals: Vec<Vec<Spread>> = Vec::new();
     let mut flow_seq: usize = 0;
     for &n in sizes {
-        eprintln!("  datapath: {n} services x {} backends", synth::ENDPOINTS_PER_SERVICE);
+        eprintln!(
+            "  datapath: {n} services x {} backends",
+            synth::ENDPOINTS_PER_SERVICE
+        );
         let desired = synth::desired(n);
         let target = reconcile::target(&desired, &mirror);
         let errs = maps.apply(&reconcile::plan(&mirror, &target), &mut mirror);
-        anyhow::ensure!(errs.is_empty(), "programming {n} services: {:?}", errs.first());
+        anyhow::ensure!(
+            errs.is_empty(),
+            "programming {n} services: {:?}",
+            errs.first()
+        );
         // The measured Service sits in the middle of the set.
         let vip = synth::vip(n / 2);
         let other = (Ipv4Addr::new(10, 244, 0, 9), 9376);
         let mut per_case: [Vec<f64>; 4] = Default::default();
         let mut per_case_total: [Vec<f64>; 4] = Default::default();
         for _ in 0..reps {
-            let base = median_ns(pass, samples, |_| Frame::tcp((CLIENT, 40000), other, TCP_ACK).build())?;
-            let passthrough =
-                median_ns(prog, samples, |_| Frame::tcp((CLIENT, 40000), other, TCP_ACK).build())?;
+            let base = median_ns(pass, samples, |_| {
+                Frame::tcp((CLIENT, 40000), other, TCP_ACK).build()
+            })?;
+            let passthrough = median_ns(prog, samples, |_| {
+                Frame::tcp((CLIENT, 40000), other, TCP_ACK).build()
+            })?;
             // New flows: a distinct client address per sample.
             let start = flow_seq;
             flow_seq += samples;
             let new_flow = median_ns(prog, samples, |k| {
-                let c = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 0)) + (start + k) as u32);
+                let c =
+                    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 0)) + (start + k) as u32);
                 Frame::tcp((c, 40000), (vip, synth::SERVICE_PORT), TCP_SYN).build()
             })?;
             // One tracked flow, then its packets and its replies.
             let sport = 30000 + (flow_seq % 20000) as u16;
             flow_seq += 1;
-            let (_, _, first) = run_once(prog, &Frame::tcp((CLIENT, sport), (vip, synth::SERVICE_PORT), TCP_SYN).build())?;
+            let (_, _, first) = run_once(
+                prog,
+                &Frame::tcp((CLIENT, sport), (vip, synth::SERVICE_PORT), TCP_SYN).build(),
+            )?;
             let backend = packet::dst(&first);
             let est = median_ns(prog, samples, |_| {
                 Frame::tcp((CLIENT, sport), (vip, synth::SERVICE_PORT), TCP_ACK).build()
             })?;
-            let reply = median_ns(prog, samples, |_| Frame::tcp(backend, (CLIENT, sport), TCP_ACK).build())?;
+            let reply = median_ns(prog, samples, |_| {
+                Frame::tcp(backend, (CLIENT, sport), TCP_ACK).build()
+            })?;
             for (i, v) in [passthrough, new_flow, est, reply].into_iter().enumerate() {
                 per_case[i].push(v - base);
                 per_case_total[i].push(v);
@@ -123,7 +147,14 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         let t: Vec<Spread> = per_case_total.iter().map(|v| spread(v)).collect();
         for (i, case) in CASES.iter().enumerate() {
             let [mn, md, mx] = fmt(a[i], 0);
-            rows.push(vec![n.to_string(), case.to_string(), mn, md, mx, format!("{:.0}", t[i].median)]);
+            rows.push(vec![
+                n.to_string(),
+                case.to_string(),
+                mn,
+                md,
+                mx,
+                format!("{:.0}", t[i].median),
+            ]);
         }
         added.push(a);
         totals.push(t);
@@ -157,7 +188,10 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         .map(|i| hi[i].median / lo[i].median - 1.0)
         .fold(f64::MIN, f64::max);
     r.target(
-        &format!("{} services within 10% of 1 service (per packet)", sizes.last().unwrap()),
+        &format!(
+            "{} services within 10% of 1 service (per packet)",
+            sizes.last().unwrap()
+        ),
         format!("worst case {:+.1}%", worst * 100.0),
         worst <= 0.10,
     );

@@ -41,7 +41,12 @@ impl Opts {
 fn main() -> Result<()> {
     let o = Opts::parse();
     let mut r = report::Report {
-        command: if o.quick { "cargo xtask bench --quick" } else { "cargo xtask bench" }.into(),
+        command: if o.quick {
+            "cargo xtask bench --quick"
+        } else {
+            "cargo xtask bench"
+        }
+        .into(),
         ..Default::default()
     };
     if o.wants("datapath") {

@@ -18,9 +18,7 @@ pub fn vip(i: usize) -> Ipv4Addr {
 
 /// Endpoint `j` of Service `i` (never routed: these are map entries).
 pub fn endpoint(i: usize, j: usize) -> Ipv4Addr {
-    Ipv4Addr::from(
-        u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * ENDPOINTS_PER_SERVICE + j) as u32,
-    )
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * ENDPOINTS_PER_SERVICE + j) as u32)
 }
 
 pub fn desired(n: usize) -> Desired {
@@ -58,17 +56,14 @@ pub fn manifest(i: usize, endpoints: usize) -> String {
     s
 }
 
-/// A chain-name suffix in kube-proxy's style (hash-like, fixed width).
-fn tag(kind: &str, i: usize, j: usize) -> String {
-    format!("{kind}-{:016X}", (i as u64) << 20 | j as u64)
-}
+/// A Service for the rule generators: VIP, port, endpoints (ip, port).
+pub type Svc = (Ipv4Addr, u16, Vec<(Ipv4Addr, u16)>);
 
-/// `iptables-restore` input shaped like kube-proxy's iptables mode (as
-/// in the seeds): KUBE-SERVICES -> KUBE-SVC-* with `statistic --mode
-/// random` -> KUBE-SEP-* DNAT. `extra` holds real Services (VIP, port,
-/// backends) appended after the synthetic ones, i.e. matched last.
-pub fn iptables_rules(n: usize, extra: &[(Ipv4Addr, u16, Vec<(Ipv4Addr, u16)>)]) -> String {
-    let mut services: Vec<(Ipv4Addr, u16, Vec<(Ipv4Addr, u16)>)> = (0..n)
+/// `n` synthetic Services with the real ones (`extra`) in the middle of
+/// the list: kube-proxy's rule order is arbitrary, and the middle is the
+/// average position of a linear scan.
+fn with_real(n: usize, extra: &[Svc]) -> Vec<Svc> {
+    let mut services: Vec<Svc> = (0..n)
         .map(|i| {
             (
                 vip(i),
@@ -79,11 +74,58 @@ pub fn iptables_rules(n: usize, extra: &[(Ipv4Addr, u16, Vec<(Ipv4Addr, u16)>)])
             )
         })
         .collect();
-    services.extend_from_slice(extra);
-    let mut chains = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n");
-    let mut rules = String::from(
-        "-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n",
+    let mid = n / 2;
+    services.splice(mid..mid, extra.iter().cloned());
+    services
+}
+
+/// Writes `n` synthetic Services as manifests into `dir`, `per_file` per
+/// file.
+pub fn write_manifests(dir: &std::path::Path, n: usize, per_file: usize) -> std::io::Result<()> {
+    for f in 0..n.div_ceil(per_file) {
+        write_manifest_file(dir, f, n, per_file, None)?;
+    }
+    Ok(())
+}
+
+/// Writes file `file` of the set (Services `file*per_file..`), Service
+/// `short` with one endpoint fewer. Replaced atomically.
+pub fn write_manifest_file(
+    dir: &std::path::Path,
+    file: usize,
+    n: usize,
+    per_file: usize,
+    short: Option<usize>,
+) -> std::io::Result<()> {
+    let lo = file * per_file;
+    let hi = (lo + per_file).min(n);
+    let mut text = String::new();
+    for i in lo..hi {
+        let eps = ENDPOINTS_PER_SERVICE - usize::from(short == Some(i));
+        text.push_str(&manifest(i, eps));
+        text.push_str("---\n");
+    }
+    let path = dir.join(format!("svc-{file:05}.yaml"));
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// A chain-name suffix in kube-proxy's style (hash-like, fixed width).
+fn tag(kind: &str, i: usize, j: usize) -> String {
+    format!("{kind}-{:016X}", (i as u64) << 20 | j as u64)
+}
+
+/// `iptables-restore` input shaped like kube-proxy's iptables mode (as
+/// in the seeds): KUBE-SERVICES -> KUBE-SVC-* with `statistic --mode
+/// random` -> KUBE-SEP-* DNAT. `extra` holds real Services (VIP, port,
+/// backends) placed in the middle of the synthetic ones.
+pub fn iptables_rules(n: usize, extra: &[Svc]) -> String {
+    let services = with_real(n, extra);
+    let mut chains = String::from(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n",
     );
+    let mut rules = String::from("-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n");
     for (i, (vip, port, eps)) in services.iter().enumerate() {
         let svc = tag("KUBE-SVC", i, 0);
         let _ = writeln!(chains, ":{svc} - [0:0]");
@@ -116,19 +158,8 @@ pub fn iptables_rules(n: usize, extra: &[(Ipv4Addr, u16, Vec<(Ipv4Addr, u16)>)])
 /// `nft -f` input shaped like kube-proxy's nftables mode: one verdict
 /// map from VIP . protocol . port to a per-service chain, which picks an
 /// endpoint chain with `numgen random mod N vmap`, which DNATs.
-pub fn nft_rules(n: usize, extra: &[(Ipv4Addr, u16, Vec<(Ipv4Addr, u16)>)]) -> String {
-    let mut services: Vec<(Ipv4Addr, u16, Vec<(Ipv4Addr, u16)>)> = (0..n)
-        .map(|i| {
-            (
-                vip(i),
-                SERVICE_PORT,
-                (0..ENDPOINTS_PER_SERVICE)
-                    .map(|j| (endpoint(i, j), TARGET_PORT))
-                    .collect(),
-            )
-        })
-        .collect();
-    services.extend_from_slice(extra);
+pub fn nft_rules(n: usize, extra: &[Svc]) -> String {
+    let services = with_real(n, extra);
     let mut s = String::from("table ip kube-proxy {\n");
     let mut elems = Vec::new();
     for (i, (vip, port, eps)) in services.iter().enumerate() {
@@ -136,7 +167,10 @@ pub fn nft_rules(n: usize, extra: &[(Ipv4Addr, u16, Vec<(Ipv4Addr, u16)>)]) -> S
         let mut vmap = Vec::new();
         for (j, (ip, p)) in eps.iter().enumerate() {
             let ep = format!("endpoint-{i}-{j}");
-            let _ = writeln!(s, "  chain {ep} {{\n    meta l4proto tcp dnat to {ip}:{p}\n  }}");
+            let _ = writeln!(
+                s,
+                "  chain {ep} {{\n    meta l4proto tcp dnat to {ip}:{p}\n  }}"
+            );
             vmap.push(format!("{j} : goto {ep}"));
         }
         let _ = writeln!(

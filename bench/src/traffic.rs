@@ -1,1 +1,409 @@
-pub fn run(_o: &crate::Opts, _r: &mut crate::report::Report) -> anyhow::Result<()> { Ok(()) }
+//! Section 2, end-to-end traffic: a client pod talking to backend pods through a
+//! simulated node, four ways in the same run: straight to a pod IP (no
+//! load balancer: the ceiling), through ferrolb, through kube-proxy-shaped
+//! iptables NAT chains and through kube-proxy-shaped nftables verdict
+//! maps, the last three with 1 to 10,000 Services programmed. The
+//! baselines' rules live only in this benchmark's throwaway node
+//! namespace.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use ferrolb_tests::cluster::{Binaries, Cluster, POD_PORT, wait_until};
+
+use crate::report::Report;
+use crate::stats::{Spread, fmt, percentile, spread};
+use crate::{Opts, synth};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 175);
+const IPERF_PORT: u16 = 5201;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Direct,
+    Ferrolb,
+    Iptables,
+    Nftables,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct (pod IP, no LB)",
+            Mode::Ferrolb => "ferrolb",
+            Mode::Iptables => "kube-proxy-shaped iptables",
+            Mode::Nftables => "kube-proxy-shaped nftables",
+        }
+    }
+}
+
+/// One run's figures.
+#[derive(Clone, Copy, Default)]
+struct Figures {
+    gbps: f64,
+    rr_per_s: f64,
+    rr_p50_us: f64,
+    rr_p99_us: f64,
+    cps: f64,
+    cps_p50_us: f64,
+    cps_p99_us: f64,
+    cpu_us_per_conn: f64,
+}
+
+/// Busy and total jiffies from /proc/stat, all CPUs.
+fn cpu_jiffies() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<()> {
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if let Some(v) = h.strip_prefix("Content-Length: ") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        if h == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body)
+}
+
+/// Requests on one kept-alive connection for `dur`: (rate, latencies us).
+fn request_response(addr: SocketAddr, dur: Duration) -> std::io::Result<(f64, Vec<f64>)> {
+    let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut w = conn.try_clone()?;
+    let mut r = BufReader::new(conn);
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < dur {
+        let t = Instant::now();
+        w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        read_response(&mut r)?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok((lat.len() as f64 / start.elapsed().as_secs_f64(), lat))
+}
+
+/// Connect, one request, close, for `dur`: (rate, latencies us).
+fn new_connections(addr: SocketAddr, dur: Duration) -> std::io::Result<(f64, Vec<f64>)> {
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < dur {
+        let t = Instant::now();
+        let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        conn.set_nodelay(true)?;
+        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut w = conn.try_clone()?;
+        w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut buf = Vec::new();
+        let mut c = conn;
+        c.read_to_end(&mut buf)?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok((lat.len() as f64 / start.elapsed().as_secs_f64(), lat))
+}
+
+/// Kills a helper process when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn iperf(cluster: &Cluster, target: Ipv4Addr, secs: u64) -> Result<f64> {
+    let out = cluster
+        .client()
+        .ns
+        .command("iperf3")
+        .args([
+            "-c",
+            &target.to_string(),
+            "-p",
+            &IPERF_PORT.to_string(),
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ])
+        .output()
+        .context("running iperf3 (cargo xtask bench installs it)")?;
+    ensure!(
+        out.status.success(),
+        "iperf3 failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .context("iperf3 JSON without end.sum_received")
+}
+
+/// The real Service the client talks to: hostnames on 80, iperf3 on 5201.
+fn real_services(c: &Cluster) -> Vec<synth::Svc> {
+    vec![
+        (VIP, 80, c.pods.iter().map(|p| (p.ip, POD_PORT)).collect()),
+        (VIP, IPERF_PORT, vec![(c.pods[0].ip, IPERF_PORT)]),
+    ]
+}
+
+fn real_manifest(c: &Cluster) -> String {
+    let mut s = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: hostnames}\nspec:\n  clusterIP: 10.0.1.175\n  ports:\n  - {name: http, port: 80, targetPort: 9376}\n  - {name: iperf, port: 5201, targetPort: 5201}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: hostnames-http, labels: {kubernetes.io/service-name: hostnames}}\naddressType: IPv4\nports: [{name: http, port: 9376}]\nendpoints:\n",
+    );
+    for p in &c.pods {
+        s.push_str(&format!("- addresses: [\"{}\"]\n", p.ip));
+    }
+    s.push_str(&format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: hostnames-iperf, labels: {{kubernetes.io/service-name: hostnames}}}}\naddressType: IPv4\nports: [{{name: iperf, port: 5201}}]\nendpoints: [{{addresses: [\"{}\"]}}]\n",
+        c.pods[0].ip
+    ));
+    s
+}
+
+fn load_rules(c: &Cluster, mode: Mode, n: usize) -> Result<()> {
+    let extra = real_services(c);
+    let (prog, args, text): (&str, &[&str], String) = match mode {
+        Mode::Iptables => (
+            "iptables-restore",
+            &[],
+            synth::iptables_rules(n - 1, &extra),
+        ),
+        Mode::Nftables => ("nft", &["-f", "-"], synth::nft_rules(n - 1, &extra)),
+        _ => return Ok(()),
+    };
+    let path = c.workdir.join("rules");
+    std::fs::write(&path, text)?;
+    let st = Command::new("ip")
+        .args(["netns", "exec", &c.node.name, prog])
+        .args(args)
+        .stdin(std::fs::File::open(&path)?)
+        .status()?;
+    ensure!(st.success(), "{prog} failed in the bench's node namespace");
+    Ok(())
+}
+
+fn measure(o: &Opts, mode: Mode, n: usize, reps: usize, secs: u64) -> Result<Vec<Figures>> {
+    let bins = Binaries {
+        agent: o.agent.clone(),
+        podserver: o.podserver.clone(),
+    };
+    let mut c = Cluster::new(bins, 3)?;
+    c.client().ns.run(|| {
+        // Many short connections: widen the port range, reuse TIME_WAIT.
+        let _ = std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65000");
+        let _ = std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1");
+    })?;
+    let iperf_srv = Guard(
+        c.pods[0]
+            .ns
+            .command("iperf3")
+            .args(["-s", "-p", &IPERF_PORT.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 -s")?,
+    );
+    let target = match mode {
+        Mode::Direct => c.pods[0].ip,
+        _ => VIP,
+    };
+    match mode {
+        Mode::Ferrolb => {
+            let dir = c.workdir.join("manifests");
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("hostnames.yaml"), real_manifest(&c))?;
+            synth::write_manifests(&dir, n - 1, 100)?;
+            c.start_agent(&dir)?;
+        }
+        Mode::Iptables | Mode::Nftables => load_rules(&c, mode, n)?,
+        Mode::Direct => {}
+    }
+    let iperf_addr = SocketAddr::from((c.pods[0].ip, IPERF_PORT));
+    wait_until(Duration::from_secs(5), || {
+        c.pods[0]
+            .ns
+            .run(move || {
+                TcpStream::connect_timeout(&iperf_addr, Duration::from_millis(200)).is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .context("iperf3 server did not start")?;
+    let addr = SocketAddr::from((target, if mode == Mode::Direct { POD_PORT } else { 80 }));
+    let dur = Duration::from_secs(secs);
+    let mut out = Vec::new();
+    for _ in 0..reps {
+        let gbps = iperf(&c, target, secs)?;
+        let (rr_per_s, rr) = c.client().ns.run(move || request_response(addr, dur))??;
+        let (b0, _) = cpu_jiffies();
+        let (cps, conn) = c.client().ns.run(move || new_connections(addr, dur))??;
+        let (b1, _) = cpu_jiffies();
+        // Jiffies are 10 ms (USER_HZ = 100).
+        let cpu_us = (b1 - b0) as f64 * 10_000.0 / conn.len().max(1) as f64;
+        out.push(Figures {
+            gbps,
+            rr_per_s,
+            rr_p50_us: percentile(&rr, 50.0),
+            rr_p99_us: percentile(&rr, 99.0),
+            cps,
+            cps_p50_us: percentile(&conn, 50.0),
+            cps_p99_us: percentile(&conn, 99.0),
+            cpu_us_per_conn: cpu_us,
+        });
+    }
+    drop(iperf_srv);
+    Ok(out)
+}
+
+fn col(f: &[Figures], get: impl Fn(&Figures) -> f64) -> Spread {
+    spread(&f.iter().map(get).collect::<Vec<_>>())
+}
+
+fn cell(s: Spread, digits: usize) -> String {
+    let [a, b, c] = fmt(s, digits);
+    format!("{b} ({a}-{c})")
+}
+
+pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
+    let sizes: &[usize] = if o.quick {
+        &[1, 1_000]
+    } else {
+        &[1, 1_000, 10_000]
+    };
+    let reps = if o.quick { 1 } else { 3 };
+    let secs = if o.quick { 1 } else { 3 };
+    let mut results: Vec<(Mode, usize, Vec<Figures>)> = Vec::new();
+    eprintln!("  traffic: direct");
+    results.push((Mode::Direct, 0, measure(o, Mode::Direct, 1, reps, secs)?));
+    for &n in sizes {
+        for mode in [Mode::Ferrolb, Mode::Iptables, Mode::Nftables] {
+            eprintln!("  traffic: {} with {n} services", mode.name());
+            results.push((mode, n, measure(o, mode, n, reps, secs)?));
+        }
+    }
+    let rows = results
+        .iter()
+        .map(|(mode, n, f)| {
+            vec![
+                mode.name().to_string(),
+                if *mode == Mode::Direct {
+                    "-".into()
+                } else {
+                    n.to_string()
+                },
+                cell(col(f, |x| x.gbps), 2),
+                cell(col(f, |x| x.rr_per_s), 0),
+                cell(col(f, |x| x.rr_p50_us), 0),
+                cell(col(f, |x| x.rr_p99_us), 0),
+                cell(col(f, |x| x.cps), 0),
+                cell(col(f, |x| x.cps_p50_us), 0),
+                cell(col(f, |x| x.cps_p99_us), 0),
+                cell(col(f, |x| x.cpu_us_per_conn), 0),
+            ]
+        })
+        .collect();
+    r.table(
+        "2. End-to-end traffic through network namespaces",
+        &format!(
+            "Client pod -> node namespace -> backend pods over veth, on this machine only. Bulk TCP: `iperf3 -t \
+             {secs}` to one backend. Request/response: one kept-alive HTTP connection, one request in flight. \
+             New connections: connect, one request, close, one at a time. CPU: whole-machine busy time during the \
+             new-connection run divided by connections. {secs} s per figure, {reps} repetition(s): cells are \
+             median (min-max). kube-proxy-shaped rule sets are generated by the bench (KUBE-SERVICES -> KUBE-SVC-* \
+             `statistic --mode random` -> KUBE-SEP-* DNAT; nftables: one verdict map -> numgen vmap -> DNAT) with \
+             the measured Service in the middle of the list."
+        ),
+        &[
+            "datapath",
+            "services",
+            "TCP Gbit/s",
+            "req/s (kept-alive)",
+            "req p50 us",
+            "req p99 us",
+            "new conn/s",
+            "conn p50 us",
+            "conn p99 us",
+            "CPU us/conn",
+        ],
+        rows,
+    );
+    // Targets.
+    let med = |m: Mode, n: usize, get: fn(&Figures) -> f64| -> f64 {
+        results
+            .iter()
+            .find(|(mm, nn, _)| *mm == m && (m == Mode::Direct || *nn == n))
+            .map(|(_, _, f)| col(f, get).median)
+            .unwrap_or(f64::NAN)
+    };
+    let big = *sizes.last().expect("sizes");
+    let d_gbps = med(Mode::Direct, 0, |x| x.gbps);
+    let d_rr = med(Mode::Direct, 0, |x| x.rr_per_s);
+    let f_gbps = med(Mode::Ferrolb, 1, |x| x.gbps);
+    let f_rr = med(Mode::Ferrolb, 1, |x| x.rr_per_s);
+    r.target(
+        "throughput >= 0.95x direct",
+        format!("{:.2}x", f_gbps / d_gbps),
+        f_gbps / d_gbps >= 0.95,
+    );
+    r.target(
+        "request rate >= 0.95x direct",
+        format!("{:.2}x", f_rr / d_rr),
+        f_rr / d_rr >= 0.95,
+    );
+    let f_cps = med(Mode::Ferrolb, big, |x| x.cps);
+    let i_cps = med(Mode::Iptables, big, |x| x.cps);
+    let n_cps = med(Mode::Nftables, big, |x| x.cps);
+    r.target(
+        &format!("new conn/s at {big} Services >= 1.5x iptables"),
+        format!("{:.2}x", f_cps / i_cps),
+        f_cps / i_cps >= 1.5,
+    );
+    r.target(
+        &format!("new conn/s at {big} Services no worse than nftables"),
+        format!("{:.2}x", f_cps / n_cps),
+        f_cps >= n_cps,
+    );
+    let f_p99 = med(Mode::Ferrolb, big, |x| x.cps_p99_us);
+    let i_p99 = med(Mode::Iptables, big, |x| x.cps_p99_us);
+    let n_p99 = med(Mode::Nftables, big, |x| x.cps_p99_us);
+    r.target(
+        &format!("connection p99 at {big} Services >= 1.5x better than iptables"),
+        format!("{:.2}x", i_p99 / f_p99),
+        i_p99 / f_p99 >= 1.5,
+    );
+    r.target(
+        &format!("connection p99 at {big} Services no worse than nftables"),
+        format!("{:.2}x", n_p99 / f_p99),
+        f_p99 <= n_p99,
+    );
+    let f1 = med(Mode::Ferrolb, 1, |x| x.cps);
+    r.target(
+        &format!("ferrolb flat from 1 to {big} Services (new conn/s within 10%)"),
+        format!("{:+.1}%", (f_cps / f1 - 1.0) * 100.0),
+        (f_cps / f1 - 1.0).abs() <= 0.10,
+    );
+    Ok(())
+}

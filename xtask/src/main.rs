@@ -30,6 +30,12 @@ enum Cmd {
     Demo,
     /// Run every test: formatting, lints, unit, datapath and end-to-end.
     Test,
+    /// Run the benchmarks and write BENCHMARKS.md (and plots under docs/bench/).
+    Bench {
+        /// Small sizes, short runs (under 3 minutes): a smoke test.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 /// Runs a command, echoing it, and fails if it fails.
@@ -143,6 +149,33 @@ fn main() -> Result<()> {
             // One test at a time: the end-to-end tests measure traffic
             // spreads and one-second deadlines on a 2-core machine.
             test_and_count()
+        }
+        Cmd::Bench { quick } => {
+            setup::all()?;
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "lb-agent",
+                "-p",
+                "ferrolb-tests",
+                "-p",
+                "ferrolb-bench",
+                "--bins",
+            ]))?;
+            let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            let release = target.join("release");
+            let mut c = Command::new(release.join("ferrolb-bench"));
+            c.arg("--out").arg(&root);
+            c.arg("--agent").arg(release.join("lb-agent"));
+            c.arg("--podserver").arg(release.join("flb-podserver"));
+            if quick {
+                c.arg("--quick");
+            }
+            run(&mut c)
         }
     }
 }

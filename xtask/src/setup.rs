@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use crate::run;
 
 /// (command that must exist, Debian package that provides it)
-const TOOLS: [(&str, &str); 8] = [
+const TOOLS: [(&str, &str); 9] = [
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("bpftool", "bpftool"),
@@ -15,6 +15,7 @@ const TOOLS: [(&str, &str); 8] = [
     ("curl", "curl"),
     ("ncat", "ncat"),
     ("mount", "mount"),
+    ("iperf3", "iperf3"),
 ];
 
 fn have(cmd: &str) -> bool {
