@@ -47,6 +47,7 @@ fn load_opts(fs: &Bpffs, n: usize) -> loader::LoadOptions {
         backends_max: entries,
         conntrack_max: 65_536,
         sock_max: 1024,
+        frontends_max: ((n * 2) as u32).next_power_of_two().max(1024),
     }
 }
 
@@ -96,6 +97,7 @@ fn real_agent(o: &Opts, dir: &Path, n: usize) -> Result<Agent> {
         .args(["--services-max", &opts.services_max.to_string()])
         .args(["--backends-max", &opts.backends_max.to_string()])
         .args(["--conntrack-max", &opts.conntrack_max.to_string()])
+        .args(["--frontends-max", &opts.frontends_max.to_string()])
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
@@ -189,6 +191,7 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     let mut inc_rows = Vec::new();
     let mut mem_rows = Vec::new();
     let mut last = (0.0, 0.0, 0.0, 0.0);
+    let mut curve: [Vec<(f64, f64)>; 3] = Default::default();
     for &n in sizes {
         eprintln!(
             "  control plane: {n} services x {} endpoints",
@@ -228,6 +231,12 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         let (ipt, nft) = kube_proxy_load(n)?;
         let _ = std::fs::remove_dir_all(&dir);
 
+        for (i, v) in [spread(&total).median, ms(ipt), ms(nft)]
+            .into_iter()
+            .enumerate()
+        {
+            curve[i].push((n as f64, v));
+        }
         let [a, b, c] = fmt(spread(&total), 1);
         rows.push(vec![
             n.to_string(),
@@ -294,6 +303,17 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
          `memlock` of its map fds; map sizes fitted to the Service count).",
         &["services", "agent peak RSS MB", "BPF map memory MB"],
         mem_rows,
+    );
+    let [ours, ipt, nft] = curve;
+    r.plot(
+        "control_initial_ms.png",
+        "Initial programming: N Services x 10 endpoints",
+        "ms",
+        vec![
+            ("ferrolb (parse + model + map writes)".into(), ours),
+            ("iptables-restore (kube-proxy-shaped)".into(), ipt),
+            ("nft -f (kube-proxy-shaped)".into(), nft),
+        ],
     );
     let n = last.3 as usize;
     r.target(

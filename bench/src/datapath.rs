@@ -71,6 +71,7 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         backends_max: entries,
         conntrack_max: 1 << 20,
         sock_max: 1024,
+        frontends_max: (max * 2).next_power_of_two(),
     };
     let mut ebpf = loader::load(&opts)?;
     attach::load_programs(&mut ebpf, false)?;
@@ -170,6 +171,24 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         ),
         &["services", "case", "added ns min", "added ns median", "added ns max", "total ns median"],
         rows,
+    );
+    let lines = CASES
+        .iter()
+        .enumerate()
+        .map(|(i, case)| {
+            let pts = sizes
+                .iter()
+                .zip(&added)
+                .map(|(n, a)| (*n as f64, a[i].median))
+                .collect();
+            (case.to_string(), pts)
+        })
+        .collect();
+    r.plot(
+        "datapath_added_ns.png",
+        "tc program: added ns per packet",
+        "added ns/packet (median)",
+        lines,
     );
     let first = &added[0];
     r.target(

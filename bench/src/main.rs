@@ -2,6 +2,7 @@
 //! kube-proxy-shaped baselines in one run, and writes BENCHMARKS.md.
 mod control;
 mod datapath;
+mod plot;
 mod report;
 mod stats;
 mod synth;
@@ -61,6 +62,7 @@ fn main() -> Result<()> {
         eprintln!("==> 3. control plane");
         control::run(&o, &mut r)?;
     }
+    plot::render(&o.out.join("docs/bench"), &r.plots)?;
     let path = o.out.join("BENCHMARKS.md");
     std::fs::write(&path, r.markdown())?;
     println!("{}", r.summary());

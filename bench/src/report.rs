@@ -20,6 +20,7 @@ pub struct Target {
 pub struct Report {
     pub command: String,
     pub tables: Vec<Table>,
+    pub plots: Vec<crate::plot::Plot>,
     pub targets: Vec<Target>,
     pub notes: Vec<String>,
 }
@@ -31,6 +32,21 @@ impl Report {
             how: how.into(),
             header: header.iter().map(|s| s.to_string()).collect(),
             rows,
+        });
+    }
+
+    pub fn plot(
+        &mut self,
+        file: &str,
+        title: &str,
+        y_label: &str,
+        lines: Vec<(String, Vec<(f64, f64)>)>,
+    ) {
+        self.plots.push(crate::plot::Plot {
+            file: file.into(),
+            title: title.into(),
+            y_label: y_label.into(),
+            lines,
         });
     }
 
@@ -70,6 +86,12 @@ impl Report {
             let _ = writeln!(s, "|{}", "---|".repeat(t.header.len()));
             for r in &t.rows {
                 let _ = writeln!(s, "| {} |", r.join(" | "));
+            }
+        }
+        if !self.plots.is_empty() {
+            let _ = writeln!(s, "\n## Plots\n");
+            for p in &self.plots {
+                let _ = writeln!(s, "![{}](docs/bench/{})\n", p.title, p.file);
             }
         }
         if !self.notes.is_empty() {

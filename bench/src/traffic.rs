@@ -350,6 +350,26 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         ],
         rows,
     );
+    let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for mode in [Mode::Ferrolb, Mode::Iptables, Mode::Nftables] {
+        let pts = results
+            .iter()
+            .filter(|(m, _, _)| *m == mode)
+            .map(|(_, n, f)| (*n as f64, col(f, |x| x.cps).median))
+            .collect();
+        lines.push((mode.name().into(), pts));
+    }
+    if let Some((_, _, f)) = results.iter().find(|(m, _, _)| *m == Mode::Direct) {
+        let d = col(f, |x| x.cps).median;
+        let pts = sizes.iter().map(|n| (*n as f64, d)).collect();
+        lines.push((Mode::Direct.name().into(), pts));
+    }
+    r.plot(
+        "traffic_new_conn.png",
+        "New connections per second (connect, request, close)",
+        "connections/s (median)",
+        lines,
+    );
     // Targets.
     let med = |m: Mode, n: usize, get: fn(&Figures) -> f64| -> f64 {
         results

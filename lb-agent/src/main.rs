@@ -69,6 +69,10 @@ enum Command {
         /// evicted when full; each flow takes two entries).
         #[arg(long, default_value_t = lb_common::DEFAULT_CONNTRACK_MAX, value_parser = clap::value_parser!(u32).range(2..))]
         conntrack_max: u32,
+        /// Most frontends (Service IP:port/protocol) the agent can name in
+        /// the service table.
+        #[arg(long, default_value_t = lb_common::DEFAULT_SVC_INFO_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+        frontends_max: u32,
         /// Size of the socket translation map (LRU).
         #[arg(long, default_value_t = lb_common::DEFAULT_SOCK_REVNAT_MAX, value_parser = clap::value_parser!(u32).range(2..))]
         sock_max: u32,
@@ -117,6 +121,7 @@ fn main() -> Result<()> {
             backends_max,
             conntrack_max,
             sock_max,
+            frontends_max,
         } => {
             let cgroup = match cgroup.as_deref() {
                 Some("none") => None,
@@ -133,6 +138,7 @@ fn main() -> Result<()> {
                     backends_max,
                     conntrack_max,
                     sock_max,
+                    frontends_max,
                 },
                 interfaces,
                 exclude_interfaces,

@@ -44,6 +44,7 @@ impl Datapath {
             backends_max: 1024,
             conntrack_max: 1024,
             sock_max: 1024,
+            frontends_max: 1024,
         };
         let mut ebpf = loader::load(&opts).expect("load object");
         attach::load_programs(&mut ebpf, false).expect("verifier accepts the tc program");

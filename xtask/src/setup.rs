@@ -5,8 +5,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::run;
 
-/// (command that must exist, Debian package that provides it)
-const TOOLS: [(&str, &str); 9] = [
+/// (command, or absolute path of a file, that must exist; Debian package
+/// that provides it)
+const TOOLS: [(&str, &str); 10] = [
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("bpftool", "bpftool"),
@@ -16,9 +17,17 @@ const TOOLS: [(&str, &str); 9] = [
     ("ncat", "ncat"),
     ("mount", "mount"),
     ("iperf3", "iperf3"),
+    // The benchmark plots' font.
+    (
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "fonts-dejavu-core",
+    ),
 ];
 
 fn have(cmd: &str) -> bool {
+    if cmd.starts_with('/') {
+        return std::path::Path::new(cmd).exists();
+    }
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
         .stdout(Stdio::null())
