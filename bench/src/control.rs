@@ -65,7 +65,7 @@ fn sync(
         reload.errors.first()
     );
     let t1 = Instant::now();
-    let desired = model::desired(&reload.store);
+    let desired = model::desired(src.store());
     let target = reconcile::target(&desired, mirror);
     let errs = maps.apply(&reconcile::plan(mirror, &target), mirror);
     ensure!(errs.is_empty(), "map writes failed: {:?}", errs.first());

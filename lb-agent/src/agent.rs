@@ -92,7 +92,7 @@ fn sync(
     for e in &reload.errors {
         warn!("{e}");
     }
-    let mut desired = model::desired(&reload.store);
+    let mut desired = model::desired(source.store());
     for msg in model::restrict_to_cidrs(&mut desired, cidrs) {
         warn!("{msg}");
     }

@@ -164,11 +164,12 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Check { manifests } => {
-            let reload = lb_agent::source::files::FileSource::new(&manifests).load()?;
+            let mut source = lb_agent::source::files::FileSource::new(&manifests);
+            let reload = source.load()?;
             for e in &reload.errors {
                 eprintln!("error: {e}");
             }
-            println!("{} objects valid", reload.store.len());
+            println!("{} objects valid", source.store().len());
             if !reload.errors.is_empty() {
                 bail!(
                     "{} problem(s) in {}",

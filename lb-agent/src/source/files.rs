@@ -2,24 +2,27 @@
 //! Re-read on change (polling: works on every filesystem and for editors
 //! that replace files). Good objects replace their old versions; a broken
 //! object or file leaves the last good version of what it held in place.
-use std::collections::BTreeMap;
+//! Only files that changed are parsed again (in parallel), and the one
+//! object store is updated in place, so an edit costs what it touches.
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::source::manifest::{self, ManifestError};
-use crate::store::{Object, ObjectId, ObjectStore};
+use crate::store::{ObjectId, ObjectStore};
 
 pub struct FileSource {
     root: PathBuf,
     /// Fingerprint of what was last read: path -> (mtime, len).
     seen: BTreeMap<PathBuf, (SystemTime, u64)>,
-    /// Last good objects, by the file that holds them.
-    good: BTreeMap<PathBuf, BTreeMap<ObjectId, Object>>,
+    /// Ids of the objects each file holds (their last good versions).
+    held: BTreeMap<PathBuf, BTreeSet<ObjectId>>,
+    /// Every file's objects, one copy.
+    store: ObjectStore,
 }
 
-/// The result of one reload.
+/// What one reload found wrong; the objects are in [`FileSource::store`].
 pub struct Reload {
-    pub store: ObjectStore,
     pub errors: Vec<ManifestError>,
 }
 
@@ -28,8 +31,14 @@ impl FileSource {
         Self {
             root: root.into(),
             seen: BTreeMap::new(),
-            good: BTreeMap::new(),
+            held: BTreeMap::new(),
+            store: ObjectStore::default(),
         }
+    }
+
+    /// The objects of the last load.
+    pub fn store(&self) -> &ObjectStore {
+        &self.store
     }
 
     fn list(&self) -> std::io::Result<Vec<PathBuf>> {
@@ -70,7 +79,9 @@ impl FileSource {
         }
     }
 
-    /// Re-reads every file and returns the resulting store.
+    /// Re-reads the files that changed since the last load and updates
+    /// the store: new and changed objects in, vanished ones out, invalid
+    /// ones kept at their last good version.
     pub fn load(&mut self) -> Result<Reload, ManifestError> {
         let files = self.list().map_err(|e| ManifestError {
             file: self.root.clone(),
@@ -81,35 +92,77 @@ impl FileSource {
         })?;
         let before = std::mem::take(&mut self.seen);
         self.seen = self.fingerprint().unwrap_or_default();
+        let present: BTreeSet<&PathBuf> = files.iter().collect();
+        let gone: Vec<PathBuf> = self
+            .held
+            .keys()
+            .filter(|f| !present.contains(f))
+            .cloned()
+            .collect();
+        for file in gone {
+            let ids = self.held.remove(&file).unwrap_or_default();
+            self.drop_objects(&ids);
+        }
+        let changed: Vec<PathBuf> = files
+            .into_iter()
+            .filter(|f| !(before.contains_key(f) && before.get(f) == self.seen.get(f)))
+            .collect();
         let mut errors = Vec::new();
-        let mut good = BTreeMap::new();
-        for file in files {
-            let previous = self.good.remove(&file).unwrap_or_default();
-            let unchanged = before.contains_key(&file) && before.get(&file) == self.seen.get(&file);
-            if unchanged {
-                // Only changed files are parsed again: one edit costs one file.
-                good.insert(file, previous);
-                continue;
-            }
-            let objects = match manifest::parse_file(&file) {
-                Ok(docs) => merge_documents(docs, &previous, &mut errors),
+        for (file, contents) in changed.iter().zip(parse_all(&changed)) {
+            let old = self.held.remove(file).unwrap_or_default();
+            let ids = match contents {
+                Ok(docs) => {
+                    let mut ids = BTreeSet::new();
+                    for doc in docs {
+                        match doc.result {
+                            Ok(obj) => {
+                                let id = obj.id();
+                                match self.store.upsert(obj) {
+                                    Ok(()) => {
+                                        ids.insert(id);
+                                    }
+                                    Err(e) => errors.push(ManifestError {
+                                        file: file.clone(),
+                                        document: 0,
+                                        object: id.to_string(),
+                                        field: e.field,
+                                        message: e.message,
+                                    }),
+                                }
+                            }
+                            Err(e) => {
+                                // Its last good version stays in the store.
+                                if let Some(id) = doc.id.filter(|id| old.contains(id)) {
+                                    ids.insert(id);
+                                }
+                                errors.push(e);
+                            }
+                        }
+                    }
+                    let vanished: BTreeSet<ObjectId> = old.difference(&ids).cloned().collect();
+                    self.held.insert(file.clone(), ids);
+                    self.drop_objects(&vanished);
+                    continue;
+                }
                 Err(e) => {
                     // The file is unreadable as a whole: keep all it held.
                     errors.push(e);
-                    previous
+                    old
                 }
             };
-            good.insert(file, objects);
+            self.held.insert(file.clone(), ids);
         }
-        self.good = good;
-        let mut store = ObjectStore::default();
-        for objects in self.good.values() {
-            for obj in objects.values() {
-                // Already validated when parsed.
-                let _ = store.upsert(obj.clone());
+        Ok(Reload { errors })
+    }
+
+    /// Removes objects no file holds any more (one may still be defined
+    /// in another file, which then keeps it).
+    fn drop_objects(&mut self, ids: &BTreeSet<ObjectId>) {
+        for id in ids {
+            if !self.held.values().any(|h| h.contains(id)) {
+                self.store.remove(id);
             }
         }
-        Ok(Reload { store, errors })
     }
 
     pub fn root(&self) -> &Path {
@@ -117,26 +170,106 @@ impl FileSource {
     }
 }
 
-/// New objects of one file, with the previous version kept for each
-/// named object that is now invalid.
-fn merge_documents(
-    docs: Vec<manifest::Parsed>,
-    previous: &BTreeMap<ObjectId, Object>,
-    errors: &mut Vec<ManifestError>,
-) -> BTreeMap<ObjectId, Object> {
-    let mut out = BTreeMap::new();
-    for doc in docs {
-        match doc.result {
-            Ok(obj) => {
-                out.insert(obj.id(), obj);
-            }
-            Err(e) => {
-                if let Some(old) = doc.id.as_ref().and_then(|id| previous.get(id)) {
-                    out.insert(doc.id.clone().unwrap_or_else(|| old.id()), old.clone());
-                }
-                errors.push(e);
-            }
+/// Parses files on all cores, results in the order of `files`.
+fn parse_all(files: &[PathBuf]) -> Vec<manifest::FileContents> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(files.len());
+    if threads <= 1 {
+        return files.iter().map(|f| manifest::parse_file(f)).collect();
+    }
+    let chunk = files.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|c| {
+                s.spawn(move || {
+                    c.iter()
+                        .map(|f| manifest::parse_file(f))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("manifest parser thread"))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Kind, NsName};
+
+    fn svc(name: &str, port: u32) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{clusterIP: 10.0.0.1, ports: [{{port: {port}}}]}}\n---\n"
+        )
+    }
+
+    fn id(name: &str) -> ObjectId {
+        ObjectId {
+            kind: Kind::Service,
+            key: NsName {
+                namespace: "default".into(),
+                name: name.into(),
+            },
         }
     }
-    out
+
+    fn port(src: &FileSource, name: &str) -> Option<i32> {
+        let s = src.store().services.get(&id(name).key)?;
+        Some(s.spec.as_ref()?.ports.as_ref()?[0].port)
+    }
+
+    /// Rewrites a file with a different length, so the change is seen
+    /// even within one mtime tick.
+    fn write(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn edits_removals_and_bad_versions() {
+        let dir = std::env::temp_dir().join(format!("ferrolb-files-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.yaml"), dir.join("b.yaml"));
+        write(&a, &(svc("one", 80) + &svc("two", 81)));
+        write(&b, &svc("three", 82));
+        let mut src = FileSource::new(&dir);
+        assert!(src.load().unwrap().errors.is_empty());
+        assert_eq!(src.store().len(), 3);
+        assert!(!src.changed());
+
+        // "two" leaves a.yaml, "one" turns invalid: its last good version stays.
+        write(&a, &svc("one", 70000));
+        assert!(src.changed());
+        let r = src.load().unwrap();
+        assert_eq!(
+            r.errors.len(),
+            1,
+            "{:?}",
+            r.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+        );
+        assert_eq!(port(&src, "one"), Some(80));
+        assert_eq!(port(&src, "two"), None);
+        assert_eq!(port(&src, "three"), Some(82));
+
+        // A broken file keeps everything it held; fixing it applies the fix.
+        write(&a, "kind: [");
+        assert_eq!(src.load().unwrap().errors.len(), 1);
+        assert_eq!(port(&src, "one"), Some(80));
+        write(&a, &svc("one", 8080));
+        assert!(src.load().unwrap().errors.is_empty());
+        assert_eq!(port(&src, "one"), Some(8080));
+
+        // Removing a file removes its objects.
+        std::fs::remove_file(&b).unwrap();
+        src.load().unwrap();
+        assert_eq!(port(&src, "three"), None);
+        assert_eq!(src.store().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
