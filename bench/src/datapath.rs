@@ -60,7 +60,7 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     } else {
         &[1, 1_000, 10_000, 100_000]
     };
-    let samples = if o.quick { 400 } else { 3000 };
+    let samples = if o.quick { 1000 } else { 3000 };
     let reps = if o.quick { 1 } else { 3 };
     let fs = Bpffs::new("bench-dp")?;
     let max = sizes.iter().max().copied().unwrap_or(1) as u32;

@@ -30,9 +30,3 @@ pub static SVC_INFO: HashMap<u32, SvcInfo> = HashMap::pinned(DEFAULT_SVC_INFO_MA
 
 #[map(name = "flb_stats_v1")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
-
-/// Keeps `SVC_INFO` in the object: the programs never read it.
-#[inline(always)]
-pub fn keep_info_map() {
-    let _ = SVC_INFO.get_ptr(0);
-}

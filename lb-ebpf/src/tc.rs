@@ -13,7 +13,6 @@ use lb_common::{IPPROTO_TCP, Stat};
 use crate::{
     conntrack,
     lb::{self, Frontend},
-    maps::keep_info_map,
     nat::{self, Side},
     parse::{self, Packet, Skip},
     reject,
@@ -30,7 +29,6 @@ pub const REDIRECT: i32 = TC_ACT_REDIRECT as i32;
 
 #[classifier]
 pub fn flb_tc_ingress(ctx: TcContext) -> i32 {
-    keep_info_map();
     let (verdict, stat) = match parse::parse(&ctx) {
         Ok(p) => process(&ctx, &p),
         Err(Skip::NotOurs) | Err(Skip::Malformed) => (OK, Stat::Pass),
