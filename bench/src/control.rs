@@ -15,8 +15,8 @@ use ferrolb_tests::cluster::wait_until;
 use ferrolb_tests::netns::NetNs;
 use lb_agent::{
     datapath::{attach, loader, maps::ServiceMaps},
-    model, reconcile,
     source::files::FileSource,
+    sync::Pipeline,
 };
 
 use crate::report::Report;
@@ -55,7 +55,7 @@ fn load_opts(fs: &Bpffs, n: usize) -> loader::LoadOptions {
 fn sync(
     src: &mut FileSource,
     maps: &mut ServiceMaps,
-    mirror: &mut reconcile::MapState,
+    pipeline: &mut Pipeline,
 ) -> Result<(Duration, Duration)> {
     let t0 = Instant::now();
     let reload = src.load()?;
@@ -65,10 +65,13 @@ fn sync(
         reload.errors.first()
     );
     let t1 = Instant::now();
-    let desired = model::desired(src.store());
-    let target = reconcile::target(&desired, mirror);
-    let errs = maps.apply(&reconcile::plan(mirror, &target), mirror);
-    ensure!(errs.is_empty(), "map writes failed: {:?}", errs.first());
+    let dirty = src.take_dirty();
+    let report = pipeline.sync(src.store(), &dirty, maps);
+    ensure!(
+        report.failed.is_empty(),
+        "map writes failed: {:?}",
+        report.failed.first()
+    );
     Ok((t1 - t0, t1.elapsed()))
 }
 
@@ -207,16 +210,16 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
             let mut ebpf = loader::load(&load_opts(&fs, n))?;
             attach::load_programs(&mut ebpf, false)?;
             let mut maps = ServiceMaps::from_ebpf(&mut ebpf)?;
-            let mut mirror = maps.read()?;
+            let mut pipeline = Pipeline::new(maps.read()?, Vec::new());
             let mut src = FileSource::new(&dir);
-            let (p, w) = sync(&mut src, &mut maps, &mut mirror)?;
+            let (p, w) = sync(&mut src, &mut maps, &mut pipeline)?;
             parse.push(ms(p));
             program.push(ms(w));
             total.push(ms(p + w));
-            state = Some((fs, ebpf, maps, mirror, src));
+            state = Some((fs, ebpf, maps, pipeline, src));
         }
         // One-endpoint changes on the last programmed state.
-        let (_fs, _ebpf, mut maps, mut mirror, mut src) = state.expect("reps >= 1");
+        let (_fs, _ebpf, mut maps, mut pipeline, mut src) = state.expect("reps >= 1");
         let mut lat = Vec::new();
         for c in 0..changes {
             let i = (c * 7919) % n;
@@ -224,7 +227,7 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
             synth::write_manifest_file(&dir, i / PER_FILE, n, PER_FILE, (c % 2 == 0).then_some(i))?;
             let t = Instant::now();
             ensure!(src.changed(), "change {c} not visible");
-            sync(&mut src, &mut maps, &mut mirror)?;
+            sync(&mut src, &mut maps, &mut pipeline)?;
             lat.push(ms(t.elapsed()));
         }
         let agent = real_agent(o, &dir, n)?;
@@ -292,7 +295,7 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     r.table(
         "3b. Control plane: one endpoint change",
         "One endpoint removed or restored in one Service; time from the manifest file being replaced to the \
-         maps holding the change (re-read of that file, full model rebuild, diff, writes). The agent's polling \
+         maps holding the change (re-read of that file, the touched Services' model, their diff, the writes). The agent's polling \
          interval (`--poll-interval-ms`, default 200) adds to this in a live agent and is not included.",
         &["services", "changes", "p50 ms", "p99 ms", "max ms"],
         inc_rows,

@@ -83,7 +83,7 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         pass.load()?;
     }
     let mut maps = ServiceMaps::from_ebpf(&mut ebpf)?;
-    let mut mirror = maps.read()?;
+    let mut rec = reconcile::Reconciler::new(maps.read()?);
     let prog: &SchedClassifier = ebpf.program(PROG_TC_INGRESS).context("tc")?.try_into()?;
     let pass: &SchedClassifier = ebpf.program(PROG_TC_PASS).context("pass")?.try_into()?;
 
@@ -98,8 +98,8 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
             synth::ENDPOINTS_PER_SERVICE
         );
         let desired = synth::desired(n);
-        let target = reconcile::target(&desired, &mirror);
-        let errs = maps.apply(&reconcile::plan(&mirror, &target), &mut mirror);
+        let ops = rec.plan_all(&desired);
+        let errs = maps.apply(&ops, rec.mirror_mut());
         anyhow::ensure!(
             errs.is_empty(),
             "programming {n} services: {:?}",

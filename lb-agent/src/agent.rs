@@ -13,9 +13,9 @@ use crate::datapath::{
     loader::{self, LoadOptions},
     maps::ServiceMaps,
 };
-use crate::reconcile::{self, MapState};
+use crate::model;
 use crate::source::files::FileSource;
-use crate::{model, reconcile::Op};
+use crate::sync::Pipeline;
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -37,19 +37,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut ebpf = loader::load(&opts.load)?;
     attach::load_programs(&mut ebpf, opts.cgroup.is_some())?;
     let mut maps = ServiceMaps::from_ebpf(&mut ebpf)?;
-    let mut mirror = maps.read()?;
+    let held = maps.read()?;
     info!(
         pin_path = %opts.load.pin_dir.display(),
-        entries = mirror.services.len(),
+        entries = held.services.len(),
         "maps opened; existing entries adopted"
     );
+    let mut pipeline = Pipeline::new(held, opts.service_cidrs.clone());
     let mut tc = TcAttachments::default();
     tc.sync(&mut ebpf, &selector);
     if let Some(cg) = &opts.cgroup {
         attach::attach_cgroup(&mut ebpf, cg)?;
     }
     let mut source = FileSource::new(&opts.manifests);
-    sync(&mut source, &mut maps, &mut mirror, &opts.service_cidrs);
+    sync(&mut source, &mut maps, &mut pipeline);
     info!(interfaces = ?tc.interfaces(), "agent ready");
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -60,7 +61,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         tokio::select! {
             _ = tick.tick() => {
                 if source.changed() {
-                    sync(&mut source, &mut maps, &mut mirror, &opts.service_cidrs);
+                    sync(&mut source, &mut maps, &mut pipeline);
                 }
                 if last_scan.elapsed() >= IFACE_RESCAN {
                     tc.sync(&mut ebpf, &selector);
@@ -75,13 +76,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
-/// One pass: manifests -> desired state -> plan -> map writes.
-fn sync(
-    source: &mut FileSource,
-    maps: &mut ServiceMaps,
-    mirror: &mut MapState,
-    cidrs: &[model::Cidr],
-) {
+/// One pass: changed manifests -> store -> pipeline -> map writes.
+fn sync(source: &mut FileSource, maps: &mut ServiceMaps, pipeline: &mut Pipeline) {
     let reload = match source.load() {
         Ok(r) => r,
         Err(e) => {
@@ -92,31 +88,18 @@ fn sync(
     for e in &reload.errors {
         warn!("{e}");
     }
-    let mut desired = model::desired(source.store());
-    for msg in model::restrict_to_cidrs(&mut desired, cidrs) {
+    let dirty = source.take_dirty();
+    let report = pipeline.sync(source.store(), &dirty, maps);
+    for msg in &report.refused {
         warn!("{msg}");
     }
-    let target = reconcile::target(&desired, mirror);
-    let ops = reconcile::plan(mirror, &target);
-    let errors = maps.apply(&ops, mirror);
-    for e in &errors {
-        let what = match &e.op {
-            Op::PutService(k, _) | Op::DelService(k) => reconcile::frontend_of(k)
-                .and_then(|fk| {
-                    desired
-                        .frontends
-                        .get(&fk)
-                        .map(|s| format!("{} ({fk})", s.name))
-                })
-                .unwrap_or_else(|| format!("{k:?}")),
-            other => format!("{other:?}"),
-        };
-        warn!(target_entry = %what, error = %e.error, "map write failed");
+    for (what, error) in &report.failed {
+        warn!(target_entry = %what, error = %error, "map write failed");
     }
     info!(
-        frontends = desired.frontends.len(),
-        writes = ops.len(),
-        failed = errors.len(),
+        frontends = report.frontends,
+        writes = report.writes,
+        failed = report.failed.len(),
         "maps reconciled"
     );
 }

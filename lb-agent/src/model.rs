@@ -113,49 +113,86 @@ struct EndpointView {
     ports: BTreeMap<(String, Proto), u16>,
 }
 
-/// EndpointSlices by the Service they belong to (their service-name label).
-type SliceIndex<'a> = BTreeMap<NsName, Vec<&'a EndpointSlice>>;
-
-fn index_slices(store: &ObjectStore) -> SliceIndex<'_> {
-    let mut index: SliceIndex<'_> = BTreeMap::new();
-    for (k, s) in &store.slices {
-        if let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        {
-            let key = NsName {
-                namespace: k.namespace.clone(),
-                name: svc.clone(),
-            };
-            index.entry(key).or_default().push(s);
-        }
-    }
-    index
+/// The desired state, kept up to date Service by Service: a change to one
+/// Service's objects recomputes that Service only.
+#[derive(Debug, Default)]
+pub struct ModelCache {
+    desired: Desired,
+    /// The frontends each Service produced last time.
+    of_service: BTreeMap<NsName, Vec<FrontendKey>>,
 }
 
-pub fn desired(store: &ObjectStore) -> Desired {
-    let mut out = Desired::default();
-    // One pass over the slices, not one per Service: O(S + L), not O(S * L).
-    let slices = index_slices(store);
-    for (key, svc) in &store.services {
-        service_frontends(store, &slices, key, svc, &mut out);
+/// What one update changed, and what it refused.
+pub struct Update {
+    /// Frontends whose desired state may differ from before.
+    pub changed: BTreeSet<FrontendKey>,
+    /// One message per frontend left out, naming its Service and field.
+    pub refused: Vec<String>,
+}
+
+impl ModelCache {
+    pub fn desired(&self) -> &Desired {
+        &self.desired
     }
-    out
+
+    /// Recomputes the Services in `dirty`. With `service_cidrs` set, VIPs
+    /// outside every prefix are refused, so a manifest cannot hijack
+    /// addresses the node really uses.
+    pub fn update(
+        &mut self,
+        store: &ObjectStore,
+        dirty: &BTreeSet<NsName>,
+        service_cidrs: &[Cidr],
+    ) -> Update {
+        let mut up = Update {
+            changed: BTreeSet::new(),
+            refused: Vec::new(),
+        };
+        for key in dirty {
+            for fk in self.of_service.remove(key).unwrap_or_default() {
+                self.desired.frontends.remove(&fk);
+                up.changed.insert(fk);
+            }
+            let Some(svc) = store.services.get(key) else {
+                continue;
+            };
+            let mut keys = Vec::new();
+            for (fk, st) in service_frontends(store, key, svc) {
+                if !service_cidrs.is_empty() && !service_cidrs.iter().any(|c| c.contains(fk.addr)) {
+                    up.refused.push(format!(
+                        "Service {}: field spec.clusterIP: {} is outside --service-cidr; not programmed",
+                        st.name, fk.addr
+                    ));
+                    continue;
+                }
+                up.changed.insert(fk);
+                keys.push(fk);
+                self.desired.frontends.insert(fk, st);
+            }
+            self.of_service.insert(key.clone(), keys);
+        }
+        up
+    }
+}
+
+/// The whole desired state of `store`, computed afresh.
+pub fn desired(store: &ObjectStore) -> Desired {
+    let mut cache = ModelCache::default();
+    let all: BTreeSet<NsName> = store.services.keys().cloned().collect();
+    cache.update(store, &all, &[]);
+    cache.desired
 }
 
 fn service_frontends(
     store: &ObjectStore,
-    slices: &SliceIndex<'_>,
     key: &NsName,
     svc: &Service,
-    out: &mut Desired,
-) {
-    let Some(spec) = &svc.spec else { return };
+) -> Vec<(FrontendKey, FrontendState)> {
+    let mut out = Vec::new();
+    let Some(spec) = &svc.spec else { return out };
     if spec.type_.as_deref() == Some("ExternalName") {
         debug!(service = %key, "ExternalName Service: resolved by DNS, nothing to program");
-        return;
+        return out;
     }
     let mut vips: BTreeSet<Ipv4Addr> = BTreeSet::new();
     let mut any_ip = false;
@@ -178,10 +215,10 @@ fn service_frontends(
     }
     if !any_ip {
         debug!(service = %key, "headless Service (clusterIP: None): nothing to program");
-        return;
+        return out;
     }
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
-    let endpoints = endpoints_of(store, slices, key);
+    let endpoints = endpoints_of(store, key);
     let ports = spec.ports.as_deref().unwrap_or(&[]);
     for sp in ports {
         let Some(proto) = Proto::from_k8s(sp.protocol.as_deref()) else {
@@ -199,15 +236,16 @@ fn service_frontends(
                 port: sp.port as u16,
                 proto,
             };
-            out.frontends.insert(
+            out.push((
                 fk,
                 FrontendState {
                     name: format!("{key}:{port_label}"),
                     backends: backends.clone(),
                 },
-            );
+            ));
         }
     }
+    out
 }
 
 /// Resolves the target port of service port `sp` for one endpoint: by port
@@ -269,8 +307,9 @@ fn backends_for(
 
 /// All endpoints of a Service: its EndpointSlices merged (deduplicated by
 /// address), or its legacy Endpoints object when it has no slice.
-fn endpoints_of(store: &ObjectStore, index: &SliceIndex<'_>, key: &NsName) -> Vec<EndpointView> {
-    if let Some(slices) = index.get(key) {
+fn endpoints_of(store: &ObjectStore, key: &NsName) -> Vec<EndpointView> {
+    let slices: Vec<&EndpointSlice> = store.slices_of(key).collect();
+    if !slices.is_empty() {
         let mut by_addr: BTreeMap<Ipv4Addr, EndpointView> = BTreeMap::new();
         for s in slices {
             if s.address_type != "IPv4" {
@@ -391,6 +430,50 @@ mod tests {
     const SLICE_HEAD: &str = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s1, labels: {kubernetes.io/service-name: svc}}\naddressType: IPv4\n";
 
     #[test]
+    fn updates_recompute_only_touched_services() {
+        let two = |eps: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: a}}\nspec: {{clusterIP: 10.0.0.1, ports: [{{port: 80}}]}}\n---\n\
+                 apiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec: {{clusterIP: 10.0.0.2, ports: [{{port: 80}}]}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: a-1, labels: {{kubernetes.io/service-name: a}}}}\n\
+                 addressType: IPv4\nports: [{{port: 80}}]\nendpoints: [{eps}]\n"
+            )
+        };
+        let mut s = store(&two("{addresses: [10.244.0.1]}"));
+        let mut cache = ModelCache::default();
+        let dirty = s.take_dirty();
+        let up = cache.update(&s, &dirty, &[]);
+        assert_eq!(up.changed.len(), 2);
+        assert_eq!(
+            backends(cache.desired(), "10.0.0.1", 80, Proto::Tcp),
+            ["10.244.0.1:80"]
+        );
+        // Changing a's slice touches a only, and the result equals a fresh model.
+        for d in parse_str(Path::new("t.yaml"), &two("{addresses: [10.244.0.2]}")).unwrap() {
+            s.upsert(d.result.unwrap()).unwrap();
+        }
+        let dirty = s.take_dirty();
+        assert_eq!(dirty.len(), 2, "every upserted object marks its Service");
+        let only_a: std::collections::BTreeSet<NsName> =
+            dirty.into_iter().filter(|k| k.name == "a").collect();
+        let up = cache.update(&s, &only_a, &[]);
+        assert_eq!(up.changed.len(), 1);
+        assert_eq!(cache.desired(), &desired(&s));
+        // Removing the Service removes its frontend.
+        s.remove(&crate::store::ObjectId {
+            kind: crate::store::Kind::Service,
+            key: NsName {
+                namespace: "default".into(),
+                name: "a".into(),
+            },
+        });
+        let dirty = s.take_dirty();
+        let up = cache.update(&s, &dirty, &[]);
+        assert_eq!(up.changed.len(), 1);
+        assert_eq!(cache.desired().frontends.len(), 1);
+    }
+
+    #[test]
     fn same_port_with_two_protocols_is_two_frontends() {
         let d = desired(&store(&format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: svc}}\nspec:\n  clusterIP: 10.0.0.10\n  ports:\n  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}\n  - {{name: dns-tcp, port: 53, protocol: TCP, targetPort: 5353}}\n---\n{SLICE_HEAD}ports: [{{name: dns, port: 5353, protocol: UDP}}, {{name: dns-tcp, port: 5354, protocol: TCP}}]\nendpoints: [{{addresses: [10.244.0.9]}}]\n"
@@ -490,27 +573,6 @@ impl std::str::FromStr for Cidr {
     }
 }
 
-/// Drops frontends whose VIP is outside every service CIDR (when any is
-/// configured), so a manifest cannot hijack addresses the node really
-/// uses. Returns a message per dropped frontend, naming its Service.
-pub fn restrict_to_cidrs(desired: &mut Desired, cidrs: &[Cidr]) -> Vec<String> {
-    if cidrs.is_empty() {
-        return Vec::new();
-    }
-    let mut dropped = Vec::new();
-    desired.frontends.retain(|k, st| {
-        let ok = cidrs.iter().any(|c| c.contains(k.addr));
-        if !ok {
-            dropped.push(format!(
-                "Service {}: field spec.clusterIP: {} is outside --service-cidr; not programmed",
-                st.name, k.addr
-            ));
-        }
-        ok
-    });
-    dropped
-}
-
 #[cfg(test)]
 mod cidr_tests {
     use super::*;
@@ -522,24 +584,24 @@ mod cidr_tests {
         assert!(!c.contains(Ipv4Addr::new(10, 1, 0, 1)));
         assert!("10.0.0.0/33".parse::<Cidr>().unwrap_err().contains("0-32"));
         assert!("10.0.0.300/8".parse::<Cidr>().is_err());
-        let mut d = Desired::default();
+        let mut store = ObjectStore::default();
         for last in [1u8, 2] {
-            d.frontends.insert(
-                FrontendKey {
-                    addr: Ipv4Addr::new(10, last, 0, 1),
-                    port: 80,
-                    proto: Proto::Tcp,
-                },
-                FrontendState {
-                    name: format!("default/s{last}:80"),
-                    backends: vec![],
-                },
+            let text = format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{last}}}\nspec: {{clusterIP: 10.{last}.0.1, ports: [{{port: 80}}]}}\n"
             );
+            for d in
+                crate::source::manifest::parse_str(std::path::Path::new("t.yaml"), &text).unwrap()
+            {
+                store.upsert(d.result.unwrap()).unwrap();
+            }
         }
-        let msgs = restrict_to_cidrs(&mut d, &["10.1.0.0/16".parse().unwrap()]);
-        assert_eq!(d.frontends.len(), 1);
+        let mut cache = ModelCache::default();
+        let dirty = store.take_dirty();
+        let up = cache.update(&store, &dirty, &["10.1.0.0/16".parse().unwrap()]);
+        assert_eq!(cache.desired().frontends.len(), 1);
+        assert_eq!(up.changed.len(), 1);
         assert_eq!(
-            msgs,
+            up.refused,
             [
                 "Service default/s2:80: field spec.clusterIP: 10.2.0.1 is outside --service-cidr; not programmed"
             ]

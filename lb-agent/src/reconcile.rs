@@ -1,6 +1,7 @@
 //! Desired state -> map entries -> the ordered writes that turn what the
-//! maps hold into that. Pure: no syscalls here, so it is unit-tested
-//! without a kernel; `datapath::maps` executes the plan.
+//! maps hold into that, frontend by frontend: a change to one Service
+//! plans writes for its frontends only. Pure: no syscalls here, so it is
+//! unit-tested without a kernel; `datapath::maps` executes the plan.
 //!
 //! Write order keeps every intermediate state valid for a reader:
 //! backends first, then a frontend's slots, then its master entry (the
@@ -82,6 +83,7 @@ pub fn info_name(info: &SvcInfo) -> String {
 }
 
 /// Smallest ids not in use, handed out in order.
+#[derive(Debug, Default)]
 struct IdAllocator {
     used: BTreeSet<u32>,
     next: u32,
@@ -99,134 +101,224 @@ impl IdAllocator {
         self.used.insert(self.next);
         self.next
     }
+
+    fn release(&mut self, id: u32) {
+        self.used.remove(&id);
+        self.next = self.next.min(id);
+    }
 }
 
-/// The map contents for `desired`, reusing the ids `current` already
-/// gave to frontends and backends so unchanged entries stay identical.
-pub fn target(desired: &Desired, current: &MapState) -> MapState {
-    // Reuse existing ids only for what is still wanted.
-    let mut be_ids: BTreeMap<Backend, u32> = BTreeMap::new();
-    for (id, b) in &current.backends {
-        be_ids.entry(*b).or_insert(*id);
-    }
-    let wanted_backends: BTreeSet<Backend> = desired
-        .frontends
-        .iter()
-        .flat_map(|(fk, st)| st.backends.iter().map(|b| backend_entry(b, fk.proto)))
-        .collect();
-    be_ids.retain(|b, _| wanted_backends.contains(b));
-    let mut be_alloc = IdAllocator::new(be_ids.values().copied().collect());
-
-    let mut svc_ids: BTreeMap<FrontendKey, u32> = BTreeMap::new();
-    for (k, v) in &current.services {
-        if k.slot == 0
-            && let Some(fk) = frontend_of(k)
-            && desired.frontends.contains_key(&fk)
-        {
-            svc_ids.insert(fk, v.svc_id);
-        }
-    }
-    let mut svc_alloc = IdAllocator::new(svc_ids.values().copied().collect());
-
-    let mut out = MapState::default();
-    for (fk, st) in &desired.frontends {
-        let svc_id = *svc_ids.entry(*fk).or_insert_with(|| svc_alloc.take());
-        let mut count: u16 = 0;
-        for b in st
-            .backends
-            .iter()
-            .take(lb_common::MAX_BACKENDS_PER_SERVICE as usize)
-        {
-            let entry = backend_entry(b, fk.proto);
-            let id = *be_ids.entry(entry).or_insert_with(|| be_alloc.take());
-            out.backends.insert(id, entry);
-            count += 1;
-            out.services.insert(
-                service_key(fk, count),
-                ServiceValue {
-                    backend_id: id,
-                    count: 0,
-                    flags: SVC_FLAG_NONE,
-                    svc_id,
-                },
-            );
-        }
-        out.services.insert(
-            service_key(fk, 0),
-            ServiceValue {
-                backend_id: 0,
-                count,
-                flags: SVC_FLAG_NONE,
-                svc_id,
-            },
-        );
-        out.info.insert(svc_id, info_entry(&st.name));
-    }
-    out
+/// Keeps the maps equal to the desired state. Holds the mirror of what
+/// the maps contain and the indexes that make one frontend's plan cost
+/// only that frontend: backend entry -> id, and how many slots use each.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    mirror: MapState,
+    be_ids: BTreeMap<Backend, u32>,
+    be_refs: BTreeMap<u32, u32>,
+    be_alloc: IdAllocator,
+    svc_alloc: IdAllocator,
+    /// Entries no frontend refers to (found when adopting maps): removed
+    /// by the next plan.
+    orphan_backends: BTreeSet<u32>,
+    orphan_info: BTreeSet<u32>,
 }
 
-/// The writes that turn `current` into `target`, in a reader-safe order.
-pub fn plan(current: &MapState, target: &MapState) -> Vec<Op> {
-    let mut ops = Vec::new();
-    for (id, b) in &target.backends {
-        if current.backends.get(id) != Some(b) {
-            ops.push(Op::PutBackend(*id, *b));
+impl Reconciler {
+    /// Adopts what the maps hold, reusing its ids.
+    pub fn new(mirror: MapState) -> Self {
+        let mut be_ids = BTreeMap::new();
+        for (id, b) in &mirror.backends {
+            be_ids.entry(*b).or_insert(*id);
         }
-    }
-    for (id, i) in &target.info {
-        if current.info.get(id) != Some(i) {
-            ops.push(Op::PutInfo(*id, *i));
-        }
-    }
-    // Group slots by frontend: BTreeMap order puts slot 0 first per frontend.
-    let by_frontend = |m: &BTreeMap<ServiceKey, ServiceValue>| {
-        let mut g: BTreeMap<(u32, u16, u8), Vec<(ServiceKey, ServiceValue)>> = BTreeMap::new();
-        for (k, v) in m {
-            g.entry((k.addr, k.port, k.proto))
-                .or_default()
-                .push((*k, *v));
-        }
-        g
-    };
-    let cur = by_frontend(&current.services);
-    let tgt = by_frontend(&target.services);
-    for (fe, slots) in &tgt {
-        let (master, rest) = slots.split_first().expect("frontend has a master slot");
-        for (k, v) in rest {
-            if current.services.get(k) != Some(v) {
-                ops.push(Op::PutService(*k, *v));
+        let mut be_refs: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut svc_ids = BTreeSet::new();
+        for (k, v) in &mirror.services {
+            if k.slot == 0 {
+                svc_ids.insert(v.svc_id);
+            } else {
+                *be_refs.entry(v.backend_id).or_default() += 1;
             }
         }
-        if current.services.get(&master.0) != Some(&master.1) {
-            ops.push(Op::PutService(master.0, master.1));
+        let orphan_backends = mirror
+            .backends
+            .keys()
+            .filter(|id| !be_refs.contains_key(id))
+            .copied()
+            .collect();
+        let orphan_info = mirror
+            .info
+            .keys()
+            .filter(|id| !svc_ids.contains(id))
+            .copied()
+            .collect();
+        Reconciler {
+            be_alloc: IdAllocator::new(mirror.backends.keys().copied().collect()),
+            svc_alloc: IdAllocator::new(svc_ids),
+            be_ids,
+            be_refs,
+            orphan_backends,
+            orphan_info,
+            mirror,
         }
-        if let Some(old) = cur.get(fe) {
-            for (k, _) in old {
-                if !target.services.contains_key(k) {
-                    ops.push(Op::DelService(*k));
+    }
+
+    /// What the maps hold (as far as writes succeeded).
+    pub fn mirror(&self) -> &MapState {
+        &self.mirror
+    }
+
+    /// For the executor of a plan: record each write that succeeded.
+    pub fn mirror_mut(&mut self) -> &mut MapState {
+        &mut self.mirror
+    }
+
+    /// Rebuilds the indexes from the mirror, after a plan's writes failed.
+    pub fn resync(&mut self) {
+        *self = Reconciler::new(std::mem::take(&mut self.mirror));
+    }
+
+    /// Every frontend the maps hold.
+    pub fn frontends(&self) -> Vec<FrontendKey> {
+        self.mirror
+            .services
+            .keys()
+            .filter(|k| k.slot == 0)
+            .filter_map(frontend_of)
+            .collect()
+    }
+
+    /// The writes that make the maps hold `desired` for each frontend in
+    /// `changed` (a frontend absent from `desired` is removed). Indexes are
+    /// updated as if every write succeeds; call `resync` if one fails.
+    pub fn plan(
+        &mut self,
+        desired: &Desired,
+        changed: impl IntoIterator<Item = FrontendKey>,
+    ) -> Vec<Op> {
+        let changed: BTreeSet<FrontendKey> = changed.into_iter().collect();
+        let (mut put_be, mut put_info, mut fe_ops, mut del_info) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut dropped_refs = std::mem::take(&mut self.orphan_backends);
+        let mut freed_svc = Vec::new();
+        for id in std::mem::take(&mut self.orphan_info) {
+            del_info.push(Op::DelInfo(id));
+        }
+        for fk in changed {
+            let master_key = service_key(&fk, 0);
+            let old_master = self.mirror.services.get(&master_key).copied();
+            let old_count = old_master.map_or(0, |m| m.count);
+            let old_ids: Vec<u32> = (1..=old_count)
+                .filter_map(|slot| {
+                    self.mirror
+                        .services
+                        .get(&service_key(&fk, slot))
+                        .map(|v| v.backend_id)
+                })
+                .collect();
+            match desired.frontends.get(&fk) {
+                Some(st) => {
+                    let svc_id = old_master
+                        .map(|m| m.svc_id)
+                        .unwrap_or_else(|| self.svc_alloc.take());
+                    let info = info_entry(&st.name);
+                    if self.mirror.info.get(&svc_id) != Some(&info) {
+                        put_info.push(Op::PutInfo(svc_id, info));
+                    }
+                    let mut count: u16 = 0;
+                    for b in st
+                        .backends
+                        .iter()
+                        .take(lb_common::MAX_BACKENDS_PER_SERVICE as usize)
+                    {
+                        let entry = backend_entry(b, fk.proto);
+                        let id = match self.be_ids.get(&entry) {
+                            Some(id) => *id,
+                            None => {
+                                let id = self.be_alloc.take();
+                                self.be_ids.insert(entry, id);
+                                put_be.push(Op::PutBackend(id, entry));
+                                id
+                            }
+                        };
+                        *self.be_refs.entry(id).or_default() += 1;
+                        count += 1;
+                        let k = service_key(&fk, count);
+                        let v = ServiceValue {
+                            backend_id: id,
+                            count: 0,
+                            flags: SVC_FLAG_NONE,
+                            svc_id,
+                        };
+                        if self.mirror.services.get(&k) != Some(&v) {
+                            fe_ops.push(Op::PutService(k, v));
+                        }
+                    }
+                    let master = ServiceValue {
+                        backend_id: 0,
+                        count,
+                        flags: SVC_FLAG_NONE,
+                        svc_id,
+                    };
+                    if old_master != Some(master) {
+                        fe_ops.push(Op::PutService(master_key, master));
+                    }
+                    for slot in count + 1..=old_count {
+                        fe_ops.push(Op::DelService(service_key(&fk, slot)));
+                    }
+                }
+                None => {
+                    if let Some(m) = old_master {
+                        // Master first: the frontend disappears atomically.
+                        fe_ops.push(Op::DelService(master_key));
+                        for slot in 1..=old_count {
+                            fe_ops.push(Op::DelService(service_key(&fk, slot)));
+                        }
+                        if self.mirror.info.contains_key(&m.svc_id) {
+                            del_info.push(Op::DelInfo(m.svc_id));
+                        }
+                        freed_svc.push(m.svc_id);
+                    }
                 }
             }
-        }
-    }
-    for (fe, slots) in &cur {
-        if !tgt.contains_key(fe) {
-            // Master (slot 0) sorts first: the frontend disappears atomically.
-            for (k, _) in slots {
-                ops.push(Op::DelService(*k));
+            for id in old_ids {
+                if let Some(r) = self.be_refs.get_mut(&id) {
+                    *r = r.saturating_sub(1);
+                }
+                dropped_refs.insert(id);
             }
         }
-    }
-    for id in current.info.keys() {
-        if !target.info.contains_key(id) {
-            ops.push(Op::DelInfo(*id));
+        // Ids are released only now, so none is reused within this plan.
+        let mut del_be = Vec::new();
+        for id in dropped_refs {
+            if self.be_refs.get(&id).copied().unwrap_or(0) == 0 {
+                self.be_refs.remove(&id);
+                if let Some(b) = self.mirror.backends.get(&id)
+                    && self.be_ids.get(b) == Some(&id)
+                {
+                    self.be_ids.remove(b);
+                }
+                self.be_alloc.release(id);
+                del_be.push(Op::DelBackend(id));
+            }
         }
-    }
-    for id in current.backends.keys() {
-        if !target.backends.contains_key(id) {
-            ops.push(Op::DelBackend(*id));
+        for id in freed_svc {
+            self.svc_alloc.release(id);
         }
+        put_be.extend(put_info);
+        put_be.extend(fe_ops);
+        put_be.extend(del_info);
+        put_be.extend(del_be);
+        put_be
     }
-    ops
+
+    /// The writes for everything: every desired frontend and every
+    /// frontend the maps hold (first sync after adopting maps).
+    pub fn plan_all(&mut self, desired: &Desired) -> Vec<Op> {
+        let mut all: BTreeSet<FrontendKey> = desired.frontends.keys().copied().collect();
+        all.extend(self.frontends());
+        self.plan(desired, all)
+    }
 }
 
 /// Applies `op` to an in-memory state (the mirror of what the maps hold).
@@ -287,29 +379,69 @@ mod tests {
         d
     }
 
-    fn run(current: &MapState, d: &Desired) -> (MapState, Vec<Op>) {
-        let t = target(d, current);
-        let ops = plan(current, &t);
-        let mut after = current.clone();
-        for op in &ops {
-            apply_to(&mut after, op);
+    /// What a datapath reader would find: frontend -> backends, by slot.
+    fn held(m: &MapState) -> BTreeMap<FrontendKey, Vec<BackendAddr>> {
+        let mut out = BTreeMap::new();
+        for (k, v) in &m.services {
+            if k.slot != 0 {
+                continue;
+            }
+            let bs = (1..=v.count)
+                .map(|slot| {
+                    let s = m.services[&ServiceKey { slot, ..*k }];
+                    let b = m.backends[&s.backend_id];
+                    BackendAddr {
+                        addr: Ipv4Addr::from(ipv4_from_net(b.addr)),
+                        port: port_from_net(b.port),
+                    }
+                })
+                .collect();
+            out.insert(frontend_of(k).unwrap(), bs);
         }
-        assert_eq!(after, t, "plan must reach the target");
-        (t, ops)
+        out
+    }
+
+    /// Plans for the `changed` frontends (all when None), applies the
+    /// plan to the mirror and checks the maps hold exactly `d`.
+    fn run(rec: &mut Reconciler, d: &Desired, changed: Option<Vec<FrontendKey>>) -> Vec<Op> {
+        let ops = match changed {
+            Some(c) => rec.plan(d, c),
+            None => rec.plan_all(d),
+        };
+        for op in &ops {
+            apply_to(rec.mirror_mut(), op);
+        }
+        let want: BTreeMap<FrontendKey, Vec<BackendAddr>> = d
+            .frontends
+            .iter()
+            .map(|(k, s)| (*k, s.backends.clone()))
+            .collect();
+        assert_eq!(held(rec.mirror()), want);
+        // Nothing dangling: every backend and info entry is used.
+        let used: BTreeSet<u32> = rec
+            .mirror()
+            .services
+            .iter()
+            .filter(|(k, _)| k.slot != 0)
+            .map(|(_, v)| v.backend_id)
+            .collect();
+        assert_eq!(used, rec.mirror().backends.keys().copied().collect());
+        assert_eq!(rec.mirror().info.len(), d.frontends.len());
+        ops
     }
 
     #[test]
     fn unchanged_state_needs_no_writes() {
         let d = desired(&[(fk(175, 80), &[5, 6, 7])]);
-        let (t, _) = run(&MapState::default(), &d);
-        let (_, ops) = run(&t, &d);
-        assert!(ops.is_empty(), "{ops:?}");
+        let mut rec = Reconciler::default();
+        run(&mut rec, &d, None);
+        assert!(rec.plan_all(&d).is_empty());
     }
 
     #[test]
     fn master_is_written_after_slots_and_backends() {
         let d = desired(&[(fk(175, 80), &[5, 6, 7])]);
-        let (_, ops) = run(&MapState::default(), &d);
+        let ops = run(&mut Reconciler::default(), &d, None);
         let master_at = ops
             .iter()
             .position(|o| matches!(o, Op::PutService(k, _) if k.slot == 0))
@@ -321,14 +453,11 @@ mod tests {
     #[test]
     fn scaling_down_and_up_only_touches_that_service() {
         let d3 = desired(&[(fk(175, 80), &[5, 6, 7]), (fk(9, 53), &[8])]);
-        let (t3, _) = run(&MapState::default(), &d3);
+        let mut rec = Reconciler::default();
+        run(&mut rec, &d3, None);
         let d1 = desired(&[(fk(175, 80), &[5]), (fk(9, 53), &[8])]);
-        let (t1, ops) = run(&t3, &d1);
+        let ops = run(&mut rec, &d1, Some(vec![fk(175, 80)]));
         // master count 1, slots 2 and 3 removed, backends 6 and 7 removed.
-        assert!(ops.contains(&Op::PutService(
-            service_key(&fk(175, 80), 0),
-            t1.services[&service_key(&fk(175, 80), 0)]
-        )));
         assert_eq!(
             ops.iter()
                 .filter(|o| matches!(o, Op::DelService(_)))
@@ -354,7 +483,7 @@ mod tests {
             .position(|o| matches!(o, Op::DelService(_)))
             .unwrap();
         assert!(master < first_del);
-        let (_, ops) = run(&t1, &d3);
+        let ops = run(&mut rec, &d3, Some(vec![fk(175, 80)]));
         assert_eq!(
             ops.iter()
                 .filter(|o| matches!(o, Op::PutBackend(..)))
@@ -364,18 +493,56 @@ mod tests {
     }
 
     #[test]
-    fn ids_survive_a_restart() {
+    fn shared_backends_stay_while_any_frontend_uses_them() {
+        let d = desired(&[(fk(1, 80), &[5, 6]), (fk(2, 80), &[6, 7])]);
+        let mut rec = Reconciler::default();
+        run(&mut rec, &d, None);
+        assert_eq!(
+            rec.mirror().backends.len(),
+            3,
+            "10.244.0.6 is one backend entry"
+        );
+        // Frontend 1 drops 6 and takes 7, both still used by frontend 2.
+        let d2 = desired(&[(fk(1, 80), &[5, 7]), (fk(2, 80), &[6, 7])]);
+        let ops = run(&mut rec, &d2, Some(vec![fk(1, 80)]));
+        assert!(
+            !ops.iter()
+                .any(|o| matches!(o, Op::DelBackend(_) | Op::PutBackend(..))),
+            "{ops:?}"
+        );
+        let d3 = desired(&[(fk(1, 80), &[5, 7])]);
+        let ops = run(&mut rec, &d3, Some(vec![fk(2, 80)]));
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, Op::DelBackend(_)))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn ids_survive_a_restart_and_orphans_are_collected() {
         let d = desired(&[(fk(175, 80), &[5, 6, 7])]);
-        let (t, _) = run(&MapState::default(), &d);
-        // A new agent reads the maps back and computes the same target.
-        assert_eq!(target(&d, &t), t);
+        let mut rec = Reconciler::default();
+        run(&mut rec, &d, None);
+        // A new agent reads the maps back: nothing to write.
+        let mut maps = rec.mirror().clone();
+        let mut again = Reconciler::new(maps.clone());
+        assert!(again.plan_all(&d).is_empty());
+        // Leftovers nobody refers to are removed by the next plan.
+        maps.backends.insert(99, backend_entry(&be(99), Proto::Tcp));
+        maps.info.insert(42, info_entry("gone"));
+        let mut adopt = Reconciler::new(maps);
+        let ops = run(&mut adopt, &d, None);
+        assert_eq!(ops, vec![Op::DelInfo(42), Op::DelBackend(99)]);
     }
 
     #[test]
     fn removed_frontend_loses_master_first() {
         let d = desired(&[(fk(175, 80), &[5, 6])]);
-        let (t, _) = run(&MapState::default(), &d);
-        let (_, ops) = run(&t, &Desired::default());
+        let mut rec = Reconciler::default();
+        run(&mut rec, &d, None);
+        let ops = run(&mut rec, &Desired::default(), Some(vec![fk(175, 80)]));
         assert!(matches!(ops[0], Op::DelService(k) if k.slot == 0));
         assert!(matches!(ops.last(), Some(Op::DelBackend(_))));
     }

@@ -1,7 +1,7 @@
 //! The Kubernetes objects the agent knows, as any source delivered them.
 //! Every object is validated on the way in; an invalid object never
 //! replaces a valid one, so what is programmed is never lost to bad input.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use k8s_openapi::api::{
@@ -10,6 +10,7 @@ use k8s_openapi::api::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use crate::model::SERVICE_NAME_LABEL;
 use crate::validate::{self, FieldError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -95,12 +96,27 @@ impl Object {
     }
 }
 
-/// All objects, by kind and namespace/name.
+/// The Service an EndpointSlice belongs to, from its service-name label.
+fn slice_service(key: &NsName, slice: &EndpointSlice) -> Option<NsName> {
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(NsName {
+        namespace: key.namespace.clone(),
+        name: name.clone(),
+    })
+}
+
+/// All objects, by kind and namespace/name. Change them only through
+/// `upsert` and `remove`: those keep the slice index and the set of
+/// Services whose frontends need recomputing.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ObjectStore {
     pub services: BTreeMap<NsName, Service>,
     pub slices: BTreeMap<NsName, EndpointSlice>,
     pub endpoints: BTreeMap<NsName, Endpoints>,
+    /// Service -> the EndpointSlices that name it.
+    slices_of: BTreeMap<NsName, BTreeSet<NsName>>,
+    /// Services touched since the last `take_dirty`.
+    dirty: BTreeSet<NsName>,
 }
 
 impl ObjectStore {
@@ -108,15 +124,24 @@ impl ObjectStore {
     /// An invalid object is refused and whatever was stored stays.
     pub fn upsert(&mut self, obj: Object) -> Result<(), FieldError> {
         validate::object(&obj)?;
-        let key = obj.id().key;
+        let id = obj.id();
+        // The old version's Service is affected too (a slice may move).
+        self.remove(&id);
+        let key = id.key;
         match obj {
             Object::Service(o) => {
+                self.dirty.insert(key.clone());
                 self.services.insert(key, o);
             }
             Object::EndpointSlice(o) => {
+                if let Some(svc) = slice_service(&key, &o) {
+                    self.dirty.insert(svc.clone());
+                    self.slices_of.entry(svc).or_default().insert(key.clone());
+                }
                 self.slices.insert(key, o);
             }
             Object::Endpoints(o) => {
+                self.dirty.insert(key.clone());
                 self.endpoints.insert(key, o);
             }
         }
@@ -126,23 +151,43 @@ impl ObjectStore {
     pub fn remove(&mut self, id: &ObjectId) {
         match id.kind {
             Kind::Service => {
-                self.services.remove(&id.key);
+                if self.services.remove(&id.key).is_some() {
+                    self.dirty.insert(id.key.clone());
+                }
             }
             Kind::EndpointSlice => {
-                self.slices.remove(&id.key);
+                if let Some(old) = self.slices.remove(&id.key)
+                    && let Some(svc) = slice_service(&id.key, &old)
+                {
+                    if let Some(set) = self.slices_of.get_mut(&svc) {
+                        set.remove(&id.key);
+                        if set.is_empty() {
+                            self.slices_of.remove(&svc);
+                        }
+                    }
+                    self.dirty.insert(svc);
+                }
             }
             Kind::Endpoints => {
-                self.endpoints.remove(&id.key);
+                if self.endpoints.remove(&id.key).is_some() {
+                    self.dirty.insert(id.key.clone());
+                }
             }
         }
     }
 
-    pub fn get(&self, id: &ObjectId) -> Option<Object> {
-        match id.kind {
-            Kind::Service => self.services.get(&id.key).cloned().map(Object::Service),
-            Kind::EndpointSlice => self.slices.get(&id.key).cloned().map(Object::EndpointSlice),
-            Kind::Endpoints => self.endpoints.get(&id.key).cloned().map(Object::Endpoints),
-        }
+    /// The EndpointSlices of Service `svc`.
+    pub fn slices_of<'a>(&'a self, svc: &NsName) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        self.slices_of
+            .get(svc)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+    }
+
+    /// The Services whose objects changed since the last call.
+    pub fn take_dirty(&mut self) -> BTreeSet<NsName> {
+        std::mem::take(&mut self.dirty)
     }
 
     pub fn len(&self) -> usize {

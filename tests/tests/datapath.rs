@@ -59,9 +59,9 @@ impl Datapath {
                 },
             );
         }
-        let mut mirror = maps.read().unwrap();
-        let t = reconcile::target(&desired, &mirror);
-        let errs = maps.apply(&reconcile::plan(&mirror, &t), &mut mirror);
+        let mut rec = reconcile::Reconciler::new(maps.read().unwrap());
+        let ops = rec.plan_all(&desired);
+        let errs = maps.apply(&ops, rec.mirror_mut());
         assert!(errs.is_empty(), "{errs:?}");
         Datapath { _fs: fs, ebpf }
     }

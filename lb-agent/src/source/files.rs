@@ -41,6 +41,11 @@ impl FileSource {
         &self.store
     }
 
+    /// The Services whose objects changed since the last call.
+    pub fn take_dirty(&mut self) -> BTreeSet<crate::store::NsName> {
+        self.store.take_dirty()
+    }
+
     fn list(&self) -> std::io::Result<Vec<PathBuf>> {
         if self.root.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(&self.root)?
