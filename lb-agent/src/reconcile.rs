@@ -122,6 +122,7 @@ pub struct Reconciler {
     /// by the next plan.
     orphan_backends: BTreeSet<u32>,
     orphan_info: BTreeSet<u32>,
+    orphan_slots: Vec<ServiceKey>,
 }
 
 impl Reconciler {
@@ -133,11 +134,19 @@ impl Reconciler {
         }
         let mut be_refs: BTreeMap<u32, u32> = BTreeMap::new();
         let mut svc_ids = BTreeSet::new();
+        let mut orphan_slots = Vec::new();
         for (k, v) in &mirror.services {
             if k.slot == 0 {
                 svc_ids.insert(v.svc_id);
-            } else {
+                continue;
+            }
+            // A slot beyond its master's count (a previous writer stopped
+            // between the two) is never read: remove it, do not count it.
+            let master = mirror.services.get(&ServiceKey { slot: 0, ..*k });
+            if master.is_some_and(|m| k.slot <= m.count) {
                 *be_refs.entry(v.backend_id).or_default() += 1;
+            } else {
+                orphan_slots.push(*k);
             }
         }
         let orphan_backends = mirror
@@ -159,6 +168,7 @@ impl Reconciler {
             be_refs,
             orphan_backends,
             orphan_info,
+            orphan_slots,
             mirror,
         }
     }
@@ -203,6 +213,9 @@ impl Reconciler {
         let mut freed_svc = Vec::new();
         for id in std::mem::take(&mut self.orphan_info) {
             del_info.push(Op::DelInfo(id));
+        }
+        for k in std::mem::take(&mut self.orphan_slots) {
+            fe_ops.push(Op::DelService(k));
         }
         for fk in changed {
             let master_key = service_key(&fk, 0);
@@ -529,12 +542,26 @@ mod tests {
         let mut maps = rec.mirror().clone();
         let mut again = Reconciler::new(maps.clone());
         assert!(again.plan_all(&d).is_empty());
-        // Leftovers nobody refers to are removed by the next plan.
+        // Leftovers nobody refers to are removed by the next plan: a
+        // backend, an info entry, a slot past its master's count.
         maps.backends.insert(99, backend_entry(&be(99), Proto::Tcp));
         maps.info.insert(42, info_entry("gone"));
+        let stray = service_key(&fk(175, 80), 4);
+        maps.services.insert(
+            stray,
+            ServiceValue {
+                backend_id: 99,
+                count: 0,
+                flags: SVC_FLAG_NONE,
+                svc_id: 1,
+            },
+        );
         let mut adopt = Reconciler::new(maps);
         let ops = run(&mut adopt, &d, None);
-        assert_eq!(ops, vec![Op::DelInfo(42), Op::DelBackend(99)]);
+        assert_eq!(
+            ops,
+            vec![Op::DelService(stray), Op::DelInfo(42), Op::DelBackend(99)]
+        );
     }
 
     #[test]
