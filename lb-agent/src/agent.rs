@@ -44,10 +44,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         "maps opened; existing entries adopted"
     );
     let mut pipeline = Pipeline::new(held, opts.service_cidrs.clone());
-    let mut tc = TcAttachments::default();
+    let mut tc = TcAttachments::new(&opts.load.pin_dir)?;
     tc.sync(&mut ebpf, &selector);
     if let Some(cg) = &opts.cgroup {
-        attach::attach_cgroup(&mut ebpf, cg)?;
+        attach::attach_cgroup(&mut ebpf, cg, &opts.load.pin_dir)?;
     }
     let mut source = FileSource::new(&opts.manifests);
     sync(&mut source, &mut maps, &mut pipeline);
@@ -72,7 +72,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = sigint.recv() => break,
         }
     }
-    info!("shutting down; pinned maps are kept for the next agent");
+    info!(
+        "shutting down; programs stay attached through pinned links, maps stay pinned (lb-agent cleanup removes both)"
+    );
     Ok(())
 }
 

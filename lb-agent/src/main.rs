@@ -92,7 +92,8 @@ enum Command {
         #[arg(long)]
         manifests: PathBuf,
     },
-    /// Remove every pin the project created. Idempotent.
+    /// Remove every pin the project created: detaches the programs (their
+    /// links) and drops the maps. Idempotent.
     Cleanup {
         #[command(flatten)]
         pin: PinArgs,
@@ -180,6 +181,20 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Cleanup { pin } => {
+            // Link pins first: removing the last reference detaches.
+            let links = attach::links_dir(&pin.pin_path);
+            if let Ok(entries) = std::fs::read_dir(&links) {
+                for e in entries.flatten() {
+                    std::fs::remove_file(e.path())
+                        .with_context(|| format!("removing {}", e.path().display()))?;
+                    println!("removed {} (detached)", e.path().display());
+                }
+            }
+            match std::fs::remove_dir(&links) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", links.display())),
+            }
             for name in ALL_MAPS {
                 let p = pin.pin_path.join(name);
                 match std::fs::remove_file(&p) {

@@ -59,6 +59,16 @@ impl NetNs {
     /// Runs `f` on a thread that has entered this namespace: sockets it
     /// opens live there.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        self.spawn(f)
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))?
+    }
+
+    /// Like `run`, without waiting: join the handle for the result.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<Result<T>> {
         let path = self.path();
         std::thread::spawn(move || -> Result<T> {
             let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
@@ -69,8 +79,6 @@ impl NetNs {
             }
             Ok(f())
         })
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))?
     }
 }
 

@@ -1,0 +1,220 @@
+//! Restarts under traffic: programs stay attached through pinned links,
+//! maps stay pinned, and a new agent adopts both. `kill -9` and SIGTERM
+//! of the agent, mid-traffic, must cost no request and no connection.
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ferrolb_tests::cluster::Cluster;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn manifest(c: &Cluster) -> String {
+    let mut eps = String::new();
+    for p in &c.pods {
+        eps.push_str(&format!("- addresses: [\"{}\"]\n", p.ip));
+    }
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: hostnames}}\nspec:\n  clusterIP: 10.0.1.175\n  ports:\n  - {{name: http, port: 80, targetPort: 9376}}\n  - {{name: dns, port: 53, protocol: UDP, targetPort: 9376}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: hostnames-1, labels: {{kubernetes.io/service-name: hostnames}}}}\naddressType: IPv4\n\
+         ports: [{{name: http, port: 9376, protocol: TCP}}, {{name: dns, port: 9376, protocol: UDP}}]\nendpoints:\n{eps}"
+    )
+}
+
+#[derive(Default)]
+struct Counts {
+    sent: AtomicU64,
+    answered: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Counts {
+    fn record(&self, ok: bool) {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        if ok {
+            self.answered.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn show(&self) -> (u64, u64, u64) {
+        (
+            self.sent.load(Ordering::SeqCst),
+            self.answered.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+        )
+    }
+}
+
+fn tcp_once() -> bool {
+    let run = || -> std::io::Result<bool> {
+        let mut s = TcpStream::connect_timeout(&"10.0.1.175:80".parse().unwrap(), TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body.contains("hostnames-"))
+    };
+    run().unwrap_or(false)
+}
+
+fn udp_once() -> bool {
+    let run = || -> std::io::Result<bool> {
+        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        sock.set_read_timeout(Some(TIMEOUT))?;
+        sock.send_to(b"who", "10.0.1.175:53")?;
+        let mut buf = [0u8; 128];
+        let (n, from) = sock.recv_from(&mut buf)?;
+        Ok(from == "10.0.1.175:53".parse::<SocketAddr>().unwrap()
+            && buf[..n].starts_with(b"hostnames-"))
+    };
+    run().unwrap_or(false)
+}
+
+/// One connection kept open, one exchange every 20 ms; returns the times
+/// of the exchanges, or the first error.
+fn long_lived(stop: Arc<AtomicBool>) -> std::io::Result<Vec<Instant>> {
+    let conn = TcpStream::connect_timeout(&"10.0.1.175:80".parse().unwrap(), TIMEOUT)?;
+    conn.set_read_timeout(Some(TIMEOUT))?;
+    let mut w = conn.try_clone()?;
+    let mut r = BufReader::new(conn);
+    let mut times = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut len = 0;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if let Some(v) = h.strip_prefix("Content-Length: ") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            if h == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body)?;
+        times.push(Instant::now());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(times)
+}
+
+#[test]
+fn kill_9_and_sigterm_under_traffic_lose_nothing() {
+    let mut c = Cluster::new(common::bins(), 3).expect("cluster");
+    let dir = c.workdir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("svc.yaml"), manifest(&c)).unwrap();
+    c.start_agent(&dir).expect("agent");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tcp, udp) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
+    let mut loops = Vec::new();
+    for (counts, f) in [
+        (tcp.clone(), tcp_once as fn() -> bool),
+        (udp.clone(), udp_once),
+    ] {
+        let stop = stop.clone();
+        loops.push(c.client().ns.spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                counts.record(f());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }));
+    }
+    let ll_stop = stop.clone();
+    let long = c.client().ns.spawn(move || long_lived(ll_stop));
+    // The node's own traffic goes through the socket hooks.
+    let node = c
+        .node_command("sh")
+        .args([
+            "-c",
+            "ok=0; fail=0; for i in $(seq 1 400); do if curl -s -m 2 -o /dev/null http://10.0.1.175:80/; then ok=$((ok+1)); else fail=$((fail+1)); fi; [ -e \"$0\" ] && break; done; echo \"$ok $fail\"",
+        ])
+        .arg(c.workdir.join("stop-node-loop"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node client loop");
+
+    std::thread::sleep(Duration::from_millis(800));
+    c.stop_agent(libc::SIGKILL);
+    let killed_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(800));
+    c.start_agent(&dir).expect("agent restarts after kill -9");
+    std::thread::sleep(Duration::from_millis(500));
+    c.stop_agent(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    c.start_agent(&dir).expect("agent restarts after SIGTERM");
+    std::thread::sleep(Duration::from_millis(500));
+
+    stop.store(true, Ordering::SeqCst);
+    std::fs::write(c.workdir.join("stop-node-loop"), "").unwrap();
+    for l in loops {
+        l.join().unwrap().unwrap();
+    }
+    let times = long
+        .join()
+        .unwrap()
+        .unwrap()
+        .expect("the long-lived connection survives both restarts");
+    let node = node.wait_with_output().unwrap();
+    let node_out = String::from_utf8_lossy(&node.stdout).to_string();
+
+    let (ts, ta, tf) = tcp.show();
+    let (us, ua, uf) = udp.show();
+    eprintln!(
+        "tcp sent {ts} answered {ta} failed {tf}; udp sent {us} answered {ua} failed {uf}; node curl ok/fail {node_out}"
+    );
+    assert!(ts > 50 && us > 50, "enough traffic ran: tcp {ts}, udp {us}");
+    assert_eq!(tf, 0, "TCP requests failed across restarts");
+    assert_eq!(uf, 0, "UDP requests failed across restarts");
+    assert!(
+        times.iter().filter(|t| **t > killed_at).count() > 20,
+        "the long-lived connection exchanged data after kill -9"
+    );
+    let mut nums = node_out
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().unwrap());
+    let (nok, nfail) = (nums.next().unwrap(), nums.next().unwrap());
+    assert!(nok > 20, "node requests ran: {node_out}");
+    assert_eq!(nfail, 0, "node requests failed: {node_out}");
+}
+
+#[test]
+fn cleanup_detaches_everything_and_is_idempotent() {
+    let mut c = Cluster::new(common::bins(), 1).expect("cluster");
+    let dir = c.workdir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("svc.yaml"), manifest(&c)).unwrap();
+    c.start_agent(&dir).expect("agent");
+    c.stop_agent(libc::SIGTERM);
+    // Still serving with no agent running.
+    assert!(
+        c.client().ns.run(tcp_once).unwrap(),
+        "programs stay attached after SIGTERM"
+    );
+    c.cli("cleanup").expect("cleanup");
+    c.cli("cleanup").expect("cleanup again is fine");
+    assert!(!c.pin_path().exists(), "pins removed");
+    assert!(
+        !c.client().ns.run(tcp_once).unwrap(),
+        "no translation after cleanup"
+    );
+    // No tc program left on the node's interfaces.
+    let out = c
+        .node
+        .command("bpftool")
+        .args(["net", "show"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("flb_tc_ingress"), "still attached:\n{text}");
+}
