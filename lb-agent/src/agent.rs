@@ -33,6 +33,7 @@ pub struct RunOptions {
 const IFACE_RESCAN: Duration = Duration::from_secs(1);
 
 pub async fn run(opts: RunOptions) -> Result<()> {
+    crate::caps::check()?;
     let selector = Selector::new(&opts.interfaces, &opts.exclude_interfaces)?;
     let mut ebpf = loader::load(&opts.load)?;
     attach::load_programs(&mut ebpf, opts.cgroup.is_some())?;

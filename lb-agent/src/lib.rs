@@ -5,6 +5,7 @@
 //! `reconcile` (diff against the maps, ordered writes) -> `datapath`
 //! (map writes, program attachment) -> the kernel programs in `lb-ebpf`.
 pub mod agent;
+pub mod caps;
 pub mod datapath;
 pub mod model;
 pub mod reconcile;

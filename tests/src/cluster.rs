@@ -43,6 +43,8 @@ pub struct Cluster {
     pub bpffs: PathBuf,
     pub cgroup: PathBuf,
     pub bins: Binaries,
+    /// Runs the agent through this command line (e.g. `setpriv ...`).
+    pub agent_prefix: Vec<String>,
     children: Vec<Child>,
     agent: Option<Child>,
     // Declared last: dropped after the processes above are killed.
@@ -86,6 +88,7 @@ impl Cluster {
             cgroup: cgroup2_root()?.join(format!("ferrolb-{id}")),
             workdir,
             bins,
+            agent_prefix: Vec::new(),
             children: Vec::new(),
             agent: None,
             pods: Vec::new(),
@@ -189,9 +192,16 @@ impl Cluster {
     /// waits until it has programmed them.
     pub fn start_agent(&mut self, manifests: &Path) -> Result<()> {
         let log = std::fs::File::create(self.agent_log())?;
-        let child = self
-            .node
-            .command(self.bins.agent.to_str().context("utf-8 path")?)
+        let agent = self.bins.agent.to_str().context("utf-8 path")?;
+        let mut cmd = match self.agent_prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = self.node.command(first);
+                c.args(rest).arg(agent);
+                c
+            }
+            None => self.node.command(agent),
+        };
+        let child = cmd
             .arg("run")
             .arg("--manifests")
             .arg(manifests)
@@ -208,17 +218,19 @@ impl Cluster {
             .context("starting lb-agent")?;
         self.agent = Some(child);
         let log = self.agent_log();
-        wait_until(Duration::from_secs(20), || {
-            std::fs::read_to_string(&log)
-                .map(|s| s.contains("agent ready"))
-                .unwrap_or(false)
-        })
-        .with_context(|| {
-            format!(
-                "agent did not become ready; its log:\n{}",
+        // Stop waiting as soon as it is ready or has exited.
+        let _ = wait_until(Duration::from_secs(20), || {
+            !self.agent_running()
+                || std::fs::read_to_string(&log).is_ok_and(|s| s.contains("agent ready"))
+        });
+        let ready = std::fs::read_to_string(&log).is_ok_and(|s| s.contains("agent ready"));
+        if !(ready && self.agent_running()) {
+            bail!(
+                "agent exited or did not become ready; its log:\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        })
+            );
+        }
+        Ok(())
     }
 
     /// True while the agent process is alive.

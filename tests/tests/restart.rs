@@ -218,3 +218,31 @@ fn cleanup_detaches_everything_and_is_idempotent() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("flb_tc_ingress"), "still attached:\n{text}");
 }
+
+#[test]
+fn runs_with_only_its_capabilities_and_names_a_missing_one() {
+    let mut c = Cluster::new(common::bins(), 1).expect("cluster");
+    let dir = c.workdir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("svc.yaml"), manifest(&c)).unwrap();
+    let only = |caps: &str| -> Vec<String> {
+        ["setpriv", "--bounding-set", &format!("-all,{caps}"), "--"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    // Missing CAP_BPF: a clear refusal, nothing loaded.
+    c.agent_prefix = only("+net_admin,+perfmon");
+    let err = c.start_agent(&dir).expect_err("agent must refuse to start");
+    let log = c.agent_log_text();
+    assert!(log.contains("missing: CAP_BPF"), "{err:#}\n{log}");
+    assert!(!c.agent_running());
+    // Exactly the capabilities it documents: it serves.
+    c.agent_prefix = only("+bpf,+net_admin,+perfmon");
+    c.start_agent(&dir)
+        .expect("agent with CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON");
+    assert!(
+        c.client().ns.run(tcp_once).unwrap(),
+        "serves with least privilege"
+    );
+}
