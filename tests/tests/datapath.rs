@@ -5,14 +5,9 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use ferrolb_tests::bpffs::Bpffs;
+use common::datapath::Datapath;
 use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_RST, TCP_SYN};
-use lb_agent::{
-    datapath::{PROG_TC_INGRESS, attach, loader, maps::ServiceMaps},
-    model::{BackendAddr, Desired, FrontendKey, FrontendState, Proto},
-    reconcile,
-};
+use lb_agent::model::{BackendAddr, FrontendKey, Proto};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -26,63 +21,6 @@ fn be(i: u8) -> BackendAddr {
     BackendAddr {
         addr: Ipv4Addr::new(10, 244, 0, 5 + i),
         port: 9376,
-    }
-}
-
-struct Datapath {
-    _fs: Bpffs,
-    ebpf: aya::Ebpf,
-}
-
-impl Datapath {
-    /// Loads the programs and programs `frontends` through reconcile.
-    fn new(tag: &str, frontends: &[(FrontendKey, Vec<BackendAddr>)]) -> Self {
-        let fs = Bpffs::new(tag).expect("private bpffs");
-        let opts = loader::LoadOptions {
-            pin_dir: fs.dir.join("ferrolb"),
-            services_max: 1024,
-            backends_max: 1024,
-            conntrack_max: 1024,
-            sock_max: 1024,
-            frontends_max: 1024,
-        };
-        let mut ebpf = loader::load(&opts).expect("load object");
-        attach::load_programs(&mut ebpf, false).expect("verifier accepts the tc program");
-        let mut maps = ServiceMaps::from_ebpf(&mut ebpf).unwrap();
-        let mut desired = Desired::default();
-        for (k, b) in frontends {
-            desired.frontends.insert(
-                *k,
-                FrontendState {
-                    name: format!("default/{}", k.addr),
-                    backends: b.clone(),
-                },
-            );
-        }
-        let mut rec = reconcile::Reconciler::new(maps.read().unwrap());
-        let ops = rec.plan_all(&desired);
-        let errs = maps.apply(&ops, rec.mirror_mut());
-        assert!(errs.is_empty(), "{errs:?}");
-        Datapath { _fs: fs, ebpf }
-    }
-
-    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(PROG_TC_INGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let mut out = vec![0u8; 512];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
     }
 }
 

@@ -1,5 +1,7 @@
 //! Shared by the test files: where the binaries are.
 #![allow(dead_code)]
+pub mod datapath;
+
 use std::path::PathBuf;
 
 use ferrolb_tests::cluster::Binaries;
