@@ -274,3 +274,99 @@ spec:
         assert!(docs[0].result.is_ok());
     }
 }
+
+/// Random mutations of valid manifests never panic the parser, the store,
+/// the model or the reconciler, and good objects keep parsing.
+#[cfg(test)]
+mod fuzz {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::{model, reconcile::Reconciler, store::ObjectStore};
+
+    const SEED_MANIFESTS: &str = concat!(
+        include_str!("../../../manifests/hostnames.yaml"),
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: mydb}\nspec:\n  clusterIP: 10.98.213.29\n  ports: [{port: 3306, targetPort: 3306}]\n",
+        "---\napiVersion: v1\nkind: Endpoints\nmetadata: {name: mydb}\nsubsets:\n- addresses: [{ip: 192.168.0.5}]\n  ports: [{port: 3306}]\n",
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: multi}\nspec:\n  clusterIP: 10.0.2.30\n  ports:\n  - {name: http, port: 80, targetPort: web}\n  - {name: dns, port: 53, protocol: UDP}\n",
+    );
+
+    fn mutate(r: &mut fastrand::Rng, text: &str) -> String {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        for _ in 0..r.usize(1..4) {
+            if lines.is_empty() {
+                break;
+            }
+            let i = r.usize(..lines.len());
+            match r.u8(0..7) {
+                0 => {
+                    lines.remove(i);
+                }
+                1 => {
+                    let l = lines[i].clone();
+                    lines.insert(i, l);
+                }
+                2 => {
+                    let mut b = lines[i].clone().into_bytes();
+                    if !b.is_empty() {
+                        let j = r.usize(..b.len());
+                        b[j] = r.u8(32..127);
+                    }
+                    lines[i] = String::from_utf8_lossy(&b).into_owned();
+                }
+                3 => {
+                    let junk = [
+                        "- x",
+                        "  : :",
+                        "port: -1",
+                        "port: 99999999999",
+                        "{",
+                        "]",
+                        "ready: maybe",
+                        "  - addresses: [\"::1\"]",
+                        "protocol: ICMP",
+                        "clusterIP: \"\"",
+                        "---",
+                        "kind: List\nitems: [1, 2]",
+                    ];
+                    lines.insert(i, junk[r.usize(..junk.len())].to_string());
+                }
+                4 => lines[i] = lines[i].replace("10.", "300."),
+                5 => lines[i] = lines[i].replace(": ", ": [").replace("80", "\"80\""),
+                _ => lines[i] = format!("  {}", lines[i]),
+            }
+        }
+        lines.join("\n")
+    }
+
+    #[test]
+    fn mutated_manifests_never_panic() {
+        let mut r = fastrand::Rng::with_seed(fastrand::u64(..));
+        let mut store = ObjectStore::default();
+        let mut cache = model::ModelCache::default();
+        let mut rec = Reconciler::default();
+        let mut parsed_ok = 0;
+        for _ in 0..5000 {
+            let text = mutate(&mut r, SEED_MANIFESTS);
+            let Ok(docs) = parse_str(Path::new("fuzz.yaml"), &text) else {
+                continue;
+            };
+            for d in docs {
+                if let Ok(obj) = d.result {
+                    parsed_ok += 1;
+                    let _ = store.upsert(obj);
+                }
+            }
+            let dirty: BTreeSet<_> = store.take_dirty();
+            let up = cache.update(&store, &dirty, &[]);
+            let ops = rec.plan(cache.desired(), up.changed);
+            for op in &ops {
+                crate::reconcile::apply_to(rec.mirror_mut(), op);
+            }
+        }
+        assert!(
+            parsed_ok > 1000,
+            "mutations left enough good objects: {parsed_ok}"
+        );
+    }
+}
