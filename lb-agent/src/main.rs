@@ -195,7 +195,17 @@ fn main() -> Result<()> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e).with_context(|| format!("removing {}", links.display())),
             }
-            for name in ALL_MAPS {
+            // Our maps of every layout version.
+            let mut names: Vec<String> = ALL_MAPS.iter().map(|s| s.to_string()).collect();
+            if let Ok(entries) = std::fs::read_dir(&pin.pin_path) {
+                names.extend(
+                    entries
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.starts_with("flb_") && !ALL_MAPS.contains(&n.as_str())),
+                );
+            }
+            for name in names {
                 let p = pin.pin_path.join(name);
                 match std::fs::remove_file(&p) {
                     Ok(()) => println!("removed {}", p.display()),

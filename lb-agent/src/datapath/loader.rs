@@ -2,9 +2,13 @@
 //! a restarted agent finds the state the datapath is using).
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use aya::{Ebpf, EbpfLoader};
-use lb_common::{MAP_BACKENDS, MAP_CONNTRACK, MAP_SERVICES, MAP_SOCK_REVNAT, MAP_SVC_INFO};
+use anyhow::{Context, Result, bail};
+use aya::{Ebpf, EbpfLoader, maps::MapInfo};
+use lb_common::{
+    ALL_MAPS, Backend, CtKey, CtValue, MAP_BACKENDS, MAP_CONNTRACK, MAP_SERVICES, MAP_SOCK_REVNAT,
+    MAP_STATS, MAP_SVC_INFO, STAT_COUNT, ServiceKey, ServiceValue, SockKey, SockValue, SvcInfo,
+};
+use tracing::warn;
 
 use super::{EBPF_OBJECT, bpffs};
 
@@ -19,8 +23,101 @@ pub struct LoadOptions {
     pub frontends_max: u32,
 }
 
+/// (name, key bytes, value bytes, max entries, flag that sizes it) of
+/// every map, as this build lays them out.
+fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static str); 6] {
+    use std::mem::size_of;
+    [
+        (
+            MAP_SERVICES,
+            size_of::<ServiceKey>(),
+            size_of::<ServiceValue>(),
+            opts.services_max,
+            "--services-max",
+        ),
+        (
+            MAP_BACKENDS,
+            size_of::<u32>(),
+            size_of::<Backend>(),
+            opts.backends_max,
+            "--backends-max",
+        ),
+        (
+            MAP_CONNTRACK,
+            size_of::<CtKey>(),
+            size_of::<CtValue>(),
+            opts.conntrack_max,
+            "--conntrack-max",
+        ),
+        (
+            MAP_SOCK_REVNAT,
+            size_of::<SockKey>(),
+            size_of::<SockValue>(),
+            opts.sock_max,
+            "--sock-max",
+        ),
+        (
+            MAP_SVC_INFO,
+            size_of::<u32>(),
+            size_of::<SvcInfo>(),
+            opts.frontends_max,
+            "--frontends-max",
+        ),
+        (
+            MAP_STATS,
+            size_of::<u32>(),
+            size_of::<u64>(),
+            STAT_COUNT,
+            "(fixed)",
+        ),
+    ]
+}
+
+/// Refuses pinned maps whose layout or size is not this build's: aya would
+/// reuse them as they are, and the programs would misread them. Maps of
+/// other layout versions (other names) are left alone and reported.
+pub fn check_pinned(opts: &LoadOptions) -> Result<()> {
+    for (name, key, value, max, flag) in layouts(opts) {
+        let path = opts.pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("reading pinned map {}", path.display()))?;
+        if info.key_size() as usize != key || info.value_size() as usize != value {
+            bail!(
+                "pinned map {} has {}-byte keys and {}-byte values, this agent's layout has {key} and {value}: \
+                 it was written by another build and is not reused (run `lb-agent cleanup --pin-path {}` first)",
+                path.display(),
+                info.key_size(),
+                info.value_size(),
+                opts.pin_dir.display()
+            );
+        }
+        if info.max_entries() != max {
+            bail!(
+                "pinned map {} holds at most {} entries but {flag} asks for {max}: resizing a live map needs a \
+                 migration this version does not do; keep the size or run `lb-agent cleanup --pin-path {}` first",
+                path.display(),
+                info.max_entries(),
+                opts.pin_dir.display()
+            );
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(&opts.pin_dir) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("flb_") && !ALL_MAPS.contains(&n.as_str()) {
+                warn!(map = %n, "pinned map of another layout version is not used; `lb-agent cleanup` removes it");
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     bpffs::prepare(&opts.pin_dir)?;
+    check_pinned(opts)?;
     let mut loader = EbpfLoader::new();
     loader
         .default_map_pin_directory(&opts.pin_dir)
