@@ -5,13 +5,14 @@
 //! maps, the last three with 1 to 10,000 Services programmed. The
 //! baselines' rules live only in this benchmark's throwaway node
 //! namespace.
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use ferrolb_tests::cluster::{Binaries, Cluster, POD_PORT, wait_until};
+use ferrolb_tests::http::Conn;
 
 use crate::report::Report;
 use crate::stats::{Spread, fmt, percentile, spread};
@@ -68,37 +69,17 @@ fn cpu_jiffies() -> (u64, u64) {
     (total - idle, total)
 }
 
-fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<()> {
-    let mut len = 0usize;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if let Some(v) = h.strip_prefix("Content-Length: ") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-        if h == "\r\n" {
-            break;
-        }
-    }
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body)
-}
-
 /// Requests on one kept-alive connection for `dur`: (rate, latencies us).
 fn request_response(addr: SocketAddr, dur: Duration) -> std::io::Result<(f64, Vec<f64>)> {
     let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     conn.set_nodelay(true)?;
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut w = conn.try_clone()?;
-    let mut r = BufReader::new(conn);
+    let mut conn = Conn::new(conn)?;
     let mut lat = Vec::new();
     let start = Instant::now();
     while start.elapsed() < dur {
         let t = Instant::now();
-        w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
-        read_response(&mut r)?;
+        conn.get()?;
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
     Ok((lat.len() as f64 / start.elapsed().as_secs_f64(), lat))

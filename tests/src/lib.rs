@@ -4,5 +4,6 @@
 pub mod bpffs;
 pub mod cluster;
 pub mod firewall;
+pub mod http;
 pub mod netns;
 pub mod packet;

@@ -3,13 +3,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferrolb_tests::cluster::{Cluster, wait_until};
 use ferrolb_tests::firewall;
+use ferrolb_tests::http::Conn;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 175);
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -203,25 +204,12 @@ fn long_lived_connection_stays_on_one_backend() {
         .client()
         .ns
         .run(|| -> std::io::Result<Vec<String>> {
-            let mut conn = TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), TIMEOUT)?;
+            let conn = TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), TIMEOUT)?;
             conn.set_read_timeout(Some(TIMEOUT))?;
-            let mut reader = BufReader::new(conn.try_clone()?);
+            let mut conn = Conn::new(conn)?;
             let mut names = Vec::new();
             for _ in 0..100 {
-                conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
-                let mut len = 0;
-                loop {
-                    let mut h = String::new();
-                    reader.read_line(&mut h)?;
-                    if let Some(v) = h.strip_prefix("Content-Length: ") {
-                        len = v.trim().parse().unwrap();
-                    }
-                    if h == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0; len];
-                reader.read_exact(&mut body)?;
+                let body = conn.get()?;
                 names.push(String::from_utf8_lossy(&body).trim().to_string());
             }
             Ok(names)

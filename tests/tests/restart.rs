@@ -3,13 +3,14 @@
 //! of the agent, mid-traffic, must cost no request and no connection.
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferrolb_tests::cluster::Cluster;
+use ferrolb_tests::http::Conn;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -81,26 +82,10 @@ fn udp_once() -> bool {
 fn long_lived(stop: Arc<AtomicBool>) -> std::io::Result<Vec<Instant>> {
     let conn = TcpStream::connect_timeout(&"10.0.1.175:80".parse().unwrap(), TIMEOUT)?;
     conn.set_read_timeout(Some(TIMEOUT))?;
-    let mut w = conn.try_clone()?;
-    let mut r = BufReader::new(conn);
+    let mut conn = Conn::new(conn)?;
     let mut times = Vec::new();
     while !stop.load(Ordering::SeqCst) {
-        w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
-        let mut len = 0;
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            if let Some(v) = h.strip_prefix("Content-Length: ") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-            if h == "\r\n" {
-                break;
-            }
-        }
-        let mut body = vec![0; len];
-        r.read_exact(&mut body)?;
+        conn.get()?;
         times.push(Instant::now());
         std::thread::sleep(Duration::from_millis(20));
     }
