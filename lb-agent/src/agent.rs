@@ -31,6 +31,8 @@ pub struct RunOptions {
 
 /// How often interfaces are re-listed to pick up new pods.
 const IFACE_RESCAN: Duration = Duration::from_secs(1);
+/// How often frontends that did not fit in the maps are tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(opts: RunOptions) -> Result<()> {
     crate::caps::check()?;
@@ -58,11 +60,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(opts.poll_interval);
     let mut last_scan = Instant::now();
+    let mut last_sync = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if source.changed() {
+                // Frontends that did not fit are retried once a second.
+                let retry = pipeline.pending() && last_sync.elapsed() >= RETRY_EVERY;
+                if source.changed() || retry {
                     sync(&mut source, &mut maps, &mut pipeline);
+                    last_sync = Instant::now();
                 }
                 if last_scan.elapsed() >= IFACE_RESCAN {
                     tc.sync(&mut ebpf, &selector);
@@ -97,7 +103,7 @@ fn sync(source: &mut FileSource, maps: &mut ServiceMaps, pipeline: &mut Pipeline
         warn!("{msg}");
     }
     for (what, error) in &report.failed {
-        warn!(target_entry = %what, error = %error, "map write failed");
+        warn!(service = %what, error = %error, "not programmed (retried when room returns)");
     }
     info!(
         frontends = report.frontends,

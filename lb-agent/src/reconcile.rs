@@ -209,6 +209,9 @@ impl Reconciler {
         let changed: BTreeSet<FrontendKey> = changed.into_iter().collect();
         let (mut put_be, mut put_info, mut fe_ops, mut del_info) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Frontends that go away are removed first: that frees room in full
+        // maps for the ones that come.
+        let mut gone_ops = Vec::new();
         let mut dropped_refs = std::mem::take(&mut self.orphan_backends);
         let mut freed_svc = Vec::new();
         for id in std::mem::take(&mut self.orphan_info) {
@@ -283,9 +286,9 @@ impl Reconciler {
                 None => {
                     if let Some(m) = old_master {
                         // Master first: the frontend disappears atomically.
-                        fe_ops.push(Op::DelService(master_key));
+                        gone_ops.push(Op::DelService(master_key));
                         for slot in 1..=old_count {
-                            fe_ops.push(Op::DelService(service_key(&fk, slot)));
+                            gone_ops.push(Op::DelService(service_key(&fk, slot)));
                         }
                         if self.mirror.info.contains_key(&m.svc_id) {
                             del_info.push(Op::DelInfo(m.svc_id));
@@ -318,6 +321,8 @@ impl Reconciler {
         for id in freed_svc {
             self.svc_alloc.release(id);
         }
+        gone_ops.extend(put_be);
+        let mut put_be = gone_ops;
         put_be.extend(put_info);
         put_be.extend(fe_ops);
         put_be.extend(del_info);
@@ -331,6 +336,45 @@ impl Reconciler {
         let mut all: BTreeSet<FrontendKey> = desired.frontends.keys().copied().collect();
         all.extend(self.frontends());
         self.plan(desired, all)
+    }
+}
+
+/// What may still be written once some writes of a plan failed (a full
+/// map, typically). A frontend whose slot or backend failed keeps its old
+/// master, so readers keep its old, complete state; after any failure,
+/// deletions wait (the next plan, from the mirror, collects what is left).
+#[derive(Debug, Default)]
+pub struct Guard {
+    failed_backends: BTreeSet<u32>,
+    broken: BTreeSet<(u32, u16, u8)>,
+    any_failed: bool,
+}
+
+impl Guard {
+    pub fn allows(&self, op: &Op) -> bool {
+        match op {
+            Op::PutBackend(..) | Op::PutInfo(..) => true,
+            Op::PutService(k, v) => {
+                let broken = self.broken.contains(&(k.addr, k.port, k.proto));
+                let backend_missing = k.slot != 0 && self.failed_backends.contains(&v.backend_id);
+                !broken && !backend_missing
+            }
+            Op::DelService(_) | Op::DelInfo(_) | Op::DelBackend(_) => !self.any_failed,
+        }
+    }
+
+    /// Records that `op` failed, or was not allowed.
+    pub fn not_written(&mut self, op: &Op) {
+        self.any_failed = true;
+        match op {
+            Op::PutBackend(id, _) => {
+                self.failed_backends.insert(*id);
+            }
+            Op::PutService(k, _) => {
+                self.broken.insert((k.addr, k.port, k.proto));
+            }
+            _ => {}
+        }
     }
 }
 
@@ -562,6 +606,48 @@ mod tests {
             ops,
             vec![Op::DelService(stray), Op::DelInfo(42), Op::DelBackend(99)]
         );
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_frontend_on_its_old_master() {
+        let d = desired(&[(fk(1, 80), &[5]), (fk(2, 80), &[6])]);
+        let mut rec = Reconciler::default();
+        run(&mut rec, &d, None);
+        // Frontend 1 grows to two backends, frontend 2 is removed; the new
+        // backend entry cannot be written (its map is full).
+        let d2 = desired(&[(fk(1, 80), &[5, 7])]);
+        let ops = rec.plan(&d2, [fk(1, 80), fk(2, 80)]);
+        assert!(
+            matches!(ops[0], Op::DelService(k) if k.slot == 0),
+            "removals first: {ops:?}"
+        );
+        let mut guard = Guard::default();
+        let mut written = Vec::new();
+        for op in &ops {
+            let fails = matches!(op, Op::PutBackend(..));
+            if !guard.allows(op) || fails {
+                guard.not_written(op);
+                continue;
+            }
+            written.push(op.clone());
+            apply_to(rec.mirror_mut(), op);
+        }
+        // Frontend 1 still reads its old, complete state: count 1, slot 1.
+        let m = rec.mirror().services[&service_key(&fk(1, 80), 0)];
+        assert_eq!(m.count, 1);
+        assert!(!written.iter().any(
+            |o| matches!(o, Op::PutService(k, _) if k.addr == service_key(&fk(1, 80), 0).addr)
+        ));
+        // Frontend 2 was removed before the failure; nothing else deleted after it.
+        assert!(
+            !rec.mirror()
+                .services
+                .contains_key(&service_key(&fk(2, 80), 0))
+        );
+        assert!(!written.iter().any(|o| matches!(o, Op::DelBackend(_))));
+        // Next time, with room, it converges from the mirror.
+        rec.resync();
+        run(&mut rec, &d2, None);
     }
 
     #[test]

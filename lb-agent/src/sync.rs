@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use crate::datapath::maps::ServiceMaps;
-use crate::model::{Cidr, ModelCache};
+use crate::model::{Cidr, FrontendKey, ModelCache};
 use crate::reconcile::{self, MapState, Op, Reconciler};
 use crate::store::{NsName, ObjectStore};
 
@@ -14,6 +14,9 @@ pub struct Pipeline {
     service_cidrs: Vec<Cidr>,
     /// The first pass also visits what the maps held before we started.
     adopted: bool,
+    /// Frontends whose writes failed (full maps): planned again each pass
+    /// until they fit.
+    retry: BTreeSet<FrontendKey>,
 }
 
 /// What one pass did.
@@ -35,7 +38,13 @@ impl Pipeline {
             rec: Reconciler::new(maps_hold),
             service_cidrs,
             adopted: false,
+            retry: BTreeSet::new(),
         }
+    }
+
+    /// True while some frontends wait for room in the maps.
+    pub fn pending(&self) -> bool {
+        !self.retry.is_empty()
     }
 
     pub fn sync(
@@ -46,13 +55,22 @@ impl Pipeline {
     ) -> Report {
         let up = self.model.update(store, dirty, &self.service_cidrs);
         let desired = self.model.desired();
+        let mut changed = up.changed;
+        changed.extend(std::mem::take(&mut self.retry));
         let ops = if self.adopted {
-            self.rec.plan(desired, up.changed)
+            self.rec.plan(desired, changed)
         } else {
             self.adopted = true;
             self.rec.plan_all(desired)
         };
         let errors = maps.apply(&ops, self.rec.mirror_mut());
+        for e in &errors {
+            if let Op::PutService(k, _) | Op::DelService(k) = &e.op
+                && let Some(fk) = reconcile::frontend_of(k)
+            {
+                self.retry.insert(fk);
+            }
+        }
         let failed = errors
             .iter()
             .map(|e| {

@@ -45,6 +45,8 @@ pub struct Cluster {
     pub bins: Binaries,
     /// Runs the agent through this command line (e.g. `setpriv ...`).
     pub agent_prefix: Vec<String>,
+    /// Extra `lb-agent run` flags.
+    pub agent_args: Vec<String>,
     children: Vec<Child>,
     agent: Option<Child>,
     // Declared last: dropped after the processes above are killed.
@@ -89,6 +91,7 @@ impl Cluster {
             workdir,
             bins,
             agent_prefix: Vec::new(),
+            agent_args: Vec::new(),
             children: Vec::new(),
             agent: None,
             pods: Vec::new(),
@@ -210,6 +213,7 @@ impl Cluster {
             .arg("--cgroup")
             .arg(&self.cgroup)
             .args(["--poll-interval-ms", "100"])
+            .args(&self.agent_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

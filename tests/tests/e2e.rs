@@ -429,3 +429,58 @@ fn bad_manifests_are_reported_and_the_rest_keeps_working() {
     assert_eq!(spread(&s.cluster, 30).len(), 3, "last good hostnames kept");
     assert!(s.cluster.agent_running());
 }
+
+#[test]
+fn full_maps_name_what_is_left_out_and_recover() {
+    let two = |with_b: bool, c: &Cluster| {
+        let mut s = hostnames(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>());
+        let mut add = |name: &str, vip: &str, ip: Ipv4Addr| {
+            s.push_str(&format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{clusterIP: {vip}, ports: [{{port: 80, targetPort: 9376}}]}}\n\
+                 ---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: {name}}}\nsubsets: [{{addresses: [{{ip: \"{ip}\"}}], ports: [{{port: 9376}}]}}]\n"
+            ));
+        };
+        if with_b {
+            add("svc-b", "10.0.3.2", c.pods[0].ip);
+        }
+        add("svc-c", "10.0.3.3", c.pods[1].ip);
+        s
+    };
+    // Room for 6 service slots: hostnames takes 4 (master + 3), svc-b 2.
+    let fw_before = firewall::snapshot(None).unwrap();
+    let mut c = Cluster::new(common::bins(), 3).unwrap();
+    c.agent_args = vec!["--services-max".into(), "6".into()];
+    let dir = c.workdir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("services.yaml");
+    write(&path, &two(true, &c));
+    c.start_agent(&dir).unwrap();
+    let log = c.agent_log_text();
+    assert!(
+        log.contains("not programmed") && log.contains("default/svc-c:80"),
+        "the left-out Service is named:\n{log}"
+    );
+    assert_eq!(spread(&c, 30).len(), 3, "hostnames still served");
+    assert_eq!(
+        get_from_client(&c, "10.0.3.2:80".parse().unwrap()).unwrap(),
+        c.pods[0].name
+    );
+    assert!(get_from_client(&c, "10.0.3.3:80".parse().unwrap()).is_err());
+    // Room returns: svc-c is programmed without any change to it.
+    write(&path, &two(false, &c));
+    wait_until(Duration::from_secs(5), || {
+        get_from_client(&c, "10.0.3.3:80".parse().unwrap()).is_ok_and(|n| n == c.pods[1].name)
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "svc-c not programmed after room returned:\n{}",
+            c.agent_log_text()
+        )
+    });
+    assert!(
+        get_from_client(&c, "10.0.3.2:80".parse().unwrap()).is_err(),
+        "svc-b removed"
+    );
+    assert_eq!(spread(&c, 30).len(), 3);
+    assert_eq!(firewall::snapshot(None).unwrap(), fw_before);
+}

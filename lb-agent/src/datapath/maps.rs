@@ -83,10 +83,22 @@ impl ServiceMaps {
     }
 
     /// Executes `ops` in order, updating `mirror` for each write that
-    /// succeeded. A failed write is reported and the rest go on.
+    /// succeeded. A failed write is reported and the rest go on, as far as
+    /// `reconcile::Guard` says they still leave a consistent datapath.
     pub fn apply(&mut self, ops: &[Op], mirror: &mut MapState) -> Vec<ApplyError> {
         let mut errors = Vec::new();
+        let mut guard = reconcile::Guard::default();
         for op in ops {
+            if !guard.allows(op) {
+                guard.not_written(op);
+                if matches!(op, Op::PutService(..)) {
+                    errors.push(ApplyError {
+                        op: op.clone(),
+                        error: "not written: an earlier write for it failed".into(),
+                    });
+                }
+                continue;
+            }
             let r = match op {
                 Op::PutBackend(id, b) => self.backends.insert(id, b, 0),
                 Op::PutInfo(id, i) => self.info.insert(id, i, 0),
@@ -97,10 +109,13 @@ impl ServiceMaps {
             };
             match r {
                 Ok(()) => reconcile::apply_to(mirror, op),
-                Err(e) => errors.push(ApplyError {
-                    op: op.clone(),
-                    error: e.to_string(),
-                }),
+                Err(e) => {
+                    guard.not_written(op);
+                    errors.push(ApplyError {
+                        op: op.clone(),
+                        error: format!("{e:#}"),
+                    })
+                }
             }
         }
         errors
