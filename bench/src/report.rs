@@ -63,10 +63,11 @@ impl Report {
         let _ = writeln!(s, "# ferrolb benchmarks\n");
         let _ = writeln!(
             s,
-            "Produced by `{}` on {}. Every figure this run produced is here, met target or not. \
+            "Produced by `{}` at commit {} on {}. Every figure this run produced is here, met target or not. \
              Absolute times on a shared VM are noisy; the comparisons that matter are the ratios \
              measured in the same run.\n",
             self.command,
+            commit(),
             machine()
         );
         let _ = writeln!(s, "## Targets\n");
@@ -116,6 +117,16 @@ impl Report {
         }
         s
     }
+}
+
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn machine() -> String {
