@@ -182,18 +182,8 @@ fn main() -> Result<()> {
         }
         Command::Cleanup { pin } => {
             // Link pins first: removing the last reference detaches.
-            let links = attach::links_dir(&pin.pin_path);
-            if let Ok(entries) = std::fs::read_dir(&links) {
-                for e in entries.flatten() {
-                    std::fs::remove_file(e.path())
-                        .with_context(|| format!("removing {}", e.path().display()))?;
-                    println!("removed {} (detached)", e.path().display());
-                }
-            }
-            match std::fs::remove_dir(&links) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("removing {}", links.display())),
+            for path in attach::remove_link_pins(&pin.pin_path)? {
+                println!("removed {} (detached)", path.display());
             }
             // Our maps of every layout version.
             let mut names: Vec<String> = ALL_MAPS.iter().map(|s| s.to_string()).collect();

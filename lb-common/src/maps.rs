@@ -14,8 +14,9 @@ pub const MAP_CONNTRACK: &str = "flb_ct_v1";
 pub const MAP_SOCK_REVNAT: &str = "flb_sock_v1";
 /// Frontend metadata for the CLI (service name), keyed by service id.
 pub const MAP_SVC_INFO: &str = "flb_info_v1";
-/// Per-CPU datapath counters, indexed by [`crate::stats::Stat`].
-pub const MAP_STATS: &str = "flb_stats_v1";
+/// Per-CPU datapath counters, indexed by [`crate::stats::Stat`]. v2: sized
+/// [`crate::stats::STAT_SLOTS`], so new counters need no layout change.
+pub const MAP_STATS: &str = "flb_stats_v2";
 
 /// Every map the programs declare, for pinning and cleanup.
 pub const ALL_MAPS: [&str; 6] = [

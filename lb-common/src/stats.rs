@@ -24,9 +24,15 @@ pub enum Stat {
     SockTranslate = 8,
     /// connect()/sendmsg() from the node to a VIP without endpoints refused.
     SockReject = 9,
+    /// ICMP error about a translated flow, translated back (quote included).
+    IcmpTranslated = 10,
 }
 
-pub const STAT_COUNT: u32 = 10;
+/// Counters in use.
+pub const STAT_COUNT: u32 = 11;
+/// Size of the stats map: room for counters later builds add, so adding
+/// one never changes the pinned layout.
+pub const STAT_SLOTS: u32 = 64;
 
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "pass",
@@ -39,4 +45,5 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "drop_internal",
     "sock_translate",
     "sock_reject",
+    "icmp_translated",
 ];

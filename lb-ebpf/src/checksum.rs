@@ -18,3 +18,18 @@ pub fn finish(mut acc: u32) -> [u8; 2] {
     acc = (acc & 0xffff) + (acc >> 16);
     (!(acc as u16)).to_be_bytes()
 }
+
+/// RFC 1624 incremental update of checksum `csum` (network-order bytes)
+/// for 16-bit words changing from `old` to `new` (both network order,
+/// even length). Used where no helper applies: inside ICMP payloads.
+#[inline(always)]
+pub fn replace(csum: [u8; 2], old: &[u8], new: &[u8]) -> [u8; 2] {
+    let mut acc = !u16::from_be_bytes(csum) as u32;
+    let mut i = 0;
+    while i + 1 < old.len() && i + 1 < new.len() {
+        acc += !u16::from_be_bytes([old[i], old[i + 1]]) as u32;
+        acc += u16::from_be_bytes([new[i], new[i + 1]]) as u32;
+        i += 2;
+    }
+    finish(acc)
+}

@@ -19,6 +19,15 @@ fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8, dir: u8) -> Ct
     }
 }
 
+/// The entry the reply to the packet `saddr:sport -> daddr:dport` would
+/// match. An ICMP error quotes a packet; the entry that explains it is the
+/// one its answer would hit.
+#[inline(always)]
+pub fn lookup_reply_to(q: &Packet, dir: u8) -> Option<CtValue> {
+    let k = key(q.daddr, q.saddr, q.dport, q.sport, q.proto, dir);
+    unsafe { CONNTRACK.get(k) }.copied()
+}
+
 /// The backend a tracked flow to a VIP was given.
 #[inline(always)]
 pub fn lookup_forward(p: &Packet) -> Option<CtValue> {

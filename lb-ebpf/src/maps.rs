@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, CtKey, CtValue, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX,
-    DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SVC_INFO_MAX, STAT_COUNT, ServiceKey, ServiceValue, SockKey,
+    DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SVC_INFO_MAX, STAT_SLOTS, ServiceKey, ServiceValue, SockKey,
     SockValue, SvcInfo,
 };
 
@@ -28,5 +28,5 @@ pub static SOCK_REVNAT: LruHashMap<SockKey, SockValue> =
 #[map(name = "flb_info_v1")]
 pub static SVC_INFO: HashMap<u32, SvcInfo> = HashMap::pinned(DEFAULT_SVC_INFO_MAX, 0);
 
-#[map(name = "flb_stats_v1")]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+#[map(name = "flb_stats_v2")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_SLOTS, 0);

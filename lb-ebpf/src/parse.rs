@@ -3,7 +3,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
-use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -17,14 +17,29 @@ pub const L3_OFF: usize = ETH_LEN;
 pub const IP_SRC_OFF: usize = L3_OFF + 12;
 pub const IP_DST_OFF: usize = L3_OFF + 16;
 pub const IP_CSUM_OFF: usize = L3_OFF + 10;
-/// Headers we may need in the linear area: Ethernet, IPv4 with options, TCP.
-const MAX_HDR_LEN: u32 = (ETH_LEN + 60 + TcpHdr::LEN) as u32;
+/// An ICMP error with options in both IP headers and a full inner TCP header.
+const MAX_ICMP_LEN: usize = ETH_LEN + 60 + 8 + 60 + TcpHdr::LEN;
+
+/// Makes the first `len` bytes directly accessible when the packet has
+/// them but the skb's linear area is shorter. Only as much as the headers
+/// need: pulling payload in would cost a copy on every GRO packet.
+#[inline(always)]
+fn ensure(ctx: &TcContext, len: usize) {
+    if ctx.data_end() - ctx.data() < len {
+        let have = ctx.len() as usize;
+        let _ = ctx.pull_data(if have < len { have } else { len } as u32);
+    }
+}
 
 /// Returns a pointer to a `T` at `off`, or `Err` when the packet is too short.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*mut T, ()> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+    // Volatile loads: otherwise LLVM reuses an earlier, wider check on
+    // earlier loads of data/data_end and drops this one, which the
+    // verifier (tracking each load separately) then rejects.
+    let skb = ctx.skb.skb;
+    let start = unsafe { core::ptr::read_volatile(&raw const (*skb).data) } as usize;
+    let end = unsafe { core::ptr::read_volatile(&raw const (*skb).data_end) } as usize;
     if start + off + size_of::<T>() > end {
         return Err(());
     }
@@ -68,17 +83,41 @@ impl Packet {
     }
 }
 
+/// An ICMP error (destination unreachable, time exceeded, parameter
+/// problem) quoting an IPv4 TCP or UDP packet.
+#[derive(Clone, Copy)]
+pub struct IcmpError {
+    pub saddr: u32,
+    pub daddr: u32,
+    /// Offset of the ICMP header; its checksum is at `icmp_off + 2`.
+    pub icmp_off: usize,
+    /// Offset of the quoted IPv4 header.
+    pub inner_l3_off: usize,
+    /// The quoted packet's addressing; `l4_off` is absolute.
+    pub inner: Packet,
+    /// True when the quote reaches the inner L4 checksum (it may be cut
+    /// after 8 bytes, which hold only the ports for TCP).
+    pub inner_l4_csum: bool,
+}
+
+/// What the datapath may act on.
+pub enum Parsed {
+    Flow(Packet),
+    IcmpError(IcmpError),
+}
+
+/// The fixed part of an IPv4 header at `off`, checked.
+struct Ip {
+    proto: u8,
+    saddr: u32,
+    daddr: u32,
+    ihl: usize,
+    frags: u16,
+}
+
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
-    // Headers of a non-linear skb may sit outside the direct-access area.
-    if ctx.data_end() - ctx.data() < MAX_HDR_LEN as usize && ctx.len() > MAX_HDR_LEN {
-        let _ = ctx.pull_data(MAX_HDR_LEN);
-    }
-    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| Skip::NotOurs)?;
-    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
-        return Err(Skip::NotOurs);
-    }
-    let ip: *const Ipv4Hdr = ptr_at(ctx, L3_OFF).map_err(|_| Skip::Malformed)?;
+fn ipv4_at(ctx: &TcContext, off: usize) -> Result<Ip, Skip> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, off).map_err(|_| Skip::Malformed)?;
     let ip = unsafe { &*ip };
     if ip.vihl >> 4 != 4 {
         return Err(Skip::Malformed);
@@ -87,31 +126,60 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
     if ihl < Ipv4Hdr::LEN {
         return Err(Skip::Malformed);
     }
-    let proto = ip.proto;
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+    Ok(Ip {
+        proto: ip.proto,
+        saddr: u32::from_ne_bytes(ip.src_addr),
+        daddr: u32::from_ne_bytes(ip.dst_addr),
+        ihl,
+        frags: u16::from_be_bytes(ip.frags),
+    })
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Parsed, Skip> {
+    // Headers of a non-linear skb may sit outside the direct-access area.
+    ensure(ctx, L3_OFF + Ipv4Hdr::LEN);
+    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| Skip::NotOurs)?;
+    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
         return Err(Skip::NotOurs);
     }
-    let frags = u16::from_be_bytes(ip.frags);
-    let fragment = frags & 0x3fff != 0;
-    let saddr = u32::from_ne_bytes(ip.src_addr);
-    let daddr = u32::from_ne_bytes(ip.dst_addr);
-    let l4_off = L3_OFF + ihl;
+    let ip = ipv4_at(ctx, L3_OFF)?;
+    let fragment = ip.frags & 0x3fff != 0;
+    let l4_off = L3_OFF + ip.ihl;
+    if ip.proto == IPPROTO_ICMP {
+        if fragment {
+            return Err(Skip::NotOurs);
+        }
+        return icmp_error(ctx, &ip, l4_off).map(Parsed::IcmpError);
+    }
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return Err(Skip::NotOurs);
+    }
     let mut pkt = Packet {
         l4_off,
-        proto,
-        saddr,
-        daddr,
+        proto: ip.proto,
+        saddr: ip.saddr,
+        daddr: ip.daddr,
         sport: 0,
         dport: 0,
-        ihl,
+        ihl: ip.ihl,
         fragment,
         tcp_flags: 0,
     };
-    if fragment && frags & 0x1fff != 0 {
+    if fragment && ip.frags & 0x1fff != 0 {
         // Later fragments carry no L4 header.
-        return Ok(pkt);
+        return Ok(Parsed::Flow(pkt));
     }
-    if proto == IPPROTO_TCP {
+    ensure(
+        ctx,
+        l4_off
+            + if ip.proto == IPPROTO_TCP {
+                TcpHdr::LEN
+            } else {
+                UdpHdr::LEN
+            },
+    );
+    if ip.proto == IPPROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(ctx, l4_off).map_err(|_| Skip::Malformed)?;
         let tcp = unsafe { &*tcp };
         pkt.sport = u16::from_ne_bytes(tcp.source);
@@ -125,5 +193,56 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, Skip> {
         pkt.sport = u16::from_ne_bytes(udp.src);
         pkt.dport = u16::from_ne_bytes(udp.dst);
     }
-    Ok(pkt)
+    Ok(Parsed::Flow(pkt))
+}
+
+/// ICMP types that quote the packet they are about (RFC 792).
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+const ICMP_HDR_LEN: usize = 8;
+
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, outer: &Ip, icmp_off: usize) -> Result<IcmpError, Skip> {
+    // The quote sits deeper than the headers of a flow packet.
+    ensure(ctx, MAX_ICMP_LEN);
+    let icmp: *const [u8; ICMP_HDR_LEN] = ptr_at(ctx, icmp_off).map_err(|_| Skip::NotOurs)?;
+    let ty = unsafe { (*icmp)[0] };
+    if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED && ty != ICMP_PARAMETER_PROBLEM {
+        return Err(Skip::NotOurs);
+    }
+    let inner_l3_off = icmp_off + ICMP_HDR_LEN;
+    let ip = ipv4_at(ctx, inner_l3_off)?;
+    if (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) || ip.frags & 0x1fff != 0 {
+        // Not about a flow we translate, or a later fragment (no ports).
+        return Err(Skip::NotOurs);
+    }
+    let l4_off = inner_l3_off + ip.ihl;
+    // RFC 792: at least 64 bits of the original datagram's payload.
+    let ports: *const [u8; 8] = ptr_at(ctx, l4_off).map_err(|_| Skip::Malformed)?;
+    let ports = unsafe { &*ports };
+    let inner = Packet {
+        l4_off,
+        proto: ip.proto,
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        sport: u16::from_ne_bytes([ports[0], ports[1]]),
+        dport: u16::from_ne_bytes([ports[2], ports[3]]),
+        ihl: ip.ihl,
+        fragment: ip.frags & 0x3fff != 0,
+        tcp_flags: 0,
+    };
+    let inner_l4_csum = if ip.proto == IPPROTO_TCP {
+        ptr_at::<[u8; TcpHdr::LEN]>(ctx, l4_off).is_ok()
+    } else {
+        true
+    };
+    Ok(IcmpError {
+        saddr: outer.saddr,
+        daddr: outer.daddr,
+        icmp_off,
+        inner_l3_off,
+        inner,
+        inner_l4_csum,
+    })
 }

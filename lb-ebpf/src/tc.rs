@@ -1,8 +1,12 @@
-//! tc ingress on the host side of pod interfaces: the per-packet path.
+//! tc on the host side of pod interfaces: the per-packet path.
 //!
-//! parse -> service lookup -> conntrack (or backend selection) -> DNAT;
-//! packets that are not to a VIP are checked against reverse conntrack
-//! entries (replies from backends) and SNATed back to the VIP.
+//! Ingress: parse -> service lookup -> conntrack (or backend selection) ->
+//! DNAT; packets that are not to a VIP are checked against reverse
+//! conntrack entries (replies from backends) and SNATed back to the VIP;
+//! ICMP errors about translated flows are translated back.
+//! Egress: only ICMP errors the node itself sends about translated flows
+//! (fragmentation needed when forwarding to a backend), which never pass
+//! an ingress hook.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     macros::classifier,
@@ -12,9 +16,10 @@ use lb_common::{IPPROTO_TCP, Stat};
 
 use crate::{
     conntrack,
+    icmp::{self, Outcome},
     lb::{self, Frontend},
     nat::{self, Side},
-    parse::{self, Packet, Skip},
+    parse::{self, IcmpError, Packet, Parsed, Skip},
     reject,
     stats::count,
 };
@@ -30,11 +35,34 @@ pub const REDIRECT: i32 = TC_ACT_REDIRECT as i32;
 #[classifier]
 pub fn flb_tc_ingress(ctx: TcContext) -> i32 {
     let (verdict, stat) = match parse::parse(&ctx) {
-        Ok(p) => process(&ctx, &p),
+        Ok(Parsed::Flow(p)) => process(&ctx, &p),
+        Ok(Parsed::IcmpError(e)) => icmp_error(&ctx, &e),
         Err(Skip::NotOurs) | Err(Skip::Malformed) => (OK, Stat::Pass),
     };
     count(stat);
     verdict
+}
+
+#[classifier]
+pub fn flb_tc_egress(ctx: TcContext) -> i32 {
+    if let Ok(Parsed::IcmpError(e)) = parse::parse(&ctx) {
+        let (verdict, stat) = icmp_error(&ctx, &e);
+        // Everything else leaving towards a pod is not ours to count.
+        if !matches!(stat, Stat::Pass) {
+            count(stat);
+        }
+        return verdict;
+    }
+    OK
+}
+
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, e: &IcmpError) -> (i32, Stat) {
+    match icmp::translate(ctx, e) {
+        Ok(Outcome::Translated) => (OK, Stat::IcmpTranslated),
+        Ok(Outcome::NotOurs) => (OK, Stat::Pass),
+        Err(()) => (SHOT, Stat::DropInternal),
+    }
 }
 
 #[inline(always)]

@@ -160,3 +160,47 @@ pub fn dst(f: &[u8]) -> (Ipv4Addr, u16) {
         u16::from_be_bytes([f[l4 + 2], f[l4 + 3]]),
     )
 }
+
+/// An ICMP error frame from `src` to `dst` (type `ty`, code `code`, the
+/// 4 bytes after the checksum in `rest`, e.g. the next-hop MTU) quoting
+/// the first `quote_len` bytes of the IP packet in `quoted` (a frame).
+pub fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    (ty, code): (u8, u8),
+    rest: [u8; 4],
+    quoted: &[u8],
+    quote_len: usize,
+) -> Vec<u8> {
+    let quote = &quoted[ETH..(ETH + quote_len).min(quoted.len())];
+    let mut f = vec![0u8; ETH + 20 + 8];
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let tot = 20 + 8 + quote.len();
+    let ip = &mut f[ETH..ETH + 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(tot as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 1;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = fold(sum16(ip, 0));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f[ETH + 20] = ty;
+    f[ETH + 21] = code;
+    f[ETH + 24..ETH + 28].copy_from_slice(&rest);
+    f.extend_from_slice(quote);
+    let c = fold(sum16(&f[ETH + 20..], 0));
+    f[ETH + 22..ETH + 24].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// The packet an ICMP error frame quotes, as a frame of its own (so
+/// `src`, `dst` and `checksums_valid` apply to it).
+pub fn quoted(icmp: &[u8]) -> Vec<u8> {
+    let ihl = ((icmp[ETH] & 0x0f) as usize) * 4;
+    let mut f = icmp[..ETH].to_vec();
+    f.extend_from_slice(&icmp[ETH + ihl + 8..]);
+    f
+}

@@ -1,11 +1,13 @@
-//! Attaching programs: tc (tcx) ingress on the selected interfaces,
+//! Attaching programs: tc (tcx) ingress and egress on the selected interfaces,
 //! followed as interfaces come and go, and the socket hooks on a cgroup,
 //! all through pinned links.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
     programs::{
@@ -16,20 +18,29 @@ use aya::{
 };
 use tracing::{info, warn};
 
-use super::{PROG_TC_INGRESS, SOCK_PROGRAMS, ifaces};
+use super::{PROG_TC_EGRESS, PROG_TC_INGRESS, SOCK_PROGRAMS, ifaces};
 
-fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
-    ebpf.program_mut(PROG_TC_INGRESS)
-        .with_context(|| format!("program {PROG_TC_INGRESS} missing from the object"))?
+/// The tc hooks every selected interface gets: (program, direction, pin
+/// name prefix).
+const TC_HOOKS: [(&str, TcAttachType, &str); 2] = [
+    (PROG_TC_INGRESS, TcAttachType::Ingress, "tc-ingress-"),
+    (PROG_TC_EGRESS, TcAttachType::Egress, "tc-egress-"),
+];
+
+fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
         .try_into()
-        .context("tc program has the wrong type")
+        .with_context(|| format!("program {name} has the wrong type"))
 }
 
 /// Loads every program into the kernel (verifier runs here).
 pub fn load_programs(ebpf: &mut Ebpf, with_sock: bool) -> Result<()> {
-    tc_program(ebpf)?
-        .load()
-        .with_context(|| format!("loading {PROG_TC_INGRESS}"))?;
+    for (name, _, _) in TC_HOOKS {
+        tc_program(ebpf, name)?
+            .load()
+            .with_context(|| format!("loading {name}"))?;
+    }
     if with_sock {
         for name in SOCK_PROGRAMS {
             let p: &mut CgroupSockAddr = ebpf
@@ -49,8 +60,56 @@ pub fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
 }
 
-fn tc_pin(pin_dir: &Path, ifindex: u32) -> PathBuf {
-    links_dir(pin_dir).join(format!("tc-ingress-{ifindex}"))
+fn tc_pin(pin_dir: &Path, prefix: &str, ifindex: u32) -> PathBuf {
+    links_dir(pin_dir).join(format!("{prefix}{ifindex}"))
+}
+
+/// Removes every link pin under `<pin-path>/links/` and waits until the
+/// kernel has let go of those links. Unlinking a pin releases its link
+/// only later (bpffs frees inodes after an RCU grace period), and
+/// `cleanup` must mean nothing is attached once it returns.
+pub fn remove_link_pins(pin_dir: &Path) -> Result<Vec<PathBuf>> {
+    let dir = links_dir(pin_dir);
+    let mut removed = Vec::new();
+    let mut ids = BTreeSet::new();
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let path = e.path();
+            if let Ok(info) = PinnedLink::from_pin(&path)
+                .map(FdLink::from)
+                .and_then(|l| l.info())
+            {
+                ids.insert(info.id());
+            }
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(path);
+        }
+    }
+    match std::fs::remove_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // A link on its way out still has its id but no longer opens
+    // (ENOENT): count it as present. Listing needs CAP_SYS_ADMIN; without
+    // it (EPERM) this cannot wait.
+    let present = || {
+        aya::programs::loaded_links().any(|l| match l {
+            Ok(l) => ids.contains(&l.id()),
+            Err(aya::programs::links::LinkError::SyscallError(e)) => {
+                e.io_error.kind() == std::io::ErrorKind::NotFound
+            }
+            Err(_) => false,
+        })
+    };
+    while !ids.is_empty() && present() {
+        if Instant::now() > deadline {
+            bail!("links {ids:?} are still attached 5 s after their pins were removed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(removed)
 }
 
 /// Removes a link pin; the link goes with it unless someone else holds it.
@@ -99,19 +158,29 @@ impl TcAttachments {
             .collect();
         self.attached.retain(|idx, _| present.contains_key(idx));
         self.prune_pins(&present);
-        let Ok(prog) = tc_program(ebpf) else { return };
         for (index, name) in present {
             if self.attached.contains_key(&index) {
                 continue;
             }
-            match attach_tc(prog, &self.pin_dir, index, &name) {
-                Ok(how) => {
-                    info!(interface = %name, ifindex = index, how, "tc ingress attached");
-                    self.attached.insert(index, name);
+            // An interface counts as attached once both hooks are; a hook
+            // already in place is swapped again on the next try, harmlessly.
+            let mut all = true;
+            for (prog_name, dir, prefix) in TC_HOOKS {
+                let pin = tc_pin(&self.pin_dir, prefix, index);
+                let done =
+                    tc_program(ebpf, prog_name).and_then(|prog| attach_tc(prog, &pin, dir, &name));
+                match done {
+                    Ok(how) => {
+                        info!(interface = %name, ifindex = index, hook = prog_name, how, "tc attached")
+                    }
+                    Err(e) => {
+                        all = false;
+                        warn!(interface = %name, hook = prog_name, error = %format!("{e:#}"), "cannot attach tc program");
+                    }
                 }
-                Err(e) => {
-                    warn!(interface = %name, error = %format!("{e:#}"), "cannot attach tc ingress")
-                }
+            }
+            if all {
+                self.attached.insert(index, name);
             }
         }
     }
@@ -122,8 +191,9 @@ impl TcAttachments {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(idx) = name
-                .strip_prefix("tc-ingress-")
+            let Some(idx) = TC_HOOKS
+                .iter()
+                .find_map(|(_, _, prefix)| name.strip_prefix(prefix))
                 .and_then(|i| i.parse::<u32>().ok())
             else {
                 continue;
@@ -141,12 +211,11 @@ impl TcAttachments {
 
 fn attach_tc(
     prog: &mut SchedClassifier,
-    pin_dir: &Path,
-    index: u32,
+    pin: &Path,
+    dir: TcAttachType,
     name: &str,
 ) -> Result<&'static str> {
-    let pin = tc_pin(pin_dir, index);
-    if let Ok(old) = PinnedLink::from_pin(&pin) {
+    if let Ok(old) = PinnedLink::from_pin(pin) {
         let link = SchedClassifierLink::try_from(FdLink::from(old))
             .context("pinned link is not a tcx link")?;
         prog.attach_to_link(link)
@@ -154,13 +223,13 @@ fn attach_tc(
         return Ok("program swapped into the pinned link");
     }
     let id = prog
-        .attach(name, TcAttachType::Ingress)
+        .attach(name, dir)
         .with_context(|| format!("attaching to {name}"))?;
     let link: FdLink = prog
         .take_link(id)?
         .try_into()
         .context("tc link is not an fd link (kernel < 6.6?)")?;
-    link.pin(&pin)
+    link.pin(pin)
         .with_context(|| format!("pinning {}", pin.display()))?;
     Ok("new pinned link")
 }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use aya::{Ebpf, EbpfLoader, maps::MapInfo};
 use lb_common::{
     ALL_MAPS, Backend, CtKey, CtValue, MAP_BACKENDS, MAP_CONNTRACK, MAP_SERVICES, MAP_SOCK_REVNAT,
-    MAP_STATS, MAP_SVC_INFO, STAT_COUNT, ServiceKey, ServiceValue, SockKey, SockValue, SvcInfo,
+    MAP_STATS, MAP_SVC_INFO, STAT_SLOTS, ServiceKey, ServiceValue, SockKey, SockValue, SvcInfo,
 };
 use tracing::warn;
 
@@ -67,7 +67,7 @@ fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static st
             MAP_STATS,
             size_of::<u32>(),
             size_of::<u64>(),
-            STAT_COUNT,
+            STAT_SLOTS,
             "(fixed)",
         ),
     ]

@@ -12,6 +12,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// Program names in the object.
 pub const PROG_TC_INGRESS: &str = "flb_tc_ingress";
+/// tc egress: translates ICMP errors the node itself sends about flows.
+pub const PROG_TC_EGRESS: &str = "flb_tc_egress";
 /// A program that only returns TC_ACT_OK: the benchmarks' baseline.
 pub const PROG_TC_PASS: &str = "flb_tc_pass";
 pub const PROG_CONNECT4: &str = "flb_connect4";

@@ -1,8 +1,9 @@
 //! A pod's server, like the seeds' `serve_hostname`: answers every HTTP
 //! request on TCP and every datagram on UDP with its own name. HTTP
 //! connections are kept alive unless the client asks to close, so one
-//! connection can carry many exchanges.
-use std::io::{BufRead, BufReader, Write};
+//! connection can carry many exchanges. A request body (an upload) is read
+//! in full and its size is answered after the name.
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 
 fn serve_http(stream: TcpStream, name: &str) {
@@ -13,6 +14,7 @@ fn serve_http(stream: TcpStream, name: &str) {
     let mut out = stream;
     loop {
         let mut close = false;
+        let mut upload: Option<u64> = None;
         let mut line = String::new();
         // Request line, then headers up to the blank line.
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -23,14 +25,28 @@ fn serve_http(stream: TcpStream, name: &str) {
             if reader.read_line(&mut h).unwrap_or(0) == 0 {
                 return;
             }
-            if h.to_ascii_lowercase().starts_with("connection: close") {
+            let lower = h.to_ascii_lowercase();
+            if lower.starts_with("connection: close") {
                 close = true;
+            }
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                upload = v.trim().parse().ok();
             }
             if h == "\r\n" || h == "\n" {
                 break;
             }
         }
-        let body = format!("{name}\n");
+        let body = match upload {
+            Some(n) => {
+                let got =
+                    std::io::copy(&mut (&mut reader).take(n), &mut std::io::sink()).unwrap_or(0);
+                if got < n {
+                    return;
+                }
+                format!("{name} received {got}\n")
+            }
+            None => format!("{name}\n"),
+        };
         let resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{body}",
             body.len(),

@@ -3,7 +3,7 @@
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use ferrolb_tests::bpffs::Bpffs;
 use lb_agent::{
-    datapath::{PROG_TC_INGRESS, attach, loader, maps::ServiceMaps},
+    datapath::{PROG_TC_EGRESS, PROG_TC_INGRESS, attach, loader, maps::ServiceMaps},
     model::{BackendAddr, Desired, FrontendKey, FrontendState},
     reconcile,
 };
@@ -52,12 +52,21 @@ impl Datapath {
     /// Like `run`, but returns the kernel's refusal of a frame (it rejects
     /// some too-short frames before the program runs).
     pub fn try_run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(PROG_TC_INGRESS)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        self.try_run_prog(PROG_TC_INGRESS, frame)
+    }
+
+    /// Runs the tc egress program (ICMP errors the node sends).
+    pub fn run_egress(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.try_run_prog(PROG_TC_EGRESS, frame)
+            .expect("BPF_PROG_TEST_RUN")
+    }
+
+    fn try_run_prog(
+        &mut self,
+        name: &str,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
+        let prog: &mut SchedClassifier = self.ebpf.program_mut(name).unwrap().try_into().unwrap();
         let mut out = vec![0u8; 512];
         let r = prog.test_run(TestRunOptions {
             data_in: Some(frame),
