@@ -1,5 +1,6 @@
 //! `lb-agent run`: load and attach the datapath, adopt what the pinned
 //! maps already hold, then keep them equal to the manifests.
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use crate::datapath::{
 };
 use crate::model;
 use crate::source::files::FileSource;
+use crate::status::Shared;
 use crate::sync::Pipeline;
 
 #[derive(Clone, Debug)]
@@ -27,6 +29,8 @@ pub struct RunOptions {
     pub poll_interval: Duration,
     /// When set, only VIPs inside these prefixes are programmed.
     pub service_cidrs: Vec<model::Cidr>,
+    /// Where `/metrics`, `/readyz` and `/status` are served (None: off).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// How often interfaces are re-listed to pick up new pods.
@@ -47,13 +51,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         "maps opened; existing entries adopted"
     );
     let mut pipeline = Pipeline::new(held, opts.service_cidrs.clone());
+    let status = Shared::default();
+    if let Some(addr) = opts.metrics_addr {
+        crate::metrics::serve(addr, status.clone(), opts.load.pin_dir.clone()).await?;
+    }
     let mut tc = TcAttachments::new(&opts.load.pin_dir)?;
     tc.sync(&mut ebpf, &selector);
     if let Some(cg) = &opts.cgroup {
         attach::attach_cgroup(&mut ebpf, cg, &opts.load.pin_dir)?;
     }
     let mut source = FileSource::new(&opts.manifests);
-    sync(&mut source, &mut maps, &mut pipeline);
+    sync(&mut source, &mut maps, &mut pipeline, &status);
     info!(interfaces = ?tc.interfaces(), "agent ready");
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -67,7 +75,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 // Frontends that did not fit are retried once a second.
                 let retry = pipeline.pending() && last_sync.elapsed() >= RETRY_EVERY;
                 if source.changed() || retry {
-                    sync(&mut source, &mut maps, &mut pipeline);
+                    sync(&mut source, &mut maps, &mut pipeline, &status);
                     last_sync = Instant::now();
                 }
                 if last_scan.elapsed() >= IFACE_RESCAN {
@@ -86,7 +94,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 }
 
 /// One pass: changed manifests -> store -> pipeline -> map writes.
-fn sync(source: &mut FileSource, maps: &mut ServiceMaps, pipeline: &mut Pipeline) {
+fn sync(source: &mut FileSource, maps: &mut ServiceMaps, pipeline: &mut Pipeline, status: &Shared) {
     let reload = match source.load() {
         Ok(r) => r,
         Err(e) => {
@@ -111,4 +119,12 @@ fn sync(source: &mut FileSource, maps: &mut ServiceMaps, pipeline: &mut Pipeline
         failed = report.failed.len(),
         "maps reconciled"
     );
+    status.update(|s| {
+        s.ready = true;
+        s.frontends = pipeline.frontends();
+        s.not_programmed = pipeline.left_out().cloned().collect();
+        s.syncs += 1;
+        s.writes += report.writes as u64;
+        s.refused = report.refused.clone();
+    });
 }

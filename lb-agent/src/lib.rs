@@ -7,9 +7,11 @@
 pub mod agent;
 pub mod caps;
 pub mod datapath;
+pub mod metrics;
 pub mod model;
 pub mod reconcile;
 pub mod source;
+pub mod status;
 pub mod store;
 pub mod sync;
 pub mod table;

@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -73,6 +74,10 @@ enum Command {
         /// the service table.
         #[arg(long, default_value_t = lb_common::DEFAULT_SVC_INFO_MAX, value_parser = clap::value_parser!(u32).range(1..))]
         frontends_max: u32,
+        /// Where /metrics (Prometheus), /readyz and /status are served;
+        /// "none" to disable. The default is kube-proxy's metrics address.
+        #[arg(long, default_value = "127.0.0.1:10249")]
+        metrics_addr: String,
         /// Size of the socket translation map (LRU).
         #[arg(long, default_value_t = lb_common::DEFAULT_SOCK_REVNAT_MAX, value_parser = clap::value_parser!(u32).range(2..))]
         sock_max: u32,
@@ -86,6 +91,12 @@ enum Command {
     Stats {
         #[command(flatten)]
         pin: PinArgs,
+    },
+    /// Ask the running agent what it programmed and what it could not
+    /// (Services left out of full maps), through its --metrics-addr.
+    Status {
+        #[arg(long, default_value = "127.0.0.1:10249")]
+        metrics_addr: SocketAddr,
     },
     /// Check manifests and report every problem, without touching the datapath.
     Check {
@@ -123,7 +134,14 @@ fn main() -> Result<()> {
             conntrack_max,
             sock_max,
             frontends_max,
+            metrics_addr,
         } => {
+            let metrics_addr = match metrics_addr.as_str() {
+                "none" => None,
+                a => Some(a.parse::<SocketAddr>().with_context(|| {
+                    format!("--metrics-addr {a:?}: expected IP:PORT or \"none\"")
+                })?),
+            };
             let cgroup = match cgroup.as_deref() {
                 Some("none") => None,
                 Some(p) => Some(PathBuf::from(p)),
@@ -146,6 +164,7 @@ fn main() -> Result<()> {
                 cgroup,
                 poll_interval: Duration::from_millis(poll_interval_ms),
                 service_cidrs: service_cidr,
+                metrics_addr,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -161,6 +180,22 @@ fn main() -> Result<()> {
             let values = maps::read_stats(&pin.pin_path)?;
             for (name, v) in STAT_NAMES.iter().zip(values) {
                 println!("{name:<20} {v}");
+            }
+            Ok(())
+        }
+        Command::Status { metrics_addr } => {
+            let st = lb_agent::metrics::fetch_status(metrics_addr)?;
+            println!(
+                "ready: {}\nfrontends desired: {}\nfrontends not programmed: {}",
+                st.ready,
+                st.frontends,
+                st.not_programmed.len()
+            );
+            for l in &st.not_programmed {
+                println!("  NOT PROGRAMMED {} {}: {}", l.service, l.frontend, l.error);
+            }
+            for r in &st.refused {
+                println!("  REFUSED {r}");
             }
             Ok(())
         }

@@ -1,7 +1,7 @@
 //! One sync pass, shared by the agent and the benchmarks: the Services
 //! whose objects changed -> their desired frontends -> a plan for those
 //! frontends only -> map writes.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::datapath::maps::ServiceMaps;
 use crate::model::{Cidr, FrontendKey, ModelCache};
@@ -15,8 +15,17 @@ pub struct Pipeline {
     /// The first pass also visits what the maps held before we started.
     adopted: bool,
     /// Frontends whose writes failed (full maps): planned again each pass
-    /// until they fit.
-    retry: BTreeSet<FrontendKey>,
+    /// until they fit, and reported meanwhile.
+    left_out: BTreeMap<FrontendKey, LeftOut>,
+}
+
+/// A frontend the maps could not take.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeftOut {
+    /// "namespace/name:port" of its Service.
+    pub service: String,
+    pub frontend: String,
+    pub error: String,
 }
 
 /// What one pass did.
@@ -38,13 +47,23 @@ impl Pipeline {
             rec: Reconciler::new(maps_hold),
             service_cidrs,
             adopted: false,
-            retry: BTreeSet::new(),
+            left_out: BTreeMap::new(),
         }
     }
 
     /// True while some frontends wait for room in the maps.
     pub fn pending(&self) -> bool {
-        !self.retry.is_empty()
+        !self.left_out.is_empty()
+    }
+
+    /// The frontends not programmed right now, and why.
+    pub fn left_out(&self) -> impl Iterator<Item = &LeftOut> {
+        self.left_out.values()
+    }
+
+    /// Frontends in the desired state.
+    pub fn frontends(&self) -> usize {
+        self.model.desired().frontends.len()
     }
 
     pub fn sync(
@@ -56,7 +75,8 @@ impl Pipeline {
         let up = self.model.update(store, dirty, &self.service_cidrs);
         let desired = self.model.desired();
         let mut changed = up.changed;
-        changed.extend(std::mem::take(&mut self.retry));
+        let retried = std::mem::take(&mut self.left_out);
+        changed.extend(retried.keys().copied());
         let ops = if self.adopted {
             self.rec.plan(desired, changed)
         } else {
@@ -64,30 +84,28 @@ impl Pipeline {
             self.rec.plan_all(desired)
         };
         let errors = maps.apply(&ops, self.rec.mirror_mut());
+        let mut failed = Vec::new();
         for e in &errors {
-            if let Op::PutService(k, _) | Op::DelService(k) = &e.op
-                && let Some(fk) = reconcile::frontend_of(k)
-            {
-                self.retry.insert(fk);
-            }
+            let fk = match &e.op {
+                Op::PutService(k, _) | Op::DelService(k) => reconcile::frontend_of(k),
+                _ => None,
+            };
+            let Some(fk) = fk else {
+                failed.push((format!("{:?}", e.op), e.error.clone()));
+                continue;
+            };
+            let service = desired
+                .frontends
+                .get(&fk)
+                .map(|s| s.name.clone())
+                .unwrap_or_else(|| "(removed Service)".to_string());
+            failed.push((format!("{service} ({fk})"), e.error.clone()));
+            self.left_out.entry(fk).or_insert(LeftOut {
+                service,
+                frontend: fk.to_string(),
+                error: e.error.clone(),
+            });
         }
-        let failed = errors
-            .iter()
-            .map(|e| {
-                let what = match &e.op {
-                    Op::PutService(k, _) | Op::DelService(k) => reconcile::frontend_of(k)
-                        .and_then(|fk| {
-                            desired
-                                .frontends
-                                .get(&fk)
-                                .map(|s| format!("{} ({fk})", s.name))
-                        })
-                        .unwrap_or_else(|| format!("{k:?}")),
-                    other => format!("{other:?}"),
-                };
-                (what, e.error.clone())
-            })
-            .collect::<Vec<_>>();
         if !failed.is_empty() {
             self.rec.resync();
         }

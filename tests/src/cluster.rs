@@ -254,6 +254,15 @@ impl Cluster {
             .arg(self.pin_path()))
     }
 
+    /// Runs the agent's CLI in the node namespace (where the agent's
+    /// loopback endpoint is), e.g. `status`.
+    pub fn node_cli(&self, args: &[&str]) -> Result<String> {
+        sh(self
+            .node
+            .command(self.bins.agent.to_str().context("utf-8 path")?)
+            .args(args))
+    }
+
     /// A command run from the node itself: node network namespace, and
     /// the cgroup the agent's socket hooks are attached to.
     pub fn node_command(&self, program: &str) -> Command {

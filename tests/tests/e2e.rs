@@ -11,6 +11,7 @@ use std::time::Duration;
 use ferrolb_tests::cluster::{Cluster, wait_until};
 use ferrolb_tests::firewall;
 use ferrolb_tests::http::Conn;
+use ferrolb_tests::netns::sh;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 175);
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -460,6 +461,24 @@ fn full_maps_name_what_is_left_out_and_recover() {
         log.contains("not programmed") && log.contains("default/svc-c:80"),
         "the left-out Service is named:\n{log}"
     );
+    // ...and so is it in the CLI and the metrics.
+    let status = c.node_cli(&["status"]).unwrap();
+    assert!(
+        status.contains("frontends not programmed: 1")
+            && status.contains("NOT PROGRAMMED default/svc-c:80 10.0.3.3:80/TCP"),
+        "{status}"
+    );
+    let metrics = sh(c
+        .node
+        .command("curl")
+        .args(["-sf", "http://127.0.0.1:10249/metrics"]))
+    .unwrap();
+    assert!(
+        metrics.contains(
+            "ferrolb_frontend_not_programmed{service=\"default/svc-c:80\",frontend=\"10.0.3.3:80/TCP\"} 1"
+        ) && metrics.contains("ferrolb_frontends_not_programmed 1\n"),
+        "{metrics}"
+    );
     assert_eq!(spread(&c, 30).len(), 3, "hostnames still served");
     assert_eq!(
         get_from_client(&c, "10.0.3.2:80".parse().unwrap()).unwrap(),
@@ -482,5 +501,7 @@ fn full_maps_name_what_is_left_out_and_recover() {
         "svc-b removed"
     );
     assert_eq!(spread(&c, 30).len(), 3);
+    let status = c.node_cli(&["status"]).unwrap();
+    assert!(status.contains("frontends not programmed: 0"), "{status}");
     assert_eq!(firewall::snapshot(None).unwrap(), fw_before);
 }

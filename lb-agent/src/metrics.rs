@@ -1,0 +1,167 @@
+//! The agent's HTTP endpoint: `/metrics` (Prometheus text: datapath
+//! outcome counters and programming state, including every frontend left
+//! out of full maps), `/readyz` and `/status` (JSON, read by
+//! `lb-agent status`). Read-only; bind it to loopback unless scraped.
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use lb_common::STAT_NAMES;
+use tracing::{info, warn};
+
+use crate::datapath::maps;
+use crate::status::{Shared, Status};
+
+#[derive(Clone)]
+struct App {
+    status: Shared,
+    pin_dir: PathBuf,
+}
+
+/// Binds `addr` and serves until the process exits.
+pub async fn serve(addr: SocketAddr, status: Shared, pin_dir: PathBuf) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
+    info!(%addr, "metrics, readiness and status served");
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status_json))
+        .with_state(App { status, pin_dir });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(())
+}
+
+async fn readyz(State(app): State<App>) -> (StatusCode, &'static str) {
+    if app.status.get().ready {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not yet synced\n")
+    }
+}
+
+async fn status_json(State(app): State<App>) -> Json<Status> {
+    Json(app.status.get())
+}
+
+async fn metrics(State(app): State<App>) -> String {
+    let st = app.status.get();
+    let stats = maps::read_stats(&app.pin_dir).unwrap_or_default();
+    render(&st, &stats)
+}
+
+/// Prometheus label values escape backslash, quote and newline.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub fn render(st: &Status, stats: &[u64]) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# HELP ferrolb_datapath_packets_total Packets seen by the datapath, by outcome.\n# TYPE ferrolb_datapath_packets_total counter"
+    );
+    for (name, v) in STAT_NAMES.iter().zip(stats) {
+        let _ = writeln!(
+            o,
+            "ferrolb_datapath_packets_total{{outcome=\"{name}\"}} {v}"
+        );
+    }
+    let gauges = [
+        (
+            "ferrolb_ready",
+            "1 once the maps hold the first sync.",
+            st.ready as usize,
+        ),
+        (
+            "ferrolb_frontends",
+            "Frontends (Service IP:port/protocol) desired.",
+            st.frontends,
+        ),
+        (
+            "ferrolb_frontends_not_programmed",
+            "Frontends left out because a map is full; retried every second.",
+            st.not_programmed.len(),
+        ),
+        (
+            "ferrolb_objects_refused",
+            "Objects refused in the last sync (invalid fields).",
+            st.refused.len(),
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+    let _ = writeln!(
+        o,
+        "# HELP ferrolb_frontend_not_programmed A frontend left out of full maps.\n# TYPE ferrolb_frontend_not_programmed gauge"
+    );
+    for l in &st.not_programmed {
+        let _ = writeln!(
+            o,
+            "ferrolb_frontend_not_programmed{{service=\"{}\",frontend=\"{}\"}} 1",
+            label(&l.service),
+            label(&l.frontend)
+        );
+    }
+    for (name, help, v) in [
+        ("ferrolb_syncs_total", "Sync passes.", st.syncs),
+        ("ferrolb_map_writes_total", "Map writes planned.", st.writes),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    }
+    o
+}
+
+/// `lb-agent status`: the agent's own view, fetched from its endpoint.
+pub fn fetch_status(addr: SocketAddr) -> Result<Status> {
+    let url = format!("http://{addr}/status");
+    let mut resp = ureq::get(&url)
+        .call()
+        .with_context(|| format!("GET {url} (is the agent running with --metrics-addr {addr}?)"))?;
+    resp.body_mut()
+        .read_json::<Status>()
+        .with_context(|| format!("reading {url}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::LeftOut;
+
+    #[test]
+    fn left_out_frontends_are_labelled_and_escaped() {
+        let st = Status {
+            ready: true,
+            frontends: 3,
+            not_programmed: vec![LeftOut {
+                service: "default/my\"svc:http".into(),
+                frontend: "10.0.0.9:80/TCP".into(),
+                error: "map full".into(),
+            }],
+            ..Default::default()
+        };
+        let text = render(&st, &[5, 1]);
+        assert!(
+            text.contains("ferrolb_frontends_not_programmed 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ferrolb_frontend_not_programmed{service=\"default/my\\\"svc:http\",frontend=\"10.0.0.9:80/TCP\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("ferrolb_datapath_packets_total{outcome=\"pass\"} 5"));
+        assert!(text.contains("ferrolb_ready 1\n"));
+    }
+}
