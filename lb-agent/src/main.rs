@@ -98,10 +98,15 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:10249")]
         metrics_addr: SocketAddr,
     },
-    /// Check manifests and report every problem, without touching the datapath.
+    /// Check manifests and report every problem, without touching the
+    /// datapath. With --pin-path, also compare the pinned maps with what
+    /// the manifests want and list every difference (drift, leaks).
     Check {
         #[arg(long)]
         manifests: PathBuf,
+        /// Compare the maps pinned here with the manifests.
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
     },
     /// Remove every pin the project created: detaches the programs (their
     /// links) and drops the maps. Idempotent.
@@ -199,7 +204,10 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Check { manifests } => {
+        Command::Check {
+            manifests,
+            pin_path,
+        } => {
             let mut source = lb_agent::source::files::FileSource::new(&manifests);
             let reload = source.load()?;
             for e in &reload.errors {
@@ -212,6 +220,25 @@ fn main() -> Result<()> {
                     reload.errors.len(),
                     manifests.display()
                 );
+            }
+            if let Some(pin) = pin_path {
+                let held = maps::ServiceMaps::from_pins(&pin)?.read()?;
+                let desired = lb_agent::model::desired(source.store());
+                // What an agent adopting these maps would write: nothing
+                // when they hold exactly the manifests' state.
+                let ops = lb_agent::reconcile::Reconciler::new(held).plan_all(&desired);
+                for op in &ops {
+                    eprintln!("differs: {}", op.describe());
+                }
+                if !ops.is_empty() {
+                    bail!(
+                        "{} difference(s) between {} and the maps in {}",
+                        ops.len(),
+                        manifests.display(),
+                        pin.display()
+                    );
+                }
+                println!("maps match: {} frontends", desired.frontends.len());
             }
             Ok(())
         }

@@ -35,6 +35,28 @@ pub enum Op {
     DelBackend(u32),
 }
 
+impl Op {
+    /// What the write would change, for people: the frontend or id it
+    /// touches.
+    pub fn describe(&self) -> String {
+        let fe = |k: &ServiceKey| match frontend_of(k) {
+            Some(fk) if k.slot == 0 => format!("frontend {fk}"),
+            Some(fk) => format!("frontend {fk} backend slot {}", k.slot),
+            None => format!("unreadable service key {k:?}"),
+        };
+        match self {
+            Op::PutBackend(id, _) => format!("backend {id} missing or different"),
+            Op::PutInfo(id, i) => {
+                format!("service name {id} ({}) missing or different", info_name(i))
+            }
+            Op::PutService(k, _) => format!("{} missing or different", fe(k)),
+            Op::DelService(k) => format!("{} held but not desired", fe(k)),
+            Op::DelInfo(id) => format!("service name {id} held but not desired"),
+            Op::DelBackend(id) => format!("backend {id} held but referenced by no frontend"),
+        }
+    }
+}
+
 pub fn service_key(fk: &FrontendKey, slot: u16) -> ServiceKey {
     ServiceKey {
         addr: ipv4_to_net(fk.addr.octets()),

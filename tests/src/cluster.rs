@@ -237,6 +237,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// The agent's process id, while one was started.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|c| c.id())
+    }
+
     /// True while the agent process is alive.
     pub fn agent_running(&mut self) -> bool {
         matches!(self.agent.as_mut().map(|c| c.try_wait()), Some(Ok(None)))

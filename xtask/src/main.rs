@@ -35,6 +35,11 @@ enum Cmd {
         /// Small sizes, short runs (under 3 minutes): a smoke test.
         #[arg(long)]
         quick: bool,
+        /// Instead of the benchmarks, run the churn soak (1,000 Services
+        /// with flapping endpoints under traffic) for SECS seconds; the
+        /// test suite runs it for 60.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(10..=86_400))]
+        soak: Option<u64>,
     },
 }
 
@@ -150,7 +155,30 @@ fn main() -> Result<()> {
             // spreads and one-second deadlines on a 2-core machine.
             test_and_count()
         }
-        Cmd::Bench { quick } => {
+        Cmd::Bench {
+            soak: Some(secs), ..
+        } => {
+            setup::all()?;
+            run(cargo().args(["build", "--release", "-p", "lb-agent", "--bins"]))?;
+            let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            run(cargo()
+                .args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "ferrolb-tests",
+                    "--test",
+                    "soak",
+                    "--",
+                    "--nocapture",
+                ])
+                .env("FERROLB_SOAK_SECS", secs.to_string())
+                .env("FERROLB_AGENT_BIN", target.join("release").join("lb-agent")))
+        }
+        Cmd::Bench { quick, soak: None } => {
             setup::all()?;
             run(cargo().args([
                 "build",
