@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use lb_common::IPPROTO_UDP;
 
-use crate::parse::{IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, Packet};
+use crate::checksum::replace;
+use crate::parse::{IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, Packet, ptr_at};
 
 /// Which end of the packet to rewrite.
 #[derive(Clone, Copy)]
@@ -31,24 +32,34 @@ pub fn rewrite(ctx: &TcContext, p: &Packet, side: Side, addr: u32, port: u16) ->
     };
     // Later fragments have no L4 header to fix.
     let has_l4 = !(p.fragment && p.sport == 0 && p.dport == 0);
+    // Addresses, ports and the IP checksum are plain stores with a
+    // software checksum update; only the L4 checksum needs the helper,
+    // which alone knows whether the skb's checksum is partial.
     if old_addr != addr {
-        if has_l4 {
-            ctx.l4_csum_replace(
-                csum_off,
-                old_addr as u64,
-                addr as u64,
-                udp_flag | BPF_F_PSEUDO_HDR as u64 | 4,
-            )
-            .map_err(|_| ())?;
+        let new = addr.to_ne_bytes();
+        let csum: *mut [u8; 2] = ptr_at(ctx, IP_CSUM_OFF)?;
+        let a: *mut [u8; 4] = ptr_at(ctx, ip_off)?;
+        unsafe {
+            *csum = replace(*csum, &old_addr.to_ne_bytes(), &new);
+            *a = new;
         }
-        ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, addr as u64, 4)
-            .map_err(|_| ())?;
-        ctx.store(ip_off, &addr, 0).map_err(|_| ())?;
+    }
+    if has_l4 && old_port != port {
+        let pp: *mut [u8; 2] = ptr_at(ctx, port_off)?;
+        unsafe { *pp = port.to_ne_bytes() };
+    }
+    if has_l4 && old_addr != addr {
+        ctx.l4_csum_replace(
+            csum_off,
+            old_addr as u64,
+            addr as u64,
+            udp_flag | BPF_F_PSEUDO_HDR as u64 | 4,
+        )
+        .map_err(|_| ())?;
     }
     if has_l4 && old_port != port {
         ctx.l4_csum_replace(csum_off, old_port as u64, port as u64, udp_flag | 2)
             .map_err(|_| ())?;
-        ctx.store(port_off, &port, 0).map_err(|_| ())?;
     }
     Ok(())
 }
