@@ -148,6 +148,16 @@ impl ObjectStore {
         Ok(())
     }
 
+    /// True when exactly `obj` is stored under its id.
+    pub fn holds(&self, obj: &Object) -> bool {
+        let key = obj.id().key;
+        match obj {
+            Object::Service(o) => self.services.get(&key) == Some(o),
+            Object::EndpointSlice(o) => self.slices.get(&key) == Some(o),
+            Object::Endpoints(o) => self.endpoints.get(&key) == Some(o),
+        }
+    }
+
     pub fn remove(&mut self, id: &ObjectId) {
         match id.kind {
             Kind::Service => {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::source::manifest::{self, ManifestError};
+use crate::source::manifest::{self, DocCache, ManifestError};
 use crate::store::{ObjectId, ObjectStore};
 
 pub struct FileSource {
@@ -19,6 +19,8 @@ pub struct FileSource {
     held: BTreeMap<PathBuf, BTreeSet<ObjectId>>,
     /// Every file's objects, one copy.
     store: ObjectStore,
+    /// Each file's parsed documents, reused while their text is unchanged.
+    docs: BTreeMap<PathBuf, DocCache>,
 }
 
 /// What one reload found wrong; the objects are in [`FileSource::store`].
@@ -33,6 +35,7 @@ impl FileSource {
             seen: BTreeMap::new(),
             held: BTreeMap::new(),
             store: ObjectStore::default(),
+            docs: BTreeMap::new(),
         }
     }
 
@@ -105,6 +108,7 @@ impl FileSource {
             .cloned()
             .collect();
         for file in gone {
+            self.docs.remove(&file);
             let ids = self.held.remove(&file).unwrap_or_default();
             self.drop_objects(&ids);
         }
@@ -113,7 +117,12 @@ impl FileSource {
             .filter(|f| !(before.contains_key(f) && before.get(f) == self.seen.get(f)))
             .collect();
         let mut errors = Vec::new();
-        for (file, contents) in changed.iter().zip(parse_all(&changed)) {
+        let jobs: Vec<(PathBuf, DocCache)> = changed
+            .iter()
+            .map(|f| (f.clone(), self.docs.remove(f).unwrap_or_default()))
+            .collect();
+        for (file, (contents, docs)) in changed.iter().zip(parse_all(jobs)) {
+            self.docs.insert(file.clone(), docs);
             let old = self.held.remove(file).unwrap_or_default();
             let ids = match contents {
                 Ok(docs) => {
@@ -122,6 +131,12 @@ impl FileSource {
                         match doc.result {
                             Ok(obj) => {
                                 let id = obj.id();
+                                // Unchanged objects of an edited file stay
+                                // as they are: their Services stay clean.
+                                if self.store.holds(&obj) {
+                                    ids.insert(id);
+                                    continue;
+                                }
                                 match self.store.upsert(obj) {
                                     Ok(()) => {
                                         ids.insert(id);
@@ -175,26 +190,21 @@ impl FileSource {
     }
 }
 
-/// Parses files on all cores, results in the order of `files`.
-fn parse_all(files: &[PathBuf]) -> Vec<manifest::FileContents> {
+/// Parses files on all cores, results in the order of `jobs`.
+fn parse_all(jobs: Vec<(PathBuf, DocCache)>) -> Vec<(manifest::FileContents, DocCache)> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-        .min(files.len());
+        .min(jobs.len());
+    let parse = |(f, cache): &(PathBuf, DocCache)| manifest::parse_file_cached(f, cache);
     if threads <= 1 {
-        return files.iter().map(|f| manifest::parse_file(f)).collect();
+        return jobs.iter().map(parse).collect();
     }
-    let chunk = files.len().div_ceil(threads);
+    let chunk = jobs.len().div_ceil(threads);
     std::thread::scope(|s| {
-        let handles: Vec<_> = files
+        let handles: Vec<_> = jobs
             .chunks(chunk)
-            .map(|c| {
-                s.spawn(move || {
-                    c.iter()
-                        .map(|f| manifest::parse_file(f))
-                        .collect::<Vec<_>>()
-                })
-            })
+            .map(|c| s.spawn(move || c.iter().map(parse).collect::<Vec<_>>()))
             .collect();
         handles
             .into_iter()

@@ -1,7 +1,9 @@
 //! Parsing YAML/JSON manifests (multi-document, `kind: List` too) into
 //! typed k8s-openapi objects. Errors name the file, the document, the
 //! object and the field.
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -42,7 +44,7 @@ impl std::error::Error for ManifestError {}
 /// One document's outcome. `id` is known whenever the document could be
 /// named, even if its contents are invalid: that lets the caller keep the
 /// last good version of exactly that object.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Parsed {
     pub id: Option<ObjectId>,
     pub result: Result<Object, ManifestError>,
@@ -52,35 +54,109 @@ pub struct Parsed {
 /// is not YAML; then none of its documents can be trusted.
 pub type FileContents = Result<Vec<Parsed>, ManifestError>;
 
+/// A file's parsed documents by a hash of their text, so an edit to one
+/// object of a large file parses that document only.
+#[derive(Clone, Debug, Default)]
+pub struct DocCache(HashMap<u64, Vec<Parsed>>);
+
 pub fn parse_file(path: &Path) -> FileContents {
-    let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
-        file: path.to_path_buf(),
-        document: 0,
-        object: "file".into(),
-        field: String::new(),
-        message: format!("cannot read: {e}"),
-    })?;
-    parse_str(path, &text)
+    parse_file_cached(path, &DocCache::default()).0
+}
+
+/// Parses `path`, reusing `cache` for documents whose text is unchanged;
+/// returns the cache for the next read.
+pub fn parse_file_cached(path: &Path, cache: &DocCache) -> (FileContents, DocCache) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_str_cached(path, &text, cache),
+        Err(e) => (
+            Err(ManifestError {
+                file: path.to_path_buf(),
+                document: 0,
+                object: "file".into(),
+                field: String::new(),
+                message: format!("cannot read: {e}"),
+            }),
+            DocCache::default(),
+        ),
+    }
 }
 
 pub fn parse_str(path: &Path, text: &str) -> FileContents {
-    use serde::Deserialize;
+    parse_str_cached(path, text, &DocCache::default()).0
+}
+
+fn parse_str_cached(path: &Path, text: &str, cache: &DocCache) -> (FileContents, DocCache) {
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    let mut next = DocCache::default();
+    for (i, doc) in split_documents(text).into_iter().enumerate() {
         let document = i + 1;
-        let value = Value::deserialize(doc).map_err(|e| ManifestError {
-            file: path.to_path_buf(),
-            document,
-            object: "document".into(),
-            field: String::new(),
-            message: format!("not valid YAML: {e}"),
-        })?;
-        if value.is_null() {
-            continue;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        doc.hash(&mut h);
+        let h = h.finish();
+        let parsed = match cache.0.get(&h) {
+            Some(p) => renumber(p, document),
+            None => match parse_document(path, document, doc) {
+                Ok(p) => p,
+                // Not YAML: nothing in the file can be trusted.
+                Err(e) => return (Err(e), DocCache::default()),
+            },
+        };
+        out.extend(parsed.iter().cloned());
+        next.0.insert(h, parsed);
+    }
+    (Ok(out), next)
+}
+
+/// The same outcome, as document `document` of its file.
+fn renumber(parsed: &[Parsed], document: usize) -> Vec<Parsed> {
+    let mut v = parsed.to_vec();
+    for p in &mut v {
+        if let Err(e) = &mut p.result {
+            e.document = document;
         }
+    }
+    v
+}
+
+fn parse_document(path: &Path, document: usize, text: &str) -> Result<Vec<Parsed>, ManifestError> {
+    let value: Value = serde_yaml::from_str(text).map_err(|e| ManifestError {
+        file: path.to_path_buf(),
+        document,
+        object: "document".into(),
+        field: String::new(),
+        message: format!("not valid YAML: {e}"),
+    })?;
+    let mut out = Vec::new();
+    if !value.is_null() {
         parse_value(path, document, value, &mut out);
     }
     Ok(out)
+}
+
+/// Splits a YAML stream at its `---` document markers (a marker line
+/// cannot occur inside a document). Text before the first marker is a
+/// document only if it holds more than blanks and comments.
+fn split_documents(text: &str) -> Vec<&str> {
+    let mut docs = Vec::new();
+    let (mut start, mut pos) = (0, 0);
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_end_matches(['\n', '\r']);
+        if t == "---" || t.starts_with("--- ") || t.starts_with("---\t") {
+            docs.push(&text[start..pos]);
+            // Content may follow the marker on its line ("--- {a: 1}").
+            start = pos + 3.min(line.len());
+        }
+        pos += line.len();
+    }
+    docs.push(&text[start..]);
+    let blank = |d: &str| {
+        d.lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    };
+    if docs.len() > 1 && blank(docs[0]) {
+        docs.remove(0);
+    }
+    docs
 }
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -189,6 +265,45 @@ mod tests {
 
     fn parse(text: &str) -> Vec<Parsed> {
         parse_str(Path::new("t.yaml"), text).expect("yaml")
+    }
+
+    #[test]
+    fn documents_split_like_the_yaml_stream_and_reuse_the_cache() {
+        let svc = |n: &str, port: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {n}}}\nspec: {{ports: [{{port: {port}}}]}}\n"
+            )
+        };
+        let text = format!(
+            "# leading comment\n---\n{}---\n# empty document\n--- \n{}---\n{}",
+            svc("a", "80"),
+            svc("b", "81"),
+            svc("c", "x")
+        );
+        // Document numbers as a YAML stream counts them (the empty one too).
+        assert_eq!(serde_yaml::Deserializer::from_str(&text).count(), 4);
+        let (first, cache) = parse_str_cached(Path::new("t.yaml"), &text, &DocCache::default());
+        let first = first.unwrap();
+        assert_eq!(first.len(), 3);
+        let err = first[2].result.as_ref().unwrap_err();
+        assert_eq!(
+            (err.document, err.field.as_str()),
+            (4, "spec.ports[0].port")
+        );
+        // Change b only: a and the bad c come from the cache, renumbered.
+        let edited = text.replace("port: 81", "port: 82");
+        let (second, _) = parse_str_cached(Path::new("t.yaml"), &edited, &cache);
+        let second = second.unwrap();
+        assert_eq!(second.len(), 3);
+        assert_eq!(
+            second[0].result.as_ref().unwrap(),
+            first[0].result.as_ref().unwrap()
+        );
+        assert_ne!(
+            second[1].result.as_ref().unwrap(),
+            first[1].result.as_ref().unwrap()
+        );
+        assert_eq!(second[2].result.as_ref().unwrap_err().document, 4);
     }
 
     #[test]
