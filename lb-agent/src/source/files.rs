@@ -4,11 +4,11 @@
 //! object or file leaves the last good version of what it held in place.
 //! Only files that changed are parsed again (in parallel), and the one
 //! object store is updated in place, so an edit costs what it touches.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::source::manifest::{self, DocCache, ManifestError};
+use crate::source::manifest::{self, Document, ManifestError, Parsed};
 use crate::store::{ObjectId, ObjectStore};
 
 pub struct FileSource {
@@ -19,8 +19,17 @@ pub struct FileSource {
     held: BTreeMap<PathBuf, BTreeSet<ObjectId>>,
     /// Every file's objects, one copy.
     store: ObjectStore,
-    /// Each file's parsed documents, reused while their text is unchanged.
-    docs: BTreeMap<PathBuf, DocCache>,
+    /// Each file's documents by text hash, with what they yielded: a
+    /// document whose text is unchanged is not parsed again.
+    docs: BTreeMap<PathBuf, HashMap<u64, Outcome>>,
+}
+
+/// What one document contributed: the ids it holds in the store, and the
+/// problems it had (reported again on every read of its file).
+#[derive(Clone, Debug, Default)]
+struct Outcome {
+    ids: Vec<ObjectId>,
+    errors: Vec<ManifestError>,
 }
 
 /// What one reload found wrong; the objects are in [`FileSource::store`].
@@ -117,62 +126,87 @@ impl FileSource {
             .filter(|f| !(before.contains_key(f) && before.get(f) == self.seen.get(f)))
             .collect();
         let mut errors = Vec::new();
-        let jobs: Vec<(PathBuf, DocCache)> = changed
+        let jobs: Vec<(PathBuf, HashSet<u64>)> = changed
             .iter()
-            .map(|f| (f.clone(), self.docs.remove(f).unwrap_or_default()))
+            .map(|f| {
+                let known = self.docs.get(f).map(|d| d.keys().copied().collect());
+                (f.clone(), known.unwrap_or_default())
+            })
             .collect();
-        for (file, (contents, docs)) in changed.iter().zip(parse_all(jobs)) {
-            self.docs.insert(file.clone(), docs);
+        for ((file, _), contents) in jobs.iter().zip(parse_all(&jobs)) {
             let old = self.held.remove(file).unwrap_or_default();
-            let ids = match contents {
-                Ok(docs) => {
-                    let mut ids = BTreeSet::new();
-                    for doc in docs {
-                        match doc.result {
-                            Ok(obj) => {
-                                let id = obj.id();
-                                // Unchanged objects of an edited file stay
-                                // as they are: their Services stay clean.
-                                if self.store.holds(&obj) {
-                                    ids.insert(id);
-                                    continue;
-                                }
-                                match self.store.upsert(obj) {
-                                    Ok(()) => {
-                                        ids.insert(id);
-                                    }
-                                    Err(e) => errors.push(ManifestError {
-                                        file: file.clone(),
-                                        document: 0,
-                                        object: id.to_string(),
-                                        field: e.field,
-                                        message: e.message,
-                                    }),
-                                }
-                            }
-                            Err(e) => {
-                                // Its last good version stays in the store.
-                                if let Some(id) = doc.id.filter(|id| old.contains(id)) {
-                                    ids.insert(id);
-                                }
-                                errors.push(e);
-                            }
-                        }
-                    }
-                    let vanished: BTreeSet<ObjectId> = old.difference(&ids).cloned().collect();
-                    self.held.insert(file.clone(), ids);
-                    self.drop_objects(&vanished);
-                    continue;
-                }
+            let known = self.docs.remove(file).unwrap_or_default();
+            let docs = match contents {
+                Ok(docs) => docs,
                 Err(e) => {
                     // The file is unreadable as a whole: keep all it held.
                     errors.push(e);
-                    old
+                    self.held.insert(file.clone(), old);
+                    self.docs.insert(file.clone(), known);
+                    continue;
                 }
             };
+            let mut ids = BTreeSet::new();
+            let mut next = HashMap::new();
+            for doc in docs {
+                let outcome = match doc.parsed {
+                    Some(parsed) => self.apply(file, parsed, &old),
+                    None => known.get(&doc.hash).cloned().unwrap_or_default(),
+                };
+                ids.extend(outcome.ids.iter().cloned());
+                errors.extend(outcome.errors.iter().cloned().map(|mut e| {
+                    e.document = doc.number;
+                    e
+                }));
+                next.insert(doc.hash, outcome);
+            }
+            let vanished: BTreeSet<ObjectId> = old.difference(&ids).cloned().collect();
             self.held.insert(file.clone(), ids);
+            self.docs.insert(file.clone(), next);
+            self.drop_objects(&vanished);
         }
         Ok(Reload { errors })
+    }
+
+    /// Puts one freshly parsed document's objects into the store. An
+    /// invalid object keeps its last good version (if this file had one).
+    fn apply(&mut self, file: &Path, parsed: Vec<Parsed>, old: &BTreeSet<ObjectId>) -> Outcome {
+        let mut out = Outcome::default();
+        for p in parsed {
+            match p.result {
+                Ok(obj) => {
+                    let id = obj.id();
+                    // Unchanged objects stay as they are: their Services
+                    // stay clean.
+                    if self.store.holds(&obj) {
+                        out.ids.push(id);
+                        continue;
+                    }
+                    match self.store.upsert(obj) {
+                        Ok(()) => out.ids.push(id),
+                        Err(e) => {
+                            if old.contains(&id) {
+                                out.ids.push(id.clone());
+                            }
+                            out.errors.push(ManifestError {
+                                file: file.to_path_buf(),
+                                document: 0,
+                                object: id.to_string(),
+                                field: e.field,
+                                message: e.message,
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    if let Some(id) = p.id.filter(|id| old.contains(id)) {
+                        out.ids.push(id);
+                    }
+                    out.errors.push(e);
+                }
+            }
+        }
+        out
     }
 
     /// Removes objects no file holds any more (one may still be defined
@@ -190,21 +224,23 @@ impl FileSource {
     }
 }
 
-/// Parses files on all cores, results in the order of `jobs`.
-fn parse_all(jobs: Vec<(PathBuf, DocCache)>) -> Vec<(manifest::FileContents, DocCache)> {
+/// Reads files on all cores (parsing only documents not in their known
+/// set), results in the order of `jobs`.
+fn parse_all(jobs: &[(PathBuf, HashSet<u64>)]) -> Vec<Result<Vec<Document>, ManifestError>> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .min(jobs.len());
-    let parse = |(f, cache): &(PathBuf, DocCache)| manifest::parse_file_cached(f, cache);
+    let read =
+        |(f, known): &(PathBuf, HashSet<u64>)| manifest::read_file(f, &|h| known.contains(&h));
     if threads <= 1 {
-        return jobs.iter().map(parse).collect();
+        return jobs.iter().map(read).collect();
     }
     let chunk = jobs.len().div_ceil(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = jobs
             .chunks(chunk)
-            .map(|c| s.spawn(move || c.iter().map(parse).collect::<Vec<_>>()))
+            .map(|c| s.spawn(move || c.iter().map(read).collect::<Vec<_>>()))
             .collect();
         handles
             .into_iter()

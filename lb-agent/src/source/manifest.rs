@@ -1,7 +1,6 @@
 //! Parsing YAML/JSON manifests (multi-document, `kind: List` too) into
 //! typed k8s-openapi objects. Errors name the file, the document, the
 //! object and the field.
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -44,7 +43,7 @@ impl std::error::Error for ManifestError {}
 /// One document's outcome. `id` is known whenever the document could be
 /// named, even if its contents are invalid: that lets the caller keep the
 /// last good version of exactly that object.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Parsed {
     pub id: Option<ObjectId>,
     pub result: Result<Object, ManifestError>,
@@ -54,68 +53,70 @@ pub struct Parsed {
 /// is not YAML; then none of its documents can be trusted.
 pub type FileContents = Result<Vec<Parsed>, ManifestError>;
 
-/// A file's parsed documents by a hash of their text, so an edit to one
-/// object of a large file parses that document only.
-#[derive(Clone, Debug, Default)]
-pub struct DocCache(HashMap<u64, Vec<Parsed>>);
-
 pub fn parse_file(path: &Path) -> FileContents {
-    parse_file_cached(path, &DocCache::default()).0
+    Ok(read_file(path, &|_| false)?
+        .into_iter()
+        .flat_map(|d| d.parsed.unwrap_or_default())
+        .collect())
 }
 
-/// Parses `path`, reusing `cache` for documents whose text is unchanged;
-/// returns the cache for the next read.
-pub fn parse_file_cached(path: &Path, cache: &DocCache) -> (FileContents, DocCache) {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_str_cached(path, &text, cache),
-        Err(e) => (
-            Err(ManifestError {
-                file: path.to_path_buf(),
-                document: 0,
-                object: "file".into(),
-                field: String::new(),
-                message: format!("cannot read: {e}"),
-            }),
-            DocCache::default(),
-        ),
-    }
+/// One document of a file read with [`read_file`].
+#[derive(Debug)]
+pub struct Document {
+    /// 1-based position in the file.
+    pub number: usize,
+    /// Hash of the document's text.
+    pub hash: u64,
+    /// Its objects, or `None` when the caller already knew this text.
+    pub parsed: Option<Vec<Parsed>>,
+}
+
+/// Reads and splits `path`, parsing only documents whose text hash is not
+/// in `known`: an edit to one object of a large file parses that one.
+/// `Err` when the file cannot be read or a document is not YAML.
+pub fn read_file(path: &Path, known: &dyn Fn(u64) -> bool) -> Result<Vec<Document>, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+        file: path.to_path_buf(),
+        document: 0,
+        object: "file".into(),
+        field: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    read_str(path, &text, known)
+}
+
+fn read_str(
+    path: &Path,
+    text: &str,
+    known: &dyn Fn(u64) -> bool,
+) -> Result<Vec<Document>, ManifestError> {
+    split_documents(text)
+        .into_iter()
+        .enumerate()
+        .map(|(i, doc)| {
+            let number = i + 1;
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            doc.hash(&mut h);
+            let hash = h.finish();
+            let parsed = if known(hash) {
+                None
+            } else {
+                Some(parse_document(path, number, doc)?)
+            };
+            Ok(Document {
+                number,
+                hash,
+                parsed,
+            })
+        })
+        .collect()
 }
 
 pub fn parse_str(path: &Path, text: &str) -> FileContents {
-    parse_str_cached(path, text, &DocCache::default()).0
-}
-
-fn parse_str_cached(path: &Path, text: &str, cache: &DocCache) -> (FileContents, DocCache) {
-    let mut out = Vec::new();
-    let mut next = DocCache::default();
-    for (i, doc) in split_documents(text).into_iter().enumerate() {
-        let document = i + 1;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        doc.hash(&mut h);
-        let h = h.finish();
-        let parsed = match cache.0.get(&h) {
-            Some(p) => renumber(p, document),
-            None => match parse_document(path, document, doc) {
-                Ok(p) => p,
-                // Not YAML: nothing in the file can be trusted.
-                Err(e) => return (Err(e), DocCache::default()),
-            },
-        };
-        out.extend(parsed.iter().cloned());
-        next.0.insert(h, parsed);
-    }
-    (Ok(out), next)
-}
-
-/// The same outcome, as document `document` of its file.
-fn renumber(parsed: &[Parsed], document: usize) -> Vec<Parsed> {
-    let mut v = parsed.to_vec();
-    for p in &mut v {
-        if let Err(e) = &mut p.result {
-            e.document = document;
-        }
-    }
-    v
+    Ok(read_str(path, text, &|_| false)?
+        .into_iter()
+        .flat_map(|d| d.parsed.unwrap_or_default())
+        .collect())
 }
 
 fn parse_document(path: &Path, document: usize, text: &str) -> Result<Vec<Parsed>, ManifestError> {
@@ -268,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn documents_split_like_the_yaml_stream_and_reuse_the_cache() {
+    fn documents_split_like_the_yaml_stream_and_known_ones_are_skipped() {
         let svc = |n: &str, port: &str| {
             format!(
                 "apiVersion: v1\nkind: Service\nmetadata: {{name: {n}}}\nspec: {{ports: [{{port: {port}}}]}}\n"
@@ -282,28 +283,27 @@ mod tests {
         );
         // Document numbers as a YAML stream counts them (the empty one too).
         assert_eq!(serde_yaml::Deserializer::from_str(&text).count(), 4);
-        let (first, cache) = parse_str_cached(Path::new("t.yaml"), &text, &DocCache::default());
-        let first = first.unwrap();
-        assert_eq!(first.len(), 3);
-        let err = first[2].result.as_ref().unwrap_err();
+        let path = Path::new("t.yaml");
+        let first = read_str(path, &text, &|_| false).unwrap();
+        assert_eq!(first.len(), 4);
+        let err = first[3].parsed.as_ref().unwrap()[0]
+            .result
+            .as_ref()
+            .unwrap_err();
         assert_eq!(
             (err.document, err.field.as_str()),
             (4, "spec.ports[0].port")
         );
-        // Change b only: a and the bad c come from the cache, renumbered.
+        // Change b only: every other document is known and not parsed.
+        let known: std::collections::HashSet<u64> = first.iter().map(|d| d.hash).collect();
         let edited = text.replace("port: 81", "port: 82");
-        let (second, _) = parse_str_cached(Path::new("t.yaml"), &edited, &cache);
-        let second = second.unwrap();
-        assert_eq!(second.len(), 3);
-        assert_eq!(
-            second[0].result.as_ref().unwrap(),
-            first[0].result.as_ref().unwrap()
-        );
-        assert_ne!(
-            second[1].result.as_ref().unwrap(),
-            first[1].result.as_ref().unwrap()
-        );
-        assert_eq!(second[2].result.as_ref().unwrap_err().document, 4);
+        let second = read_str(path, &edited, &|h| known.contains(&h)).unwrap();
+        let fresh: Vec<usize> = second
+            .iter()
+            .filter(|d| d.parsed.is_some())
+            .map(|d| d.number)
+            .collect();
+        assert_eq!(fresh, vec![3]);
     }
 
     #[test]
