@@ -33,6 +33,9 @@ pub const STAT_COUNT: u32 = 11;
 /// Size of the stats map: room for counters later builds add, so adding
 /// one never changes the pinned layout.
 pub const STAT_SLOTS: u32 = 64;
+/// The slot a test build of the datapath (feature `upgrade-probe`) counts
+/// every tc ingress packet in: the upgrade test tells builds apart by it.
+pub const STAT_SLOT_PROBE: u32 = STAT_SLOTS - 1;
 
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "pass",

@@ -40,6 +40,8 @@ pub fn flb_tc_ingress(ctx: TcContext) -> i32 {
         Err(Skip::NotOurs) | Err(Skip::Malformed) => (OK, Stat::Pass),
     };
     count(stat);
+    #[cfg(feature = "upgrade-probe")]
+    crate::stats::count_slot(lb_common::STAT_SLOT_PROBE);
     verdict
 }
 

@@ -231,3 +231,124 @@ fn runs_with_only_its_capabilities_and_names_a_missing_one() {
         "serves with least privilege"
     );
 }
+
+/// (interface, hook) -> id of the program attached there, in the node.
+fn tc_programs(c: &Cluster) -> std::collections::BTreeMap<(String, String), u64> {
+    let out = c
+        .node
+        .command("bpftool")
+        .args(["-j", "net", "show"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v[0]["tc"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("flb_tc_")))
+        .map(|p| {
+            (
+                (
+                    p["devname"].as_str().unwrap_or("").to_string(),
+                    p["kind"].as_str().unwrap_or("").to_string(),
+                ),
+                p["prog_id"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Packets the `upgrade-probe` build of the programs has counted.
+fn probe_count(c: &Cluster) -> u64 {
+    lb_agent::datapath::maps::read_stat(&c.pin_path(), lb_common::STAT_SLOT_PROBE).unwrap()
+}
+
+#[test]
+fn a_new_build_of_the_programs_takes_over_under_traffic_and_back() {
+    let next = std::env::var("FERROLB_NEXT_DATAPATH").expect(
+        "FERROLB_NEXT_DATAPATH unset: run through `cargo xtask test`, which builds the second datapath",
+    );
+    let mut c = Cluster::new(common::bins(), 3).expect("cluster");
+    let dir = c.workdir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("svc.yaml"), manifest(&c)).unwrap();
+    c.start_agent(&dir).expect("agent, built-in programs");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tcp, udp) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
+    let mut loops = Vec::new();
+    for (counts, f) in [
+        (tcp.clone(), tcp_once as fn() -> bool),
+        (udp.clone(), udp_once),
+    ] {
+        let stop = stop.clone();
+        loops.push(c.client().ns.spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                counts.record(f());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }));
+    }
+    let ll_stop = stop.clone();
+    let long = c.client().ns.spawn(move || long_lived(ll_stop));
+    std::thread::sleep(Duration::from_millis(600));
+    let old = tc_programs(&c);
+    assert_eq!(
+        old.len(),
+        4,
+        "ingress and egress on both pod links: {old:?}"
+    );
+    assert_eq!(probe_count(&c), 0, "the built-in build counts no probe");
+
+    // Upgrade: the next build's agent swaps its programs into the links.
+    c.stop_agent(libc::SIGTERM);
+    c.agent_args = vec!["--datapath-object".into(), next];
+    c.start_agent(&dir).expect("agent, next build");
+    let upgraded_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(800));
+    let new = tc_programs(&c);
+    assert_eq!(
+        new.keys().collect::<Vec<_>>(),
+        old.keys().collect::<Vec<_>>(),
+        "same hooks, none added or lost"
+    );
+    for (hook, id) in &new {
+        assert_ne!(old[hook], *id, "{hook:?} still runs the old program");
+    }
+    assert!(probe_count(&c) > 0, "the next build handles the traffic");
+
+    // Rollback the same way: the built-in build takes over again.
+    c.stop_agent(libc::SIGTERM);
+    c.agent_args.clear();
+    c.start_agent(&dir).expect("agent, built-in programs again");
+    std::thread::sleep(Duration::from_millis(300));
+    let after_rollback = probe_count(&c);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        probe_count(&c),
+        after_rollback,
+        "the next build no longer runs after the rollback"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    for l in loops {
+        l.join().unwrap().unwrap();
+    }
+    let times = long
+        .join()
+        .unwrap()
+        .unwrap()
+        .expect("the long-lived connection survives the upgrade and the rollback");
+    let (ts, ta, tf) = tcp.show();
+    let (us, ua, uf) = udp.show();
+    eprintln!(
+        "upgrade: tcp sent {ts} answered {ta} failed {tf}; udp sent {us} answered {ua} failed {uf}"
+    );
+    assert!(ts > 50 && us > 50, "enough traffic ran: tcp {ts}, udp {us}");
+    assert_eq!(tf, 0, "TCP requests failed across the upgrade");
+    assert_eq!(uf, 0, "UDP requests failed across the upgrade");
+    assert!(
+        times.iter().filter(|t| **t > upgraded_at).count() > 20,
+        "the long-lived connection exchanged data after the upgrade"
+    );
+}

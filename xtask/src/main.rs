@@ -43,6 +43,32 @@ enum Cmd {
     },
 }
 
+/// The standalone build of the kernel programs (nightly, build-std).
+fn ebpf_build() -> Command {
+    let mut c = Command::new("rustup");
+    c.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "-p",
+        "lb-ebpf",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+    ]);
+    c
+}
+
+fn target_dir() -> std::path::PathBuf {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
 /// Runs a command, echoing it, and fails if it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {cmd:?}");
@@ -68,9 +94,10 @@ fn build(release: bool) -> Result<()> {
 
 /// Runs the test suites, echoing their output, and closes with one
 /// plain `N passed, N failed` line summed over every test binary.
-fn test_and_count() -> Result<()> {
+fn test_and_count(next_datapath: &std::path::Path) -> Result<()> {
     use std::io::{BufRead, BufReader};
     let mut cmd = cargo();
+    cmd.env("FERROLB_NEXT_DATAPATH", next_datapath);
     cmd.args([
         "test",
         "--workspace",
@@ -116,19 +143,7 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::all(),
         Cmd::BuildEbpf => {
             setup::all()?;
-            run(Command::new("rustup").args([
-                "run",
-                "nightly",
-                "cargo",
-                "build",
-                "-p",
-                "lb-ebpf",
-                "--release",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-            ]))
+            run(&mut ebpf_build())
         }
         Cmd::Build { release } => {
             setup::all()?;
@@ -151,19 +166,22 @@ fn main() -> Result<()> {
                 "warnings",
             ]))?;
             build(false)?;
+            // The upgrade test's second build of the programs.
+            let next = target_dir().join("bpf-next");
+            run(ebpf_build()
+                .args(["--features", "upgrade-probe", "--target-dir"])
+                .arg(&next))?;
+            let next = next.join("bpfel-unknown-none/release/lb-ebpf");
             // One test at a time: the end-to-end tests measure traffic
             // spreads and one-second deadlines on a 2-core machine.
-            test_and_count()
+            test_and_count(&next)
         }
         Cmd::Bench {
             soak: Some(secs), ..
         } => {
             setup::all()?;
             run(cargo().args(["build", "--release", "-p", "lb-agent", "--bins"]))?;
-            let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| root.join("target"));
+            let target = target_dir();
             run(cargo()
                 .args([
                     "test",
@@ -192,10 +210,7 @@ fn main() -> Result<()> {
                 "--bins",
             ]))?;
             let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| root.join("target"));
-            let release = target.join("release");
+            let release = target_dir().join("release");
             let mut c = Command::new(release.join("ferrolb-bench"));
             c.arg("--out").arg(&root);
             c.arg("--agent").arg(release.join("lb-agent"));

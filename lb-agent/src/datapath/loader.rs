@@ -116,6 +116,12 @@ pub fn check_pinned(opts: &LoadOptions) -> Result<()> {
 }
 
 pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
+    load_object(opts, EBPF_OBJECT)
+}
+
+/// Like [`load`], with the programs from `object` instead of the built-in
+/// ones (another build of `lb-ebpf` with the same map layouts).
+pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf> {
     bpffs::prepare(&opts.pin_dir)?;
     check_pinned(opts)?;
     let mut loader = EbpfLoader::new();
@@ -126,7 +132,7 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         .map_max_entries(MAP_CONNTRACK, opts.conntrack_max)
         .map_max_entries(MAP_SOCK_REVNAT, opts.sock_max)
         .map_max_entries(MAP_SVC_INFO, opts.frontends_max);
-    loader.load(EBPF_OBJECT).with_context(|| {
+    loader.load(object).with_context(|| {
         format!(
             "loading the datapath programs (maps pinned under {})",
             opts.pin_dir.display()

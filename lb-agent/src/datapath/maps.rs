@@ -124,14 +124,21 @@ impl ServiceMaps {
 
 /// Datapath counters summed over CPUs, in `lb_common::Stat` order.
 pub fn read_stats(dir: &Path) -> Result<Vec<u64>> {
+    let stats = open_stats(dir)?;
+    (0..STAT_COUNT)
+        .map(|i| Ok(stats.get(&i, 0)?.iter().sum()))
+        .collect()
+}
+
+/// One slot of the stats map, summed over CPUs (slots past the named
+/// counters included).
+pub fn read_stat(dir: &Path, slot: u32) -> Result<u64> {
+    Ok(open_stats(dir)?.get(&slot, 0)?.iter().sum())
+}
+
+fn open_stats(dir: &Path) -> Result<PerCpuArray<MapData, u64>> {
     let path = dir.join(MAP_STATS);
     let data = MapData::from_pin(&path)
         .with_context(|| format!("opening pinned map {}", path.display()))?;
-    let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::from_map_data(data)?)?;
-    (0..STAT_COUNT)
-        .map(|i| {
-            let v = stats.get(&i, 0)?;
-            Ok(v.iter().sum())
-        })
-        .collect()
+    Ok(PerCpuArray::try_from(Map::from_map_data(data)?)?)
 }
