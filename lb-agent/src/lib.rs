@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod caps;
 pub mod datapath;
+pub mod filter;
 pub mod model;
 pub mod reconcile;
 pub mod source;
