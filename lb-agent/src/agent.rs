@@ -1,5 +1,6 @@
 //! `lb-agent run`: load and attach the datapath, adopt what the pinned
-//! maps already hold, then keep them equal to the manifests.
+//! maps already hold, then keep them equal to the source (manifests or
+//! the Kubernetes API).
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -14,12 +15,29 @@ use crate::datapath::{
     maps::ServiceMaps,
 };
 use crate::model;
-use crate::source::files::FileSource;
+use crate::source::{Source, files::FileSource, kube::KubeSource};
 use crate::sync::Pipeline;
+
+/// Where the objects come from.
+#[derive(Clone, Debug)]
+pub enum SourceOptions {
+    Manifests(PathBuf),
+    Kube {
+        /// None: inferred ($KUBECONFIG, ~/.kube/config, in-cluster).
+        kubeconfig: Option<PathBuf>,
+        /// Our Node, watched by name.
+        node_name: Option<String>,
+    },
+}
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    pub manifests: PathBuf,
+    pub source: SourceOptions,
+    /// Syncs are at least this far apart, so an event burst is one sync
+    /// (kube-proxy's minSyncPeriod).
+    pub min_sync_interval: Duration,
+    /// Our `service.kubernetes.io/service-proxy-name`.
+    pub service_proxy_name: Option<String>,
     pub load: LoadOptions,
     pub interfaces: Vec<String>,
     pub exclude_interfaces: Vec<String>,
@@ -46,34 +64,52 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         entries = held.services.len(),
         "maps opened; existing entries adopted"
     );
-    let mut pipeline = Pipeline::new(held, opts.service_cidrs.clone());
+    let mut pipeline = Pipeline::new(held, opts.service_cidrs.clone())
+        .with_service_proxy_name(opts.service_proxy_name.clone());
     let mut tc = TcAttachments::new(&opts.load.pin_dir)?;
     tc.sync(&mut ebpf, &selector);
     if let Some(cg) = &opts.cgroup {
         attach::attach_cgroup(&mut ebpf, cg, &opts.load.pin_dir)?;
     }
-    let mut source = FileSource::new(&opts.manifests);
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut source = open_source(&opts.source).await?;
+    // Until the source is complete the maps keep what they hold.
+    tokio::select! {
+        _ = source.ready() => {}
+        _ = sigterm.recv() => return Ok(()),
+        _ = sigint.recv() => return Ok(()),
+    }
     sync(&mut source, &mut maps, &mut pipeline);
     info!(interfaces = ?tc.interfaces(), "agent ready");
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(opts.poll_interval);
     let mut last_scan = Instant::now();
     let mut last_sync = Instant::now();
+    // When the next sync runs, once something changed.
+    let mut due: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 // Frontends that did not fit are retried once a second.
                 let retry = pipeline.pending() && last_sync.elapsed() >= RETRY_EVERY;
-                if source.changed() || retry {
-                    sync(&mut source, &mut maps, &mut pipeline);
-                    last_sync = Instant::now();
+                if retry || source.changed() {
+                    due.get_or_insert(last_sync + opts.min_sync_interval);
                 }
                 if last_scan.elapsed() >= IFACE_RESCAN {
                     tc.sync(&mut ebpf, &selector);
                     last_scan = Instant::now();
                 }
+            }
+            _ = source.event() => {
+                if source.changed() {
+                    due.get_or_insert(last_sync + opts.min_sync_interval);
+                }
+            }
+            _ = sleep_until(due), if due.is_some() => {
+                sync(&mut source, &mut maps, &mut pipeline);
+                last_sync = Instant::now();
+                due = None;
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -85,16 +121,39 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
-/// One pass: changed manifests -> store -> pipeline -> map writes.
-fn sync(source: &mut FileSource, maps: &mut ServiceMaps, pipeline: &mut Pipeline) {
-    let reload = match source.load() {
-        Ok(r) => r,
+async fn open_source(opts: &SourceOptions) -> Result<Source> {
+    Ok(match opts {
+        SourceOptions::Manifests(path) => Source::Files(FileSource::new(path)),
+        SourceOptions::Kube {
+            kubeconfig,
+            node_name,
+        } => {
+            let client = crate::source::kube::client(kubeconfig.as_deref()).await?;
+            if node_name.is_none() {
+                info!("no --node-name: the Node object is not watched");
+            }
+            info!("following the Kubernetes API (read-only)");
+            Source::Kube(Box::new(KubeSource::start(client, node_name.clone())))
+        }
+    })
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    if let Some(at) = due {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+/// One pass: what changed in the source -> store -> pipeline -> map writes.
+fn sync(source: &mut Source, maps: &mut ServiceMaps, pipeline: &mut Pipeline) {
+    let problems = match source.refresh() {
+        Ok(p) => p,
         Err(e) => {
             warn!("{e}; keeping what is programmed");
             return;
         }
     };
-    for e in &reload.errors {
+    for e in &problems {
         warn!("{e}");
     }
     let dirty = source.take_dirty();

@@ -1,6 +1,6 @@
 //! ferrolb agent. The data flow, one module per stage:
 //!
-//! `source` (manifests on disk; the Kubernetes API next) -> `store` (the
+//! `source` (manifests on disk, or the Kubernetes API) -> `store` (the
 //! validated objects) -> `model` (desired frontends and backends) ->
 //! `reconcile` (diff against the maps, ordered writes) -> `datapath`
 //! (map writes, program attachment) -> the kernel programs in `lb-ebpf`.

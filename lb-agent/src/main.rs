@@ -4,7 +4,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use lb_agent::{
-    agent::{self, RunOptions},
+    agent::{self, RunOptions, SourceOptions},
     datapath::{attach, loader::LoadOptions, maps},
     table,
 };
@@ -30,12 +30,32 @@ struct PinArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent: program the datapath from manifests and follow changes.
+    /// Run the agent: program the datapath from manifests or the
+    /// Kubernetes API and follow changes.
     Run {
         /// A YAML/JSON file or a directory of them (multi-document) with
         /// Services, EndpointSlices (discovery.k8s.io/v1) and Endpoints.
+        /// Without it the agent follows the Kubernetes API.
         #[arg(long)]
-        manifests: PathBuf,
+        manifests: Option<PathBuf>,
+        /// API mode: kubeconfig file. Default: $KUBECONFIG, then
+        /// ~/.kube/config, then the in-cluster service account.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// API mode: this node's name; its Node object is watched.
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
+        /// Least time between two syncs in milliseconds: changes arriving
+        /// closer together are programmed in one pass (kube-proxy's
+        /// minSyncPeriod). The first change after a quiet spell is
+        /// programmed at once.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+        min_sync_interval_ms: u64,
+        /// Program Services labelled service.kubernetes.io/service-proxy-name
+        /// with this value (and unlabelled ones); Services labelled for
+        /// another proxy, or service.kubernetes.io/headless, are skipped.
+        #[arg(long, env = "FERROLB_SERVICE_PROXY_NAME")]
+        service_proxy_name: Option<String>,
         #[command(flatten)]
         pin: PinArgs,
         /// Interfaces (glob patterns) that get the tc program: the host
@@ -112,6 +132,10 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run {
             manifests,
+            kubeconfig,
+            node_name,
+            min_sync_interval_ms,
+            service_proxy_name,
             pin,
             interfaces,
             exclude_interfaces,
@@ -131,8 +155,17 @@ fn main() -> Result<()> {
                     "no cgroup v2 mount found for the socket hooks: pass --cgroup PATH or --cgroup none",
                 )?),
             };
+            let source = match manifests {
+                Some(path) => SourceOptions::Manifests(path),
+                None => SourceOptions::Kube {
+                    kubeconfig,
+                    node_name,
+                },
+            };
             let opts = RunOptions {
-                manifests,
+                source,
+                min_sync_interval: Duration::from_millis(min_sync_interval_ms),
+                service_proxy_name,
                 load: LoadOptions {
                     pin_dir: pin.pin_path,
                     services_max,
