@@ -28,6 +28,8 @@ struct PinArgs {
     pin_path: PathBuf,
 }
 
+// Parsed once per process; boxing the big variant would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent: program the datapath from manifests or the

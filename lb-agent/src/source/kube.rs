@@ -67,9 +67,11 @@ impl fmt::Display for Watched {
 }
 
 /// One watched object, typed.
+// Moved once per event; boxing would only add noise (as for `Object`).
+#[allow(clippy::large_enum_variant)]
 enum Item {
     Object(Object),
-    Node(Box<Node>),
+    Node(Node),
 }
 
 /// What a watch task reports: an event, or why its watch failed.
@@ -124,7 +126,7 @@ impl KubeSource {
                 watcher::Config::default().fields(&format!("metadata.name={name}")),
                 Watched::Node,
                 tx,
-                |o| Item::Node(Box::new(o)),
+                Item::Node,
             ));
             watched.push(Watched::Node);
         }
@@ -205,12 +207,16 @@ impl KubeSource {
             Event::InitDone => {
                 let listed = self.relisting.remove(&from).unwrap_or_default();
                 let removed = self.remove_unlisted(from, &listed);
+                let objects = match from {
+                    Watched::Node => usize::from(self.node.is_some()),
+                    _ => listed.len(),
+                };
                 let first = self.synced.insert(from);
                 self.failing.remove(&from);
                 if first {
-                    info!(resource = %from, objects = listed.len(), "API listed");
+                    info!(resource = %from, objects, "API listed");
                 } else {
-                    info!(resource = %from, objects = listed.len(), removed, "API resynced");
+                    info!(resource = %from, objects, removed, "API resynced");
                 }
             }
             Event::Apply(item) => {
@@ -241,7 +247,7 @@ impl KubeSource {
                 Some(id)
             }
             Item::Node(node) => {
-                self.node = Some(*node);
+                self.node = Some(node);
                 None
             }
         }
