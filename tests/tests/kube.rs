@@ -93,7 +93,7 @@ fn agent_follows_the_api_server() {
             OsStr::new("--node-name"),
             OsStr::new("node-a"),
             OsStr::new("--min-sync-interval-ms"),
-            OsStr::new("50"),
+            OsStr::new("200"),
         ])
         .expect("agent starts in API mode");
     let c = &cluster;
@@ -104,6 +104,30 @@ fn agent_follows_the_api_server() {
     // MODIFIED: a backend leaves the slice; only the others answer.
     api.apply(hostnames_slice(c, &[1, 2]));
     expect_backends(c, &[1, 2], "after the slice dropped a backend");
+
+    // A bad object is skipped, named in the log; the rest keeps working.
+    api.apply(service("bad", "10.0.9.9", 70000, 9376));
+    wait_until(CONVERGE, || {
+        c.agent_log_text()
+            .contains("Service default/bad: field spec.ports[0].port")
+    })
+    .expect("bad Service named in the log");
+    expect_backends(c, &[1, 2], "after a bad object");
+
+    // A burst of changes is coalesced: syncs at most every 200 ms.
+    let syncs = |c: &Cluster| c.agent_log_text().matches("maps reconciled").count();
+    let before = syncs(c);
+    for i in 0..25 {
+        let pods: &[usize] = if i % 2 == 0 { &[1, 2] } else { &[1, 2, 0] };
+        api.apply(hostnames_slice(c, pods));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    expect_backends(c, &[1, 2], "after the burst");
+    let burst = syncs(c) - before;
+    assert!(
+        (1..=6).contains(&burst),
+        "25 changes in 500 ms took {burst} syncs"
+    );
 
     // DELETED: the VIP no longer answers.
     assert!(api.delete(Resource::Services, "default", "hostnames"));
