@@ -74,11 +74,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut source = open_source(&opts.source).await?;
-    // Until the source is complete the maps keep what they hold.
-    tokio::select! {
-        _ = source.ready() => {}
-        _ = sigterm.recv() => return Ok(()),
-        _ = sigint.recv() => return Ok(()),
+    // Until the source is complete (the API may be away for a while) the
+    // maps keep what they hold, and new pod interfaces still get attached.
+    let mut rescan = tokio::time::interval(IFACE_RESCAN);
+    loop {
+        tokio::select! {
+            _ = source.ready() => break,
+            _ = rescan.tick() => tc.sync(&mut ebpf, &selector),
+            _ = sigterm.recv() => return Ok(()),
+            _ = sigint.recv() => return Ok(()),
+        }
     }
     sync(&mut source, &mut maps, &mut pipeline);
     info!(interfaces = ?tc.interfaces(), "agent ready");
