@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::k8s::{node, service, slice};
@@ -18,14 +19,77 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 175);
 const TIMEOUT: Duration = Duration::from_secs(2);
 const CONVERGE: Duration = Duration::from_secs(10);
 
+/// Source ports of the client's connections, each used once in a run.
+/// The datapath's conntrack entries outlive their flows (LRU), so a new
+/// connection that reused a closed flow's 4-tuple would follow that old
+/// entry to a possibly removed backend; this test is about what the API
+/// programs, not about that.
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// A TCP connection to `addr` from source port `port` (below the
+/// kernel's ephemeral range, so the two never collide).
+fn connect_from(port: u16, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        unreachable!("IPv4 only")
+    };
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let timeout = libc::timeval {
+        tv_sec: TIMEOUT.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    // SAFETY: plain socket calls on an fd we own; the TcpStream takes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let ok = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+            // connect() honours the send timeout.
+            && libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            ) == 0;
+        let local = sockaddr(Ipv4Addr::UNSPECIFIED, port);
+        let remote = sockaddr(*v4.ip(), v4.port());
+        if !ok
+            || libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0
+            || libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
 /// One HTTP GET on a new connection from the client pod: the answering
 /// pod's name.
 fn get(c: &Cluster) -> std::io::Result<String> {
     let addr = SocketAddr::from((VIP, 80));
+    let port = 20_000 + (NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 12_000) as u16;
     c.client()
         .ns
         .run(move || -> std::io::Result<String> {
-            let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+            let mut s = connect_from(port, addr)?;
             s.set_read_timeout(Some(TIMEOUT))?;
             s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
             let mut body = String::new();
@@ -57,7 +121,13 @@ fn expect_backends(c: &Cluster, pods: &[usize], what: &str) {
             c.agent_log_text()
         )
     });
-    assert_eq!(answers(c, 60), want, "{what}: steady state");
+    let steady = answers(c, 60);
+    assert_eq!(
+        steady,
+        want,
+        "{what}: steady state; agent log:\n{}",
+        c.agent_log_text()
+    );
 }
 
 fn pod_ips(c: &Cluster, pods: &[usize]) -> Vec<String> {
