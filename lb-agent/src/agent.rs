@@ -1,10 +1,11 @@
 //! `lb-agent run`: load and attach the datapath, adopt what the pinned
-//! maps already hold, then keep them equal to the manifests.
+//! maps already hold, then keep them equal to the source (manifests or
+//! the Kubernetes API).
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -15,13 +16,30 @@ use crate::datapath::{
     maps::ServiceMaps,
 };
 use crate::model;
-use crate::source::files::FileSource;
+use crate::source::{Source, files::FileSource, kube::KubeSource};
 use crate::status::Shared;
 use crate::sync::Pipeline;
 
+/// Where the objects come from.
+#[derive(Clone, Debug)]
+pub enum SourceOptions {
+    Manifests(PathBuf),
+    Kube {
+        /// None: inferred ($KUBECONFIG, ~/.kube/config, in-cluster).
+        kubeconfig: Option<PathBuf>,
+        /// Our Node, watched by name.
+        node_name: Option<String>,
+    },
+}
+
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    pub manifests: PathBuf,
+    pub source: SourceOptions,
+    /// Syncs are at least this far apart, so an event burst is one sync
+    /// (kube-proxy's minSyncPeriod).
+    pub min_sync_interval: Duration,
+    /// Our `service.kubernetes.io/service-proxy-name`.
+    pub service_proxy_name: Option<String>,
     pub load: LoadOptions,
     pub interfaces: Vec<String>,
     pub exclude_interfaces: Vec<String>,
@@ -31,6 +49,9 @@ pub struct RunOptions {
     pub service_cidrs: Vec<model::Cidr>,
     /// Where `/metrics`, `/readyz` and `/status` are served (None: off).
     pub metrics_addr: Option<SocketAddr>,
+    /// Programs from this object file instead of the built-in ones (another
+    /// build of lb-ebpf with the same map layouts, e.g. to stage an upgrade).
+    pub datapath_object: Option<PathBuf>,
 }
 
 /// How often interfaces are re-listed to pick up new pods.
@@ -41,7 +62,15 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 pub async fn run(opts: RunOptions) -> Result<()> {
     crate::caps::check()?;
     let selector = Selector::new(&opts.interfaces, &opts.exclude_interfaces)?;
-    let mut ebpf = loader::load(&opts.load)?;
+    let mut ebpf = match &opts.datapath_object {
+        None => loader::load(&opts.load)?,
+        Some(path) => {
+            let object = std::fs::read(path)
+                .with_context(|| format!("--datapath-object {}: cannot read", path.display()))?;
+            info!(object = %path.display(), "programs from --datapath-object, not the built-in ones");
+            loader::load_object(&opts.load, &object)?
+        }
+    };
     attach::load_programs(&mut ebpf, opts.cgroup.is_some())?;
     let mut maps = ServiceMaps::from_ebpf(&mut ebpf)?;
     let held = maps.read()?;
@@ -50,7 +79,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         entries = held.services.len(),
         "maps opened; existing entries adopted"
     );
-    let mut pipeline = Pipeline::new(held, opts.service_cidrs.clone());
+    let mut pipeline = Pipeline::new(held, opts.service_cidrs.clone())
+        .with_service_proxy_name(opts.service_proxy_name.clone());
     let status = Shared::default();
     if let Some(addr) = opts.metrics_addr {
         crate::metrics::serve(addr, status.clone(), opts.load.pin_dir.clone()).await?;
@@ -60,28 +90,50 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if let Some(cg) = &opts.cgroup {
         attach::attach_cgroup(&mut ebpf, cg, &opts.load.pin_dir)?;
     }
-    let mut source = FileSource::new(&opts.manifests);
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut source = open_source(&opts.source).await?;
+    // Until the source is complete (the API may be away for a while) the
+    // maps keep what they hold, and new pod interfaces still get attached.
+    let mut rescan = tokio::time::interval(IFACE_RESCAN);
+    loop {
+        tokio::select! {
+            _ = source.ready() => break,
+            _ = rescan.tick() => tc.sync(&mut ebpf, &selector),
+            _ = sigterm.recv() => return Ok(()),
+            _ = sigint.recv() => return Ok(()),
+        }
+    }
     sync(&mut source, &mut maps, &mut pipeline, &status);
     info!(interfaces = ?tc.interfaces(), "agent ready");
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(opts.poll_interval);
     let mut last_scan = Instant::now();
     let mut last_sync = Instant::now();
+    // When the next sync runs, once something changed.
+    let mut due: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 // Frontends that did not fit are retried once a second.
                 let retry = pipeline.pending() && last_sync.elapsed() >= RETRY_EVERY;
-                if source.changed() || retry {
-                    sync(&mut source, &mut maps, &mut pipeline, &status);
-                    last_sync = Instant::now();
+                if retry || source.changed() {
+                    due.get_or_insert(last_sync + opts.min_sync_interval);
                 }
                 if last_scan.elapsed() >= IFACE_RESCAN {
                     tc.sync(&mut ebpf, &selector);
                     last_scan = Instant::now();
                 }
+            }
+            _ = source.event() => {
+                if source.changed() {
+                    due.get_or_insert(last_sync + opts.min_sync_interval);
+                }
+            }
+            _ = sleep_until(due), if due.is_some() => {
+                sync(&mut source, &mut maps, &mut pipeline, &status);
+                last_sync = Instant::now();
+                due = None;
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -93,16 +145,39 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
-/// One pass: changed manifests -> store -> pipeline -> map writes.
-fn sync(source: &mut FileSource, maps: &mut ServiceMaps, pipeline: &mut Pipeline, status: &Shared) {
-    let reload = match source.load() {
-        Ok(r) => r,
+async fn open_source(opts: &SourceOptions) -> Result<Source> {
+    Ok(match opts {
+        SourceOptions::Manifests(path) => Source::Files(Box::new(FileSource::new(path))),
+        SourceOptions::Kube {
+            kubeconfig,
+            node_name,
+        } => {
+            let client = crate::source::kube::client(kubeconfig.as_deref()).await?;
+            if node_name.is_none() {
+                info!("no --node-name: the Node object is not watched");
+            }
+            info!("following the Kubernetes API (read-only)");
+            Source::Kube(Box::new(KubeSource::start(client, node_name.clone())))
+        }
+    })
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    if let Some(at) = due {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+/// One pass: what changed in the source -> store -> pipeline -> map writes.
+fn sync(source: &mut Source, maps: &mut ServiceMaps, pipeline: &mut Pipeline, status: &Shared) {
+    let problems = match source.refresh() {
+        Ok(p) => p,
         Err(e) => {
             warn!("{e}; keeping what is programmed");
             return;
         }
     };
-    for e in &reload.errors {
+    for e in &problems {
         warn!("{e}");
     }
     let dirty = source.take_dirty();

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use lb_agent::{
-    agent::{self, RunOptions},
+    agent::{self, RunOptions, SourceOptions},
     datapath::{attach, loader::LoadOptions, maps},
     table,
 };
@@ -29,14 +29,36 @@ struct PinArgs {
     pin_path: PathBuf,
 }
 
+// Parsed once per process; boxing the big variant would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent: program the datapath from manifests and follow changes.
+    /// Run the agent: program the datapath from manifests or the
+    /// Kubernetes API and follow changes.
     Run {
         /// A YAML/JSON file or a directory of them (multi-document) with
         /// Services, EndpointSlices (discovery.k8s.io/v1) and Endpoints.
+        /// Without it the agent follows the Kubernetes API.
         #[arg(long)]
-        manifests: PathBuf,
+        manifests: Option<PathBuf>,
+        /// API mode: kubeconfig file. Default: $KUBECONFIG, then
+        /// ~/.kube/config, then the in-cluster service account.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// API mode: this node's name; its Node object is watched.
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
+        /// Least time between two syncs in milliseconds: changes arriving
+        /// closer together are programmed in one pass (kube-proxy's
+        /// minSyncPeriod). The first change after a quiet spell is
+        /// programmed at once.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+        min_sync_interval_ms: u64,
+        /// Program Services labelled service.kubernetes.io/service-proxy-name
+        /// with this value (and unlabelled ones); Services labelled for
+        /// another proxy, or service.kubernetes.io/headless, are skipped.
+        #[arg(long, env = "FERROLB_SERVICE_PROXY_NAME")]
+        service_proxy_name: Option<String>,
         #[command(flatten)]
         pin: PinArgs,
         /// Interfaces (glob patterns) that get the tc program: the host
@@ -78,6 +100,11 @@ enum Command {
         /// "none" to disable. The default is kube-proxy's metrics address.
         #[arg(long, default_value = "127.0.0.1:10249")]
         metrics_addr: String,
+        /// Load the kernel programs from this object file (another build
+        /// of lb-ebpf with the same map layouts) instead of the built-in
+        /// ones: stages a datapath upgrade or rollback without a new agent.
+        #[arg(long)]
+        datapath_object: Option<PathBuf>,
         /// Size of the socket translation map (LRU).
         #[arg(long, default_value_t = lb_common::DEFAULT_SOCK_REVNAT_MAX, value_parser = clap::value_parser!(u32).range(2..))]
         sock_max: u32,
@@ -128,6 +155,10 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run {
             manifests,
+            kubeconfig,
+            node_name,
+            min_sync_interval_ms,
+            service_proxy_name,
             pin,
             interfaces,
             exclude_interfaces,
@@ -140,6 +171,7 @@ fn main() -> Result<()> {
             sock_max,
             frontends_max,
             metrics_addr,
+            datapath_object,
         } => {
             let metrics_addr = match metrics_addr.as_str() {
                 "none" => None,
@@ -154,8 +186,17 @@ fn main() -> Result<()> {
                     "no cgroup v2 mount found for the socket hooks: pass --cgroup PATH or --cgroup none",
                 )?),
             };
+            let source = match manifests {
+                Some(path) => SourceOptions::Manifests(path),
+                None => SourceOptions::Kube {
+                    kubeconfig,
+                    node_name,
+                },
+            };
             let opts = RunOptions {
-                manifests,
+                source,
+                min_sync_interval: Duration::from_millis(min_sync_interval_ms),
+                service_proxy_name,
                 load: LoadOptions {
                     pin_dir: pin.pin_path,
                     services_max,
@@ -170,6 +211,7 @@ fn main() -> Result<()> {
                 poll_interval: Duration::from_millis(poll_interval_ms),
                 service_cidrs: service_cidr,
                 metrics_addr,
+                datapath_object,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

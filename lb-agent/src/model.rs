@@ -14,6 +14,7 @@ use k8s_openapi::{
 };
 use tracing::{debug, warn};
 
+use crate::filter;
 use crate::store::{NsName, ObjectStore};
 
 /// Label linking an EndpointSlice to its Service.
@@ -120,6 +121,9 @@ pub struct ModelCache {
     desired: Desired,
     /// The frontends each Service produced last time.
     of_service: BTreeMap<NsName, Vec<FrontendKey>>,
+    /// Our `--service-proxy-name`: Services labelled for another proxy
+    /// are left alone (`filter::skip_reason`).
+    proxy_name: Option<String>,
 }
 
 /// What one update changed, and what it refused.
@@ -131,6 +135,15 @@ pub struct Update {
 }
 
 impl ModelCache {
+    /// A cache that programs the Services of proxy `proxy_name` (and the
+    /// unlabelled ones).
+    pub fn for_proxy(proxy_name: Option<String>) -> Self {
+        ModelCache {
+            proxy_name,
+            ..Default::default()
+        }
+    }
+
     pub fn desired(&self) -> &Desired {
         &self.desired
     }
@@ -156,6 +169,10 @@ impl ModelCache {
             let Some(svc) = store.services.get(key) else {
                 continue;
             };
+            if let Some(why) = filter::skip_reason(svc, self.proxy_name.as_deref()) {
+                debug!(service = %key, "{why}: not ours to program");
+                continue;
+            }
             let mut keys = Vec::new();
             for (fk, st) in service_frontends(store, key, svc) {
                 if !service_cidrs.is_empty() && !service_cidrs.iter().any(|c| c.contains(fk.addr)) {
@@ -520,6 +537,27 @@ mod tests {
             "apiVersion: v1\nkind: Service\nmetadata: {name: h}\nspec: {clusterIP: None, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: e}\nspec: {type: ExternalName, externalName: db.example.com}\n",
         ));
         assert!(d.frontends.is_empty());
+    }
+
+    #[test]
+    fn services_of_other_proxies_and_headless_label_are_not_programmed() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: plain}\nspec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: theirs, labels: {service.kubernetes.io/service-proxy-name: other}}\nspec: {clusterIP: 10.0.0.2, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: ours, labels: {service.kubernetes.io/service-proxy-name: ferrolb}}\nspec: {clusterIP: 10.0.0.3, ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: h, labels: {service.kubernetes.io/headless: ''}}\nspec: {clusterIP: 10.0.0.4, ports: [{port: 80}]}\n";
+        let st = store(yaml);
+        let vips = |cache: &ModelCache| -> Vec<String> {
+            cache
+                .desired()
+                .frontends
+                .keys()
+                .map(|k| k.addr.to_string())
+                .collect()
+        };
+        let all: BTreeSet<NsName> = st.services.keys().cloned().collect();
+        let mut unnamed = ModelCache::default();
+        unnamed.update(&st, &all, &[]);
+        assert_eq!(vips(&unnamed), ["10.0.0.1"]);
+        let mut named = ModelCache::for_proxy(Some("ferrolb".into()));
+        named.update(&st, &all, &[]);
+        assert_eq!(vips(&named), ["10.0.0.1", "10.0.0.3"]);
     }
 
     #[test]

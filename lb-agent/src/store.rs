@@ -148,16 +148,6 @@ impl ObjectStore {
         Ok(())
     }
 
-    /// True when exactly `obj` is stored under its id.
-    pub fn holds(&self, obj: &Object) -> bool {
-        let key = obj.id().key;
-        match obj {
-            Object::Service(o) => self.services.get(&key) == Some(o),
-            Object::EndpointSlice(o) => self.slices.get(&key) == Some(o),
-            Object::Endpoints(o) => self.endpoints.get(&key) == Some(o),
-        }
-    }
-
     pub fn remove(&mut self, id: &ObjectId) {
         match id.kind {
             Kind::Service => {
@@ -184,6 +174,37 @@ impl ObjectStore {
                 }
             }
         }
+    }
+
+    /// True when the store holds `obj` exactly as given: an unchanged
+    /// object re-delivered (a relist) need not touch anything.
+    pub fn holds(&self, obj: &Object) -> bool {
+        let key = obj.id().key;
+        match obj {
+            Object::Service(o) => self.services.get(&key) == Some(o),
+            Object::EndpointSlice(o) => self.slices.get(&key) == Some(o),
+            Object::Endpoints(o) => self.endpoints.get(&key) == Some(o),
+        }
+    }
+
+    /// The ids of every stored object of `kind`.
+    pub fn ids(&self, kind: Kind) -> Vec<ObjectId> {
+        let keys: Vec<&NsName> = match kind {
+            Kind::Service => self.services.keys().collect(),
+            Kind::EndpointSlice => self.slices.keys().collect(),
+            Kind::Endpoints => self.endpoints.keys().collect(),
+        };
+        keys.into_iter()
+            .map(|key| ObjectId {
+                kind,
+                key: key.clone(),
+            })
+            .collect()
+    }
+
+    /// True when some Service changed since the last `take_dirty`.
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
     }
 
     /// The EndpointSlices of Service `svc`.

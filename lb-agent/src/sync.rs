@@ -51,6 +51,13 @@ impl Pipeline {
         }
     }
 
+    /// Programs only the Services of proxy `name` and unlabelled ones
+    /// (kube-proxy's `service.kubernetes.io/service-proxy-name`).
+    pub fn with_service_proxy_name(mut self, name: Option<String>) -> Self {
+        self.model = ModelCache::for_proxy(name);
+        self
+    }
+
     /// True while some frontends wait for room in the maps.
     pub fn pending(&self) -> bool {
         !self.left_out.is_empty()

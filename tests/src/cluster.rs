@@ -194,6 +194,12 @@ impl Cluster {
     /// Starts the agent in the node namespace, following `manifests`, and
     /// waits until it has programmed them.
     pub fn start_agent(&mut self, manifests: &Path) -> Result<()> {
+        self.start_agent_with(&["--manifests".as_ref(), manifests.as_os_str()])
+    }
+
+    /// Starts the agent with `source` flags (`--manifests PATH`, or
+    /// `--kubeconfig PATH ...` for the API) and waits until it is ready.
+    pub fn start_agent_with(&mut self, source: &[&std::ffi::OsStr]) -> Result<()> {
         let log = std::fs::File::create(self.agent_log())?;
         let agent = self.bins.agent.to_str().context("utf-8 path")?;
         let mut cmd = match self.agent_prefix.split_first() {
@@ -206,8 +212,7 @@ impl Cluster {
         };
         let child = cmd
             .arg("run")
-            .arg("--manifests")
-            .arg(manifests)
+            .args(source)
             .arg("--pin-path")
             .arg(self.pin_path())
             .arg("--cgroup")

@@ -1,6 +1,8 @@
 //! Shared by the test files: where the binaries are.
 #![allow(dead_code)]
 pub mod datapath;
+pub mod k8s;
+pub mod rbac;
 
 use std::path::PathBuf;
 
