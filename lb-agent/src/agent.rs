@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::datapath::{
     attach::{self, TcAttachments},
+    conntrack::{self, Conntrack},
     ifaces::Selector,
     loader::{self, LoadOptions},
     maps::ServiceMaps,
@@ -73,6 +74,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
     attach::load_programs(&mut ebpf, opts.cgroup.is_some())?;
     let mut maps = ServiceMaps::from_ebpf(&mut ebpf)?;
+    let mut ct = Conntrack::from_ebpf(&mut ebpf)?;
     let held = maps.read()?;
     info!(
         pin_path = %opts.load.pin_dir.display(),
@@ -104,7 +106,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = sigint.recv() => return Ok(()),
         }
     }
-    sync(&mut source, &mut maps, &mut pipeline, &status);
+    sync(&mut source, &mut maps, &mut ct, &mut pipeline, &status);
     info!(interfaces = ?tc.interfaces(), "agent ready");
 
     let mut tick = tokio::time::interval(opts.poll_interval);
@@ -131,7 +133,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
             }
             _ = sleep_until(due), if due.is_some() => {
-                sync(&mut source, &mut maps, &mut pipeline, &status);
+                sync(&mut source, &mut maps, &mut ct, &mut pipeline, &status);
                 last_sync = Instant::now();
                 due = None;
             }
@@ -169,7 +171,13 @@ async fn sleep_until(due: Option<Instant>) {
 }
 
 /// One pass: what changed in the source -> store -> pipeline -> map writes.
-fn sync(source: &mut Source, maps: &mut ServiceMaps, pipeline: &mut Pipeline, status: &Shared) {
+fn sync(
+    source: &mut Source,
+    maps: &mut ServiceMaps,
+    ct: &mut Conntrack,
+    pipeline: &mut Pipeline,
+    status: &Shared,
+) {
     let problems = match source.refresh() {
         Ok(p) => p,
         Err(e) => {
@@ -194,6 +202,16 @@ fn sync(source: &mut Source, maps: &mut ServiceMaps, pipeline: &mut Pipeline, st
         failed = report.failed.len(),
         "maps reconciled"
     );
+    // Flows to backends that just went are purged now, not when the LRU
+    // gets round to them.
+    if report.removals > 0 {
+        let present = conntrack::endpoint_addresses(source.store());
+        match ct.purge(&present, &pipeline.frontend_ids()) {
+            Ok(0) => {}
+            Ok(n) => info!(entries = n, "conntrack: flows to removed backends purged"),
+            Err(e) => warn!(error = %format!("{e:#}"), "conntrack purge failed"),
+        }
+    }
     status.update(|s| {
         s.ready = true;
         s.frontends = pipeline.frontends();

@@ -33,6 +33,8 @@ pub struct LeftOut {
 pub struct Report {
     pub frontends: usize,
     pub writes: usize,
+    /// Of the writes, how many removed a backend, a slot or a frontend.
+    pub removals: usize,
     /// (frontend or entry, error) for each write that failed.
     pub failed: Vec<(String, String)>,
     /// Frontends left out, each naming its Service and field.
@@ -66,6 +68,17 @@ impl Pipeline {
     /// The frontends not programmed right now, and why.
     pub fn left_out(&self) -> impl Iterator<Item = &LeftOut> {
         self.left_out.values()
+    }
+
+    /// The ids of the frontends the maps hold.
+    pub fn frontend_ids(&self) -> std::collections::HashSet<u32> {
+        self.rec
+            .mirror()
+            .services
+            .iter()
+            .filter(|(k, _)| k.slot == 0)
+            .map(|(_, v)| v.svc_id)
+            .collect()
     }
 
     /// Frontends in the desired state.
@@ -119,6 +132,10 @@ impl Pipeline {
         Report {
             frontends: desired.frontends.len(),
             writes: ops.len(),
+            removals: ops
+                .iter()
+                .filter(|o| matches!(o, Op::DelService(_) | Op::DelBackend(_)))
+                .count(),
             failed,
             refused: up.refused,
         }

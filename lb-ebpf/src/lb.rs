@@ -1,6 +1,6 @@
 //! Service lookup and backend selection.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use lb_common::{Backend, ServiceKey, ServiceValue};
+use lb_common::{Backend, CtValue, ServiceKey, ServiceValue};
 
 use crate::maps::{BACKENDS, SERVICES};
 
@@ -36,6 +36,16 @@ pub fn lookup_frontend(addr: u32, port: u16, proto: u8) -> Option<Frontend> {
         count: v.count,
         svc_id: v.svc_id,
     })
+}
+
+/// True while the backend a tracked flow was given still exists for the
+/// same frontend. Checked on SYNs only: a new connection that reuses a
+/// closed flow's tuple must not follow it to a backend that is gone.
+#[inline(always)]
+pub fn still_serves(fe: &Frontend, ct: &CtValue) -> bool {
+    ct.svc_id == fe.svc_id
+        && unsafe { BACKENDS.get(ct.backend_id) }
+            .is_some_and(|b| b.addr == ct.addr && b.port == ct.port)
 }
 
 /// Picks one backend with equal probability, as kube-proxy's `statistic

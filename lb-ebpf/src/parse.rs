@@ -46,6 +46,12 @@ pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*mut T, ()> {
     Ok((start + off) as *mut T)
 }
 
+/// TCP flag bits (byte 13 of the header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 /// Why a packet could not be parsed as IPv4 TCP/UDP.
 pub enum Skip {
     /// Not IPv4, or not a protocol we translate: not ours.
@@ -72,6 +78,12 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// A TCP connection's first packet (SYN without ACK).
+    #[inline(always)]
+    pub fn is_syn(&self) -> bool {
+        self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {

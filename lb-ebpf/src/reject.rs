@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{IPPROTO_ICMP, IPPROTO_TCP};
 
 use crate::checksum::{finish, sum_words};
-use crate::parse::{ETH_LEN, L3_OFF, Packet, ptr_at};
+use crate::parse::{ETH_LEN, L3_OFF, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ptr_at};
 use crate::tc::REDIRECT;
 
 const IP_LEN: usize = 20;
@@ -19,11 +19,6 @@ const ICMP_LEN: usize = 8;
 const QUOTE_LEN: usize = IP_LEN + 8;
 const RST_FRAME: usize = ETH_LEN + IP_LEN + TCP_LEN;
 const ICMP_FRAME: usize = ETH_LEN + IP_LEN + ICMP_LEN + QUOTE_LEN;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// Writes the swapped Ethernet header and a fresh IPv4 header (no options).
 #[inline(always)]

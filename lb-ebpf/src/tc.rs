@@ -88,7 +88,9 @@ fn to_service(ctx: &TcContext, p: &Packet, fe: &Frontend) -> (i32, Stat) {
         // a datagram would corrupt it, so fragments to a VIP are dropped.
         return (SHOT, Stat::DropMalformed);
     }
-    if let Some(ct) = conntrack::lookup_forward(p) {
+    if let Some(ct) = conntrack::lookup_forward(p)
+        && (!p.is_syn() || lb::still_serves(fe, &ct))
+    {
         return match nat::rewrite(ctx, p, Side::Destination, ct.addr, ct.port) {
             Ok(()) => (OK, Stat::DnatEstablished),
             Err(()) => (SHOT, Stat::DropInternal),

@@ -505,3 +505,117 @@ fn full_maps_name_what_is_left_out_and_recover() {
     assert!(status.contains("frontends not programmed: 0"), "{status}");
     assert_eq!(firewall::snapshot(None).unwrap(), fw_before);
 }
+
+/// The seeds' hostnames Service on TCP 80 and UDP 53, for `ips`.
+fn hostnames_tcp_udp(ips: &[Ipv4Addr]) -> String {
+    format!(
+        "{}---\n{}",
+        service(
+            "hostnames",
+            "10.0.1.175",
+            "  - {name: http, protocol: TCP, port: 80, targetPort: 9376}\n  - {name: dns, protocol: UDP, port: 53, targetPort: 9376}"
+        ),
+        slice(
+            "hostnames-abcde",
+            "hostnames",
+            "- {name: http, port: 9376, protocol: TCP}\n- {name: dns, port: 9376, protocol: UDP}",
+            ips
+        )
+    )
+}
+
+/// One UDP query to the VIP from a fixed client port: one tracked flow.
+fn udp_from(c: &Cluster, port: u16) -> Option<String> {
+    c.client()
+        .ns
+        .run(move || -> std::io::Result<String> {
+            let s = UdpSocket::bind(("0.0.0.0", port))?;
+            s.set_read_timeout(Some(TIMEOUT))?;
+            s.send_to(b"who", (VIP, 53))?;
+            let mut buf = [0u8; 128];
+            let n = s.recv(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+        })
+        .unwrap()
+        .ok()
+}
+
+/// One HTTP GET to the VIP from a fixed client port (the server closes
+/// first, so the port is free again at once).
+fn tcp_from(c: &Cluster, port: u16) -> std::io::Result<String> {
+    c.client()
+        .ns
+        .run(move || -> std::io::Result<String> {
+            use socket2::{Domain, Socket, Type};
+            let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            sock.set_reuse_address(true)?;
+            sock.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+            sock.connect_timeout(&SocketAddr::from((VIP, 80)).into(), TIMEOUT)?;
+            let mut s: TcpStream = sock.into();
+            s.set_read_timeout(Some(TIMEOUT))?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body
+                .rsplit("\r\n\r\n")
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string())
+        })
+        .unwrap()
+}
+
+#[test]
+fn flows_to_a_pod_removed_from_the_slice_are_purged() {
+    let s = setup(3, |c| {
+        hostnames_tcp_udp(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>())
+    });
+    let c = &s.cluster;
+    // A UDP flow is pinned to one pod: the victim.
+    const UDP_PORT: u16 = 34000;
+    let victim = udp_from(c, UDP_PORT).expect("UDP answer");
+    for _ in 0..3 {
+        assert_eq!(
+            udp_from(c, UDP_PORT).as_deref(),
+            Some(victim.as_str()),
+            "flow pinned"
+        );
+    }
+    // A TCP tuple whose connection went to the victim.
+    let tcp_port = (35000..35200)
+        .find(|p| tcp_from(c, *p).is_ok_and(|n| n == victim))
+        .expect("some client port lands on the victim");
+
+    // The victim leaves the slice (its pod keeps running and answering).
+    let rest: Vec<Ipv4Addr> = c
+        .pods
+        .iter()
+        .filter(|p| p.name != victim)
+        .map(|p| p.ip)
+        .collect();
+    write(&s.manifest, &hostnames_tcp_udp(&rest));
+    wait_until(Duration::from_secs(3), || {
+        udp_from(c, UDP_PORT).is_some_and(|n| n != victim)
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "the UDP flow still goes to {victim}:\n{}",
+            c.agent_log_text()
+        )
+    });
+    for i in 0..10 {
+        let n = udp_from(c, UDP_PORT).expect("answered");
+        assert_ne!(n, victim, "query {i} reached the removed pod");
+    }
+    // A new connection on the old tuple goes to a serving pod.
+    let n = tcp_from(c, tcp_port).expect("answered");
+    assert_ne!(n, victim, "reused tuple followed the purged flow");
+    assert!(
+        c.agent_log_text()
+            .contains("flows to removed backends purged"),
+        "{}",
+        c.agent_log_text()
+    );
+    s.assert_no_firewall_rules();
+}

@@ -186,6 +186,13 @@ fn cleanup_detaches_everything_and_is_idempotent() {
         c.client().ns.run(tcp_once).unwrap(),
         "programs stay attached after SIGTERM"
     );
+    let before = tc_links(&c);
+    assert_eq!(
+        before.len(),
+        2 * (c.pods.len() + 1),
+        "tc ingress and egress on every pod link: {before:?}"
+    );
+    assert!(before.values().all(|(l, _)| kernel_link_ids().contains(l)));
     c.cli("cleanup").expect("cleanup");
     c.cli("cleanup").expect("cleanup again is fine");
     assert!(!c.pin_path().exists(), "pins removed");
@@ -193,15 +200,15 @@ fn cleanup_detaches_everything_and_is_idempotent() {
         !c.client().ns.run(tcp_once).unwrap(),
         "no translation after cleanup"
     );
-    // No tc program left on the node's interfaces.
-    let out = c
-        .node
-        .command("bpftool")
-        .args(["net", "show"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("flb_tc_"), "still attached:\n{text}");
+    // None of the links it had is left in the kernel.
+    let left: Vec<_> = before
+        .values()
+        .filter(|(l, _)| kernel_link_ids().contains(l))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "links still attached after cleanup: {left:?}"
+    );
 }
 
 #[test]
@@ -232,29 +239,31 @@ fn runs_with_only_its_capabilities_and_names_a_missing_one() {
     );
 }
 
-/// (interface, hook) -> id of the program attached there, in the node.
-fn tc_programs(c: &Cluster) -> std::collections::BTreeMap<(String, String), u64> {
-    let out = c
-        .node
-        .command("bpftool")
-        .args(["-j", "net", "show"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    v[0]["tc"]
-        .as_array()
+/// Link pin name (`tc-ingress-<ifindex>`, ...) -> (link id, program id),
+/// read from the links the agent pinned.
+fn tc_links(c: &Cluster) -> std::collections::BTreeMap<String, (u32, u32)> {
+    let dir = c.pin_path().join("links");
+    std::fs::read_dir(&dir)
         .into_iter()
         .flatten()
-        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("flb_tc_")))
-        .map(|p| {
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("tc-"))
+        .map(|e| {
+            let link = aya::programs::links::PinnedLink::from_pin(e.path()).unwrap();
+            let info = aya::programs::links::FdLink::from(link).info().unwrap();
             (
-                (
-                    p["devname"].as_str().unwrap_or("").to_string(),
-                    p["kind"].as_str().unwrap_or("").to_string(),
-                ),
-                p["prog_id"].as_u64().unwrap_or(0),
+                e.file_name().to_string_lossy().into_owned(),
+                (info.id(), info.program_id()),
             )
         })
+        .collect()
+}
+
+/// Ids of every BPF link the kernel holds.
+fn kernel_link_ids() -> std::collections::BTreeSet<u32> {
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .map(|l| l.id())
         .collect()
 }
 
@@ -292,11 +301,11 @@ fn a_new_build_of_the_programs_takes_over_under_traffic_and_back() {
     let ll_stop = stop.clone();
     let long = c.client().ns.spawn(move || long_lived(ll_stop));
     std::thread::sleep(Duration::from_millis(600));
-    let old = tc_programs(&c);
+    let old = tc_links(&c);
     assert_eq!(
         old.len(),
-        4,
-        "ingress and egress on both pod links: {old:?}"
+        2 * (c.pods.len() + 1),
+        "ingress and egress on every pod link: {old:?}"
     );
     assert_eq!(probe_count(&c), 0, "the built-in build counts no probe");
 
@@ -306,14 +315,16 @@ fn a_new_build_of_the_programs_takes_over_under_traffic_and_back() {
     c.start_agent(&dir).expect("agent, next build");
     let upgraded_at = Instant::now();
     std::thread::sleep(Duration::from_millis(800));
-    let new = tc_programs(&c);
+    let new = tc_links(&c);
     assert_eq!(
         new.keys().collect::<Vec<_>>(),
         old.keys().collect::<Vec<_>>(),
         "same hooks, none added or lost"
     );
-    for (hook, id) in &new {
-        assert_ne!(old[hook], *id, "{hook:?} still runs the old program");
+    for (hook, (link, prog)) in &new {
+        // The same link (never detached), another program in it.
+        assert_eq!(old[hook].0, *link, "{hook}: link replaced, not updated");
+        assert_ne!(old[hook].1, *prog, "{hook}: still runs the old program");
     }
     assert!(probe_count(&c) > 0, "the next build handles the traffic");
 

@@ -27,7 +27,10 @@ pub struct ApplyError {
     pub error: String,
 }
 
-fn take<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<HashMap<MapData, K, V>> {
+pub(crate) fn take<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<HashMap<MapData, K, V>> {
     let map = ebpf
         .take_map(name)
         .with_context(|| format!("map {name} missing from the object"))?;

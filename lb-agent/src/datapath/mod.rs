@@ -3,6 +3,7 @@
 //! plans and reading the maps back (`maps`).
 pub mod attach;
 pub mod bpffs;
+pub mod conntrack;
 pub mod ifaces;
 pub mod loader;
 pub mod maps;
