@@ -131,6 +131,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 if source.changed() {
                     due.get_or_insert(last_sync + opts.min_sync_interval);
                 }
+                let (_, failing) = source.health();
+                status.update(|s| s.source_failing = failing);
             }
             _ = sleep_until(due), if due.is_some() => {
                 sync(&mut source, &mut maps, &mut ct, &mut pipeline, &status);
@@ -212,7 +214,10 @@ fn sync(
             Err(e) => warn!(error = %format!("{e:#}"), "conntrack purge failed"),
         }
     }
+    let (from, failing) = source.health();
     status.update(|s| {
+        s.source = from.to_string();
+        s.source_failing = failing;
         s.ready = true;
         s.frontends = pipeline.frontends();
         s.not_programmed = pipeline.left_out().cloned().collect();

@@ -232,6 +232,12 @@ fn main() -> Result<()> {
         }
         Command::Status { metrics_addr } => {
             let st = lb_agent::metrics::fetch_status(metrics_addr)?;
+            let failing = if st.source_failing.is_empty() {
+                "none".to_string()
+            } else {
+                st.source_failing.join(", ")
+            };
+            println!("source: {} (failing watches: {failing})", st.source);
             println!(
                 "ready: {}\nfrontends desired: {}\nfrontends not programmed: {}",
                 st.ready,

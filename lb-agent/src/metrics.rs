@@ -39,11 +39,19 @@ pub async fn serve(addr: SocketAddr, status: Shared, pin_dir: PathBuf) -> Result
     Ok(())
 }
 
-async fn readyz(State(app): State<App>) -> (StatusCode, &'static str) {
-    if app.status.get().ready {
-        (StatusCode::OK, "ready\n")
+async fn readyz(State(app): State<App>) -> (StatusCode, String) {
+    let st = app.status.get();
+    if !st.ready {
+        (StatusCode::SERVICE_UNAVAILABLE, "not yet synced\n".into())
+    } else if !st.source_failing.is_empty() {
+        let what = st.source_failing.join(", ");
+        let msg = format!(
+            "{} watch failing ({what}); serving the last known state\n",
+            st.source
+        );
+        (StatusCode::SERVICE_UNAVAILABLE, msg)
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not yet synced\n")
+        (StatusCode::OK, "ready\n".into())
     }
 }
 
@@ -97,6 +105,11 @@ pub fn render(st: &Status, stats: &[u64]) -> String {
             "Objects refused in the last sync (invalid fields).",
             st.refused.len(),
         ),
+        (
+            "ferrolb_source_up",
+            "1 while every watch of the source runs (0: serving the last known state).",
+            st.source_failing.is_empty() as usize,
+        ),
     ];
     for (name, help, v) in gauges {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -111,6 +124,17 @@ pub fn render(st: &Status, stats: &[u64]) -> String {
             "ferrolb_frontend_not_programmed{{service=\"{}\",frontend=\"{}\"}} 1",
             label(&l.service),
             label(&l.frontend)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP ferrolb_source_watch_failing A watch of the source that is failing now.\n# TYPE ferrolb_source_watch_failing gauge"
+    );
+    for w in &st.source_failing {
+        let _ = writeln!(
+            o,
+            "ferrolb_source_watch_failing{{resource=\"{}\"}} 1",
+            label(w)
         );
     }
     for (name, help, v) in [

@@ -20,6 +20,10 @@ pub struct Status {
     /// Manifest or API objects refused in the last pass (each names its
     /// object and field).
     pub refused: Vec<String>,
+    /// "manifests" or "kubernetes API".
+    pub source: String,
+    /// Watches failing right now (the datapath keeps the last state).
+    pub source_failing: Vec<String>,
 }
 
 /// The shared handle.

@@ -221,9 +221,48 @@ fn agent_follows_the_api_server() {
     })
     .expect("lost API logged");
     expect_backends(c, &[0, 2], "while the API is down");
+    // ...and reported in the status, readiness and metrics.
+    let status = cluster.node_cli(&["status"]).unwrap();
+    assert!(
+        status.contains("source: kubernetes API (failing watches: "),
+        "{status}"
+    );
+    assert!(!status.contains("(failing watches: none)"), "{status}");
+    let ready = cluster
+        .node
+        .command("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:10249/readyz",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ready.stdout),
+        "503",
+        "not ready while the API is down"
+    );
+    let metrics = ferrolb_tests::netns::sh(
+        cluster
+            .node
+            .command("curl")
+            .args(["-sf", "http://127.0.0.1:10249/metrics"]),
+    )
+    .unwrap();
+    assert!(metrics.contains("ferrolb_source_up 0\n"), "{metrics}");
     api.set_down(false);
     api.apply(hostnames_slice(c, &[0, 1, 2]));
     expect_backends(c, &[0, 1, 2], "after the API came back");
+    wait_until(CONVERGE, || {
+        cluster
+            .node_cli(&["status"])
+            .is_ok_and(|s| s.contains("(failing watches: none)"))
+    })
+    .expect("status recovers with the API");
 
     assert!(cluster.agent_running(), "agent still running");
     common::rbac::assert_calls_allowed(&api.calls());

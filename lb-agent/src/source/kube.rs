@@ -162,6 +162,12 @@ impl KubeSource {
         self.watched.iter().all(|w| self.synced.contains(w))
     }
 
+    /// Resources whose watch is failing right now (API unreachable,
+    /// forbidden, ...); empty when every watch runs.
+    pub fn failing(&self) -> Vec<String> {
+        self.failing.iter().map(|w| w.to_string()).collect()
+    }
+
     /// True when the store has changes to program (and is complete).
     pub fn changed(&self) -> bool {
         self.ready() && self.store.is_dirty()
@@ -220,15 +226,26 @@ impl KubeSource {
                 }
             }
             Event::Apply(item) => {
-                if self.failing.remove(&from) {
-                    info!(resource = %from, "API watch resumed");
-                }
+                self.resumed(from);
                 self.put(item);
             }
-            Event::Delete(item) => match item {
-                Item::Object(obj) => self.store.remove(&obj.id()),
-                Item::Node(_) => self.node = None,
-            },
+            Event::Delete(item) => {
+                self.resumed(from);
+                match item {
+                    Item::Object(obj) => self.store.remove(&obj.id()),
+                    Item::Node(_) => self.node = None,
+                }
+            }
+        }
+    }
+
+    /// An event arrived: the API answers again. All watches share one
+    /// connection, so every failing mark goes (a watch still failing marks
+    /// itself again with its next error).
+    fn resumed(&mut self, from: Watched) {
+        if !self.failing.is_empty() {
+            self.failing.clear();
+            info!(resource = %from, "API watch resumed");
         }
     }
 

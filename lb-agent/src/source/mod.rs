@@ -35,6 +35,14 @@ impl Source {
         }
     }
 
+    /// What feeds the agent, and which of its parts are failing now.
+    pub fn health(&self) -> (&'static str, Vec<String>) {
+        match self {
+            Source::Files(_) => ("manifests", Vec::new()),
+            Source::Kube(k) => ("kubernetes API", k.failing()),
+        }
+    }
+
     /// True when a sync has something new to program.
     pub fn changed(&self) -> bool {
         match self {
