@@ -1,6 +1,7 @@
 //! `lb-agent run`: load and attach the datapath, adopt what the pinned
 //! maps already hold, then keep them equal to the source (manifests or
 //! the Kubernetes API).
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use crate::datapath::{
 use crate::model;
 use crate::source::{Source, files::FileSource, kube::KubeSource};
 use crate::status::Shared;
+use crate::store::{NsName, ObjectStore};
 use crate::sync::Pipeline;
 
 /// Where the objects come from.
@@ -87,6 +89,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if let Some(addr) = opts.metrics_addr {
         crate::metrics::serve(addr, status.clone(), opts.load.pin_dir.clone()).await?;
     }
+    let mut orphans = BTreeSet::new();
     let mut tc = TcAttachments::new(&opts.load.pin_dir)?;
     tc.sync(&mut ebpf, &selector);
     if let Some(cg) = &opts.cgroup {
@@ -106,7 +109,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = sigint.recv() => return Ok(()),
         }
     }
-    sync(&mut source, &mut maps, &mut ct, &mut pipeline, &status);
+    sync(
+        &mut source,
+        &mut maps,
+        &mut ct,
+        &mut pipeline,
+        &status,
+        &mut orphans,
+    );
     info!(interfaces = ?tc.interfaces(), "agent ready");
 
     let mut tick = tokio::time::interval(opts.poll_interval);
@@ -135,7 +145,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 status.update(|s| s.source_failing = failing);
             }
             _ = sleep_until(due), if due.is_some() => {
-                sync(&mut source, &mut maps, &mut ct, &mut pipeline, &status);
+                sync(&mut source, &mut maps, &mut ct, &mut pipeline, &status, &mut orphans);
                 last_sync = Instant::now();
                 due = None;
             }
@@ -166,6 +176,28 @@ async fn open_source(opts: &SourceOptions) -> Result<Source> {
     })
 }
 
+/// Warns once per EndpointSlice that belongs to no known Service (it may
+/// only be early: its Service can still arrive, and then it serves).
+fn warn_orphans(store: &ObjectStore, warned: &mut BTreeSet<NsName>) {
+    let now = store.orphan_slices();
+    let current: BTreeSet<NsName> = now.iter().map(|(s, _)| s.clone()).collect();
+    for (slice, svc) in now {
+        if warned.contains(&slice) {
+            continue;
+        }
+        match svc {
+            Some(svc) => warn!(
+                "EndpointSlice {slice}: its Service {svc} does not exist; not programmed until it does"
+            ),
+            None => warn!(
+                "EndpointSlice {slice}: field metadata.labels[kubernetes.io/service-name] is missing; not programmed"
+            ),
+        }
+        warned.insert(slice);
+    }
+    warned.retain(|s| current.contains(s));
+}
+
 async fn sleep_until(due: Option<Instant>) {
     if let Some(at) = due {
         tokio::time::sleep_until(at.into()).await;
@@ -179,6 +211,7 @@ fn sync(
     ct: &mut Conntrack,
     pipeline: &mut Pipeline,
     status: &Shared,
+    orphans: &mut BTreeSet<NsName>,
 ) {
     let problems = match source.refresh() {
         Ok(p) => p,
@@ -190,6 +223,7 @@ fn sync(
     for e in &problems {
         warn!("{e}");
     }
+    warn_orphans(source.store(), orphans);
     let dirty = source.take_dirty();
     let report = pipeline.sync(source.store(), &dirty, maps);
     for msg in &report.refused {

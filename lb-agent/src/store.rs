@@ -216,6 +216,24 @@ impl ObjectStore {
             .filter_map(|k| self.slices.get(k))
     }
 
+    /// EndpointSlices that name no stored Service (or none at all), with
+    /// the Service they name: nothing of them is programmed.
+    pub fn orphan_slices(&self) -> Vec<(NsName, Option<NsName>)> {
+        let mut out: Vec<(NsName, Option<NsName>)> = self
+            .slices_of
+            .iter()
+            .filter(|(svc, _)| !self.services.contains_key(svc))
+            .flat_map(|(svc, slices)| slices.iter().map(|s| (s.clone(), Some(svc.clone()))))
+            .collect();
+        out.extend(
+            self.slices
+                .iter()
+                .filter(|(k, s)| slice_service(k, s).is_none())
+                .map(|(k, _)| (k.clone(), None)),
+        );
+        out
+    }
+
     /// The Services whose objects changed since the last call.
     pub fn take_dirty(&mut self) -> BTreeSet<NsName> {
         std::mem::take(&mut self.dirty)

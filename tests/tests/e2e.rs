@@ -391,7 +391,8 @@ fn bad_manifests_are_reported_and_the_rest_keeps_working() {
          apiVersion: v1\nkind: Service\nmetadata: {name: badip}\nspec:\n  clusterIP: 10.0.3.300\n  ports: [{port: 80}]\n---\n\
          apiVersion: v1\nkind: Widget\nmetadata: {name: w}\n---\n\
          apiVersion: v1\nkind: Service\nmetadata: {name: good}\nspec:\n  clusterIP: 10.0.3.2\n  ports: [{port: 80, targetPort: 9376}]\n---\n\
-         apiVersion: v1\nkind: Endpoints\nmetadata: {name: good}\nsubsets: [{addresses: [{ip: \"10.244.0.5\"}], ports: [{port: 9376}]}]\n",
+         apiVersion: v1\nkind: Endpoints\nmetadata: {name: good}\nsubsets: [{addresses: [{ip: \"10.244.0.5\"}], ports: [{port: 9376}]}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: ghost-1, labels: {kubernetes.io/service-name: ghost}}\naddressType: IPv4\nendpoints: []\n",
     );
     write(
         &dir.join("broken.yaml"),
@@ -409,6 +410,7 @@ fn bad_manifests_are_reported_and_the_rest_keeps_working() {
         "bad.yaml: document 2: Service default/badip: field spec.clusterIP",
         "bad.yaml: document 3: Widget default/w: field kind: unknown kind",
         "broken.yaml: document 1: document: not valid YAML",
+        "EndpointSlice default/ghost-1: its Service default/ghost does not exist",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
