@@ -7,7 +7,7 @@ use aya_ebpf::{
 use lb_common::IPPROTO_UDP;
 
 use crate::checksum::replace;
-use crate::parse::{IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, Packet, ptr_at};
+use crate::parse::{IP_CSUM_OFF, Packet, ptr_at};
 
 /// Which end of the packet to rewrite.
 #[derive(Clone, Copy)]
@@ -19,9 +19,9 @@ pub enum Side {
 /// Rewrites the source or destination address and port of `p`.
 #[inline(always)]
 pub fn rewrite(ctx: &TcContext, p: &Packet, side: Side, addr: u32, port: u16) -> Result<(), ()> {
-    let (ip_off, port_off, old_addr, old_port) = match side {
-        Side::Source => (IP_SRC_OFF, p.l4_off, p.saddr, p.sport),
-        Side::Destination => (IP_DST_OFF, p.l4_off + 2, p.daddr, p.dport),
+    let (port_off, old_addr, old_port) = match side {
+        Side::Source => (p.l4_off, p.saddr, p.sport),
+        Side::Destination => (p.l4_off + 2, p.daddr, p.dport),
     };
     let csum_off = p.l4_csum_off();
     // UDP checksum 0 means "none": keep it 0, and never produce 0 by accident.
@@ -32,21 +32,35 @@ pub fn rewrite(ctx: &TcContext, p: &Packet, side: Side, addr: u32, port: u16) ->
     };
     // Later fragments have no L4 header to fix.
     let has_l4 = !(p.fragment && p.sport == 0 && p.dport == 0);
-    // Addresses, ports and the IP checksum are plain stores with a
-    // software checksum update; only the L4 checksum needs the helper,
-    // which alone knows whether the skb's checksum is partial.
+    // The IP checksum is computed here and stored with the address in
+    // one helper call (they are adjacent); only the L4 checksum needs the
+    // csum helper, which alone knows whether the skb's checksum is partial.
+    // No direct packet writes: one anywhere in the program makes the
+    // kernel unclone every packet it sees (TCP segments are clones).
     if old_addr != addr {
         let new = addr.to_ne_bytes();
-        let csum: *mut [u8; 2] = ptr_at(ctx, IP_CSUM_OFF)?;
-        let a: *mut [u8; 4] = ptr_at(ctx, ip_off)?;
-        unsafe {
-            *csum = replace(*csum, &old_addr.to_ne_bytes(), &new);
-            *a = new;
+        let csum = unsafe { *ptr_at::<[u8; 2]>(ctx, IP_CSUM_OFF)? };
+        let csum = replace(csum, &old_addr.to_ne_bytes(), &new);
+        match side {
+            // checksum, source
+            Side::Source => {
+                let mut b = [0u8; 6];
+                b[..2].copy_from_slice(&csum);
+                b[2..].copy_from_slice(&new);
+                ctx.store(IP_CSUM_OFF, &b, 0).map_err(|_| ())?;
+            }
+            // checksum, source (unchanged), destination
+            Side::Destination => {
+                let mut b = [0u8; 10];
+                b[..2].copy_from_slice(&csum);
+                b[2..6].copy_from_slice(&p.saddr.to_ne_bytes());
+                b[6..].copy_from_slice(&new);
+                ctx.store(IP_CSUM_OFF, &b, 0).map_err(|_| ())?;
+            }
         }
     }
     if has_l4 && old_port != port {
-        let pp: *mut [u8; 2] = ptr_at(ctx, port_off)?;
-        unsafe { *pp = port.to_ne_bytes() };
+        ctx.store(port_off, &port, 0).map_err(|_| ())?;
     }
     if has_l4 && old_addr != addr {
         ctx.l4_csum_replace(
