@@ -3,6 +3,20 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 
+/// Sends one `GET /` that asks the server to close, reads the response to
+/// its end and returns the body. The caller sets the timeouts.
+pub fn get_and_close(mut s: TcpStream) -> std::io::Result<String> {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    Ok(resp
+        .rsplit("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string())
+}
+
 /// One kept-alive connection.
 pub struct Conn {
     w: TcpStream,

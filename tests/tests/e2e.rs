@@ -3,14 +3,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferrolb_tests::cluster::{Cluster, wait_until};
 use ferrolb_tests::firewall;
-use ferrolb_tests::http::Conn;
+use ferrolb_tests::http::{self, Conn};
 use ferrolb_tests::netns::sh;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 175);
@@ -107,17 +106,9 @@ fn get_from_client(c: &Cluster, addr: SocketAddr) -> std::io::Result<String> {
     c.client()
         .ns
         .run(move || -> std::io::Result<String> {
-            let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+            let s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
             s.set_read_timeout(Some(TIMEOUT))?;
-            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body
-                .rsplit("\r\n\r\n")
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string())
+            http::get_and_close(s)
         })
         .unwrap()
 }
@@ -553,17 +544,9 @@ fn tcp_from(c: &Cluster, port: u16) -> std::io::Result<String> {
             sock.set_reuse_address(true)?;
             sock.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
             sock.connect_timeout(&SocketAddr::from((VIP, 80)).into(), TIMEOUT)?;
-            let mut s: TcpStream = sock.into();
+            let s: TcpStream = sock.into();
             s.set_read_timeout(Some(TIMEOUT))?;
-            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body
-                .rsplit("\r\n\r\n")
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string())
+            http::get_and_close(s)
         })
         .unwrap()
 }

@@ -3,14 +3,13 @@
 //! of the agent, mid-traffic, must cost no request and no connection.
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferrolb_tests::cluster::Cluster;
-use ferrolb_tests::http::Conn;
+use ferrolb_tests::http::{self, Conn};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -54,12 +53,9 @@ impl Counts {
 
 fn tcp_once() -> bool {
     let run = || -> std::io::Result<bool> {
-        let mut s = TcpStream::connect_timeout(&"10.0.1.175:80".parse().unwrap(), TIMEOUT)?;
+        let s = TcpStream::connect_timeout(&"10.0.1.175:80".parse().unwrap(), TIMEOUT)?;
         s.set_read_timeout(Some(TIMEOUT))?;
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body.contains("hostnames-"))
+        Ok(http::get_and_close(s)?.contains("hostnames-"))
     };
     run().unwrap_or(false)
 }
@@ -92,31 +88,88 @@ fn long_lived(stop: Arc<AtomicBool>) -> std::io::Result<Vec<Instant>> {
     Ok(times)
 }
 
-#[test]
-fn kill_9_and_sigterm_under_traffic_lose_nothing() {
-    let mut c = Cluster::new(common::bins(), 3).expect("cluster");
+/// A node with `pods` hostnames pods and the Service's manifest written;
+/// returns it and the manifest directory. No agent runs yet.
+fn cluster(pods: usize) -> (Cluster, std::path::PathBuf) {
+    let c = Cluster::new(common::bins(), pods).expect("cluster");
     let dir = c.workdir.join("manifests");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("svc.yaml"), manifest(&c)).unwrap();
-    c.start_agent(&dir).expect("agent");
+    (c, dir)
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tcp, udp) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
-    let mut loops = Vec::new();
-    for (counts, f) in [
-        (tcp.clone(), tcp_once as fn() -> bool),
-        (udp.clone(), udp_once),
-    ] {
-        let stop = stop.clone();
-        loops.push(c.client().ns.spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                counts.record(f());
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }));
+/// The client pod's traffic while agents come and go: a new TCP and a
+/// UDP request every 5 ms, and one kept-alive connection.
+struct PodTraffic {
+    stop: Arc<AtomicBool>,
+    tcp: Arc<Counts>,
+    udp: Arc<Counts>,
+    loops: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
+    long: std::thread::JoinHandle<anyhow::Result<std::io::Result<Vec<Instant>>>>,
+}
+
+impl PodTraffic {
+    fn start(c: &Cluster) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tcp, udp) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
+        let mut loops = Vec::new();
+        for (counts, f) in [
+            (tcp.clone(), tcp_once as fn() -> bool),
+            (udp.clone(), udp_once),
+        ] {
+            let stop = stop.clone();
+            loops.push(c.client().ns.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    counts.record(f());
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }));
+        }
+        let ll_stop = stop.clone();
+        let long = c.client().ns.spawn(move || long_lived(ll_stop));
+        PodTraffic {
+            stop,
+            tcp,
+            udp,
+            loops,
+            long,
+        }
     }
-    let ll_stop = stop.clone();
-    let long = c.client().ns.spawn(move || long_lived(ll_stop));
+
+    /// Stops the traffic and asserts that enough ran, that nothing failed
+    /// across `what`, and that the kept-alive connection exchanged data
+    /// after `since` (`since_what` says what happened then).
+    fn finish(self, what: &str, since: Instant, since_what: &str) {
+        self.stop.store(true, Ordering::SeqCst);
+        for l in self.loops {
+            l.join().unwrap().unwrap();
+        }
+        let times = self
+            .long
+            .join()
+            .unwrap()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("the long-lived connection survives {what}: {e}"));
+        let (ts, ta, tf) = self.tcp.show();
+        let (us, ua, uf) = self.udp.show();
+        eprintln!(
+            "{what}: tcp sent {ts} answered {ta} failed {tf}; udp sent {us} answered {ua} failed {uf}"
+        );
+        assert!(ts > 50 && us > 50, "enough traffic ran: tcp {ts}, udp {us}");
+        assert_eq!(tf, 0, "TCP requests failed across {what}");
+        assert_eq!(uf, 0, "UDP requests failed across {what}");
+        assert!(
+            times.iter().filter(|t| **t > since).count() > 20,
+            "the long-lived connection exchanged data after {since_what}"
+        );
+    }
+}
+
+#[test]
+fn kill_9_and_sigterm_under_traffic_lose_nothing() {
+    let (mut c, dir) = cluster(3);
+    c.start_agent(&dir).expect("agent");
+    let traffic = PodTraffic::start(&c);
     // The node's own traffic goes through the socket hooks.
     let node = c
         .node_command("sh")
@@ -140,31 +193,11 @@ fn kill_9_and_sigterm_under_traffic_lose_nothing() {
     c.start_agent(&dir).expect("agent restarts after SIGTERM");
     std::thread::sleep(Duration::from_millis(500));
 
-    stop.store(true, Ordering::SeqCst);
+    traffic.finish("restarts", killed_at, "kill -9");
     std::fs::write(c.workdir.join("stop-node-loop"), "").unwrap();
-    for l in loops {
-        l.join().unwrap().unwrap();
-    }
-    let times = long
-        .join()
-        .unwrap()
-        .unwrap()
-        .expect("the long-lived connection survives both restarts");
     let node = node.wait_with_output().unwrap();
     let node_out = String::from_utf8_lossy(&node.stdout).to_string();
-
-    let (ts, ta, tf) = tcp.show();
-    let (us, ua, uf) = udp.show();
-    eprintln!(
-        "tcp sent {ts} answered {ta} failed {tf}; udp sent {us} answered {ua} failed {uf}; node curl ok/fail {node_out}"
-    );
-    assert!(ts > 50 && us > 50, "enough traffic ran: tcp {ts}, udp {us}");
-    assert_eq!(tf, 0, "TCP requests failed across restarts");
-    assert_eq!(uf, 0, "UDP requests failed across restarts");
-    assert!(
-        times.iter().filter(|t| **t > killed_at).count() > 20,
-        "the long-lived connection exchanged data after kill -9"
-    );
+    eprintln!("node curl ok/fail {node_out}");
     let mut nums = node_out
         .split_whitespace()
         .map(|n| n.parse::<u64>().unwrap());
@@ -175,10 +208,7 @@ fn kill_9_and_sigterm_under_traffic_lose_nothing() {
 
 #[test]
 fn cleanup_detaches_everything_and_is_idempotent() {
-    let mut c = Cluster::new(common::bins(), 1).expect("cluster");
-    let dir = c.workdir.join("manifests");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("svc.yaml"), manifest(&c)).unwrap();
+    let (mut c, dir) = cluster(1);
     c.start_agent(&dir).expect("agent");
     c.stop_agent(libc::SIGTERM);
     // Still serving with no agent running.
@@ -213,10 +243,7 @@ fn cleanup_detaches_everything_and_is_idempotent() {
 
 #[test]
 fn runs_with_only_its_capabilities_and_names_a_missing_one() {
-    let mut c = Cluster::new(common::bins(), 1).expect("cluster");
-    let dir = c.workdir.join("manifests");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("svc.yaml"), manifest(&c)).unwrap();
+    let (mut c, dir) = cluster(1);
     let only = |caps: &str| -> Vec<String> {
         ["setpriv", "--bounding-set", &format!("-all,{caps}"), "--"]
             .iter()
@@ -277,29 +304,9 @@ fn a_new_build_of_the_programs_takes_over_under_traffic_and_back() {
     let next = std::env::var("FERROLB_NEXT_DATAPATH").expect(
         "FERROLB_NEXT_DATAPATH unset: run through `cargo xtask test`, which builds the second datapath",
     );
-    let mut c = Cluster::new(common::bins(), 3).expect("cluster");
-    let dir = c.workdir.join("manifests");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("svc.yaml"), manifest(&c)).unwrap();
+    let (mut c, dir) = cluster(3);
     c.start_agent(&dir).expect("agent, built-in programs");
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tcp, udp) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
-    let mut loops = Vec::new();
-    for (counts, f) in [
-        (tcp.clone(), tcp_once as fn() -> bool),
-        (udp.clone(), udp_once),
-    ] {
-        let stop = stop.clone();
-        loops.push(c.client().ns.spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                counts.record(f());
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }));
-    }
-    let ll_stop = stop.clone();
-    let long = c.client().ns.spawn(move || long_lived(ll_stop));
+    let traffic = PodTraffic::start(&c);
     std::thread::sleep(Duration::from_millis(600));
     let old = tc_links(&c);
     assert_eq!(
@@ -341,25 +348,5 @@ fn a_new_build_of_the_programs_takes_over_under_traffic_and_back() {
         "the next build no longer runs after the rollback"
     );
 
-    stop.store(true, Ordering::SeqCst);
-    for l in loops {
-        l.join().unwrap().unwrap();
-    }
-    let times = long
-        .join()
-        .unwrap()
-        .unwrap()
-        .expect("the long-lived connection survives the upgrade and the rollback");
-    let (ts, ta, tf) = tcp.show();
-    let (us, ua, uf) = udp.show();
-    eprintln!(
-        "upgrade: tcp sent {ts} answered {ta} failed {tf}; udp sent {us} answered {ua} failed {uf}"
-    );
-    assert!(ts > 50 && us > 50, "enough traffic ran: tcp {ts}, udp {us}");
-    assert_eq!(tf, 0, "TCP requests failed across the upgrade");
-    assert_eq!(uf, 0, "UDP requests failed across the upgrade");
-    assert!(
-        times.iter().filter(|t| **t > upgraded_at).count() > 20,
-        "the long-lived connection exchanged data after the upgrade"
-    );
+    traffic.finish("the upgrade and the rollback", upgraded_at, "the upgrade");
 }

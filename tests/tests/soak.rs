@@ -6,7 +6,6 @@
 //! runs it longer (FERROLB_SOAK_SECS).
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ferrolb_tests::cluster::{Cluster, wait_until};
-use ferrolb_tests::http::Conn;
+use ferrolb_tests::http::{self, Conn};
 use ferrolb_tests::netns::sh;
 
 const FILES: usize = 10;
@@ -117,14 +116,10 @@ fn flapping_endpoints_leak_nothing_and_steady_traffic_never_fails() {
     let new_conns = c.client().ns.spawn(move || {
         let (mut ok, mut failed) = (0u64, 0u64);
         while !st.load(Ordering::Relaxed) && Instant::now() < deadline {
-            let r = (|| -> std::io::Result<bool> {
-                let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(2))?;
+            let r = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).and_then(|s| {
                 s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-                let mut b = String::new();
-                s.read_to_string(&mut b)?;
-                Ok(b.contains("hostnames-"))
-            })();
+                Ok(http::get_and_close(s)?.contains("hostnames-"))
+            });
             if matches!(r, Ok(true)) {
                 ok += 1
             } else {

@@ -1,26 +1,17 @@
 //! Pinned state written by another build or configuration is refused with
 //! a message that says what differs, never reused and misread; maps of
 //! other layout versions are left alone.
+mod common;
+
 use std::process::Command;
 
 use ferrolb_tests::bpffs::Bpffs;
 use lb_agent::datapath::loader::{self, LoadOptions};
 
-fn opts(fs: &Bpffs) -> LoadOptions {
-    LoadOptions {
-        pin_dir: fs.dir.join("ferrolb"),
-        services_max: 1024,
-        backends_max: 1024,
-        conntrack_max: 1024,
-        sock_max: 1024,
-        frontends_max: 1024,
-    }
-}
-
 #[test]
 fn same_layout_is_adopted_other_sizes_and_layouts_are_refused() {
     let fs = Bpffs::new("upgrade").unwrap();
-    let o = opts(&fs);
+    let o = common::datapath::small_maps(&fs);
     drop(loader::load(&o).expect("first load pins the maps"));
     drop(loader::load(&o).expect("same build, same sizes: adopted"));
 

@@ -53,13 +53,6 @@ pub struct Parsed {
 /// is not YAML; then none of its documents can be trusted.
 pub type FileContents = Result<Vec<Parsed>, ManifestError>;
 
-pub fn parse_file(path: &Path) -> FileContents {
-    Ok(read_file(path, &|_| false)?
-        .into_iter()
-        .flat_map(|d| d.parsed.unwrap_or_default())
-        .collect())
-}
-
 /// One document of a file read with [`read_file`].
 #[derive(Debug)]
 pub struct Document {

@@ -8,6 +8,18 @@ use lb_agent::{
     reconcile,
 };
 
+/// Load options with small maps (1024 entries each) pinned in `fs`.
+pub fn small_maps(fs: &Bpffs) -> loader::LoadOptions {
+    loader::LoadOptions {
+        pin_dir: fs.dir.join("ferrolb"),
+        services_max: 1024,
+        backends_max: 1024,
+        conntrack_max: 1024,
+        sock_max: 1024,
+        frontends_max: 1024,
+    }
+}
+
 pub struct Datapath {
     _fs: Bpffs,
     ebpf: aya::Ebpf,
@@ -17,15 +29,7 @@ impl Datapath {
     /// Loads the programs and programs `frontends` through reconcile.
     pub fn new(tag: &str, frontends: &[(FrontendKey, Vec<BackendAddr>)]) -> Self {
         let fs = Bpffs::new(tag).expect("private bpffs");
-        let opts = loader::LoadOptions {
-            pin_dir: fs.dir.join("ferrolb"),
-            services_max: 1024,
-            backends_max: 1024,
-            conntrack_max: 1024,
-            sock_max: 1024,
-            frontends_max: 1024,
-        };
-        let mut ebpf = loader::load(&opts).expect("load object");
+        let mut ebpf = loader::load(&small_maps(&fs)).expect("load object");
         attach::load_programs(&mut ebpf, false).expect("verifier accepts the tc program");
         let mut maps = ServiceMaps::from_ebpf(&mut ebpf).unwrap();
         let mut desired = Desired::default();
