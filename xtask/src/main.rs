@@ -40,6 +40,9 @@ enum Cmd {
         /// test suite runs it for 60.
         #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(10..=86_400))]
         soak: Option<u64>,
+        /// Run only these sections (datapath, traffic, control).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -196,7 +199,11 @@ fn main() -> Result<()> {
                 .env("FERROLB_SOAK_SECS", secs.to_string())
                 .env("FERROLB_AGENT_BIN", target.join("release").join("lb-agent")))
         }
-        Cmd::Bench { quick, soak: None } => {
+        Cmd::Bench {
+            quick,
+            soak: None,
+            only,
+        } => {
             setup::all()?;
             run(cargo().args([
                 "build",
@@ -217,6 +224,9 @@ fn main() -> Result<()> {
             c.arg("--podserver").arg(release.join("flb-podserver"));
             if quick {
                 c.arg("--quick");
+            }
+            if !only.is_empty() {
+                c.arg("--only").arg(only.join(","));
             }
             run(&mut c)
         }
