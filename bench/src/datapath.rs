@@ -1,5 +1,6 @@
-//! Section 1, per-packet cost of the tc program through BPF_PROG_TEST_RUN, against
-//! a program that only returns, at growing numbers of Services.
+//! Section 1, per-packet cost of the tc and XDP programs through
+//! BPF_PROG_TEST_RUN, each against a program of its hook that only
+//! returns, at growing numbers of Services.
 //!
 //! Each sample is one run (repeat = 1) on a fresh skb: with repeat > 1 the
 //! kernel reuses one skb, so after the first DNAT the packet no longer
@@ -9,11 +10,13 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::{Program, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
 use ferrolb_tests::bpffs::Bpffs;
 use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_SYN};
 use lb_agent::{
-    datapath::{PROG_TC_INGRESS, PROG_TC_PASS, attach, loader, maps::ServiceMaps},
+    datapath::{
+        PROG_TC_INGRESS, PROG_TC_PASS, PROG_XDP, PROG_XDP_PASS, attach, loader, maps::ServiceMaps,
+    },
     reconcile,
 };
 
@@ -23,7 +26,11 @@ use crate::{Opts, synth};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 100);
 
-fn run_once(prog: &SchedClassifier, frame: &[u8]) -> Result<(u32, f64, Vec<u8>)> {
+/// A program BPF_PROG_TEST_RUN can run on a frame (tc or XDP).
+trait Runnable: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult> {}
+impl<T: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>> Runnable for T {}
+
+fn run_once(prog: &impl Runnable, frame: &[u8]) -> Result<(u32, f64, Vec<u8>)> {
     let mut out = vec![0u8; 256];
     let r = prog.test_run(TestRunOptions {
         data_in: Some(frame),
@@ -35,11 +42,7 @@ fn run_once(prog: &SchedClassifier, frame: &[u8]) -> Result<(u32, f64, Vec<u8>)>
 }
 
 /// Median ns of `samples` runs, each on the frame `make(k)` returns.
-fn median_ns(
-    prog: &SchedClassifier,
-    samples: usize,
-    make: impl Fn(usize) -> Vec<u8>,
-) -> Result<f64> {
+fn median_ns(prog: &impl Runnable, samples: usize, make: impl Fn(usize) -> Vec<u8>) -> Result<f64> {
     let mut v = Vec::with_capacity(samples);
     for k in 0..samples {
         v.push(run_once(prog, &make(k))?.1);
@@ -53,6 +56,64 @@ const CASES: [&str; 4] = [
     "established flow (conntrack hit)",
     "reply from backend (reverse NAT)",
 ];
+
+/// The hooks measured: (name, program, its pass-only baseline).
+const HOOKS: [(&str, &str, &str); 2] = [
+    ("tc", PROG_TC_INGRESS, PROG_TC_PASS),
+    ("XDP", PROG_XDP, PROG_XDP_PASS),
+];
+
+/// Per-repetition medians for the four cases, in ns: (ours - pass, ours).
+type CaseSamples = ([Vec<f64>; 4], [Vec<f64>; 4]);
+
+/// One repetition of the four cases on `prog` against `pass`. Every new
+/// flow uses a client address never used before (`flow_seq`).
+fn measure(
+    prog: &impl Runnable,
+    pass: &impl Runnable,
+    samples: usize,
+    vip: Ipv4Addr,
+    flow_seq: &mut usize,
+    out: &mut CaseSamples,
+) -> Result<()> {
+    let other = (Ipv4Addr::new(10, 244, 0, 9), 9376);
+    let base = median_ns(pass, samples, |_| {
+        Frame::tcp((CLIENT, 40000), other, TCP_ACK).build()
+    })?;
+    let passthrough = median_ns(prog, samples, |_| {
+        Frame::tcp((CLIENT, 40000), other, TCP_ACK).build()
+    })?;
+    let start = *flow_seq;
+    *flow_seq += samples;
+    let new_flow = median_ns(prog, samples, |k| {
+        let c = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 0)) + (start + k) as u32);
+        Frame::tcp((c, 40000), (vip, synth::SERVICE_PORT), TCP_SYN).build()
+    })?;
+    // One tracked flow, then its packets and its replies.
+    let sport = 30000 + (*flow_seq % 20000) as u16;
+    *flow_seq += 1;
+    let (_, _, first) = run_once(
+        prog,
+        &Frame::tcp((CLIENT, sport), (vip, synth::SERVICE_PORT), TCP_SYN).build(),
+    )?;
+    let backend = packet::dst(&first);
+    let est = median_ns(prog, samples, |_| {
+        Frame::tcp((CLIENT, sport), (vip, synth::SERVICE_PORT), TCP_ACK).build()
+    })?;
+    let reply = median_ns(prog, samples, |_| {
+        Frame::tcp(backend, (CLIENT, sport), TCP_ACK).build()
+    })?;
+    for (i, v) in [passthrough, new_flow, est, reply].into_iter().enumerate() {
+        out.0[i].push(v - base);
+        out.1[i].push(v);
+    }
+    Ok(())
+}
+
+fn program<'a>(ebpf: &'a aya::Ebpf, name: &str) -> Result<&'a Program> {
+    ebpf.program(name)
+        .with_context(|| format!("program {name} missing"))
+}
 
 pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     let sizes: &[usize] = if o.quick {
@@ -81,16 +142,18 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
             .context("pass program")?
             .try_into()?;
         pass.load()?;
+        let pass: &mut Xdp = ebpf
+            .program_mut(PROG_XDP_PASS)
+            .context("XDP pass program")?
+            .try_into()?;
+        pass.load()?;
     }
     let mut maps = ServiceMaps::from_ebpf(&mut ebpf)?;
     let mut rec = reconcile::Reconciler::new(maps.read()?);
-    let prog: &SchedClassifier = ebpf.program(PROG_TC_INGRESS).context("tc")?.try_into()?;
-    let pass: &SchedClassifier = ebpf.program(PROG_TC_PASS).context("pass")?.try_into()?;
-
-    // results[size][case] = per-repetition medians of (ours - pass) ns
+    // results[hook][size][case] = spread over repetitions of (ours - pass) ns
     let mut rows = Vec::new();
-    let mut added: Vec<Vec<Spread>> = Vec::new();
-    let mut totals: Vec<Vec<Spread>> = Vec::new();
+    let mut added: [Vec<Vec<Spread>>; 2] = Default::default();
+    let mut totals: [Vec<Vec<Spread>>; 2] = Default::default();
     let mut flow_seq: usize = 0;
     for &n in sizes {
         eprintln!(
@@ -107,112 +170,102 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         );
         // The measured Service sits in the middle of the set.
         let vip = synth::vip(n / 2);
-        let other = (Ipv4Addr::new(10, 244, 0, 9), 9376);
-        let mut per_case: [Vec<f64>; 4] = Default::default();
-        let mut per_case_total: [Vec<f64>; 4] = Default::default();
-        for _ in 0..reps {
-            let base = median_ns(pass, samples, |_| {
-                Frame::tcp((CLIENT, 40000), other, TCP_ACK).build()
-            })?;
-            let passthrough = median_ns(prog, samples, |_| {
-                Frame::tcp((CLIENT, 40000), other, TCP_ACK).build()
-            })?;
-            // New flows: a distinct client address per sample.
-            let start = flow_seq;
-            flow_seq += samples;
-            let new_flow = median_ns(prog, samples, |k| {
-                let c =
-                    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 0)) + (start + k) as u32);
-                Frame::tcp((c, 40000), (vip, synth::SERVICE_PORT), TCP_SYN).build()
-            })?;
-            // One tracked flow, then its packets and its replies.
-            let sport = 30000 + (flow_seq % 20000) as u16;
-            flow_seq += 1;
-            let (_, _, first) = run_once(
-                prog,
-                &Frame::tcp((CLIENT, sport), (vip, synth::SERVICE_PORT), TCP_SYN).build(),
-            )?;
-            let backend = packet::dst(&first);
-            let est = median_ns(prog, samples, |_| {
-                Frame::tcp((CLIENT, sport), (vip, synth::SERVICE_PORT), TCP_ACK).build()
-            })?;
-            let reply = median_ns(prog, samples, |_| {
-                Frame::tcp(backend, (CLIENT, sport), TCP_ACK).build()
-            })?;
-            for (i, v) in [passthrough, new_flow, est, reply].into_iter().enumerate() {
-                per_case[i].push(v - base);
-                per_case_total[i].push(v);
+        for (h, (hook, prog_name, pass_name)) in HOOKS.iter().enumerate() {
+            let mut got = CaseSamples::default();
+            for _ in 0..reps {
+                let (prog, pass) = (program(&ebpf, prog_name)?, program(&ebpf, pass_name)?);
+                match (prog, pass) {
+                    (Program::SchedClassifier(p), Program::SchedClassifier(b)) => {
+                        measure(p, b, samples, vip, &mut flow_seq, &mut got)?
+                    }
+                    (Program::Xdp(p), Program::Xdp(b)) => {
+                        measure(p, b, samples, vip, &mut flow_seq, &mut got)?
+                    }
+                    _ => anyhow::bail!("{prog_name}/{pass_name}: unexpected program types"),
+                }
             }
+            let a: Vec<Spread> = got.0.iter().map(|v| spread(v)).collect();
+            let t: Vec<Spread> = got.1.iter().map(|v| spread(v)).collect();
+            for (i, case) in CASES.iter().enumerate() {
+                let [mn, md, mx] = fmt(a[i], 0);
+                rows.push(vec![
+                    hook.to_string(),
+                    n.to_string(),
+                    case.to_string(),
+                    mn,
+                    md,
+                    mx,
+                    format!("{:.0}", t[i].median),
+                ]);
+            }
+            added[h].push(a);
+            totals[h].push(t);
         }
-        let a: Vec<Spread> = per_case.iter().map(|v| spread(v)).collect();
-        let t: Vec<Spread> = per_case_total.iter().map(|v| spread(v)).collect();
-        for (i, case) in CASES.iter().enumerate() {
-            let [mn, md, mx] = fmt(a[i], 0);
-            rows.push(vec![
-                n.to_string(),
-                case.to_string(),
-                mn,
-                md,
-                mx,
-                format!("{:.0}", t[i].median),
-            ]);
-        }
-        added.push(a);
-        totals.push(t);
     }
     r.table(
-        "1. Per-packet datapath cost (tc program, BPF_PROG_TEST_RUN)",
+        "1. Per-packet datapath cost (tc and XDP programs, BPF_PROG_TEST_RUN)",
         &format!(
-            "Added ns/packet = median ns of `flb_tc_ingress` minus median ns of a program that only returns \
-             (`flb_tc_pass`), same packet, same run. {samples} samples per figure (repeat = 1, fresh skb each), \
-             {reps} repetition(s): min/median/max are over repetitions. Services have {} backends each; the measured \
-             Service is in the middle of the set. XDP is not implemented yet.",
+            "Added ns/packet = median ns of our program minus median ns of a program of the same hook that only \
+             returns (`flb_tc_pass`, `flb_xdp_pass`), same packet, same run. {samples} samples per figure \
+             (repeat = 1, fresh packet each), {reps} repetition(s): min/median/max are over repetitions. Services \
+             have {} backends each; the measured Service is in the middle of the set. tc (`flb_tc_ingress`, pod \
+             side) must rewrite through helpers and keep CHECKSUM_PARTIAL skbs right; XDP (`flb_xdp`, wire side) \
+             writes the packet directly.",
             synth::ENDPOINTS_PER_SERVICE
         ),
-        &["services", "case", "added ns min", "added ns median", "added ns max", "total ns median"],
+        &[
+            "hook",
+            "services",
+            "case",
+            "added ns min",
+            "added ns median",
+            "added ns max",
+            "total ns median",
+        ],
         rows,
     );
-    let lines = CASES
-        .iter()
-        .enumerate()
-        .map(|(i, case)| {
-            let pts = sizes
-                .iter()
-                .zip(&added)
-                .map(|(n, a)| (*n as f64, a[i].median))
-                .collect();
-            (case.to_string(), pts)
-        })
-        .collect();
-    r.plot(
-        "datapath_added_ns.png",
-        "tc program: added ns per packet",
-        "added ns/packet (median)",
-        lines,
-    );
-    let first = &added[0];
-    r.target(
-        "conntrack hit adds <= 60 ns",
-        format!("{:.0} ns (1 service)", first[2].median),
-        first[2].median <= 60.0,
-    );
-    r.target(
-        "new flow adds <= 150 ns",
-        format!("{:.0} ns (1 service)", first[1].median),
-        first[1].median <= 150.0,
-    );
-    let last = totals.last().expect("sizes");
-    let (lo, hi) = (&totals[0], last);
-    let worst = (0..4)
-        .map(|i| hi[i].median / lo[i].median - 1.0)
-        .fold(f64::MIN, f64::max);
-    r.target(
-        &format!(
-            "{} services within 10% of 1 service (per packet)",
-            sizes.last().unwrap()
-        ),
-        format!("worst case {:+.1}%", worst * 100.0),
-        worst <= 0.10,
-    );
+    for (h, (hook, _, _)) in HOOKS.iter().enumerate() {
+        let lines = CASES
+            .iter()
+            .enumerate()
+            .map(|(i, case)| {
+                let pts = sizes
+                    .iter()
+                    .zip(&added[h])
+                    .map(|(n, a)| (*n as f64, a[i].median))
+                    .collect();
+                (case.to_string(), pts)
+            })
+            .collect();
+        r.plot(
+            &format!("datapath_added_ns_{}.png", hook.to_lowercase()),
+            &format!("{hook} program: added ns per packet"),
+            "added ns/packet (median)",
+            lines,
+        );
+        let first = &added[h][0];
+        r.target(
+            &format!("{hook}: conntrack hit adds <= 60 ns"),
+            format!("{:.0} ns (1 service)", first[2].median),
+            first[2].median <= 60.0,
+        );
+        r.target(
+            &format!("{hook}: new flow adds <= 150 ns"),
+            format!("{:.0} ns (1 service)", first[1].median),
+            first[1].median <= 150.0,
+        );
+        let (lo, hi) = (&totals[h][0], totals[h].last().expect("sizes"));
+        let worst = (0..4)
+            .map(|i| hi[i].median / lo[i].median - 1.0)
+            .fold(f64::MIN, f64::max);
+        r.target(
+            &format!(
+                "{hook}: {} services within 10% of 1 service (per packet)",
+                sizes.last().unwrap()
+            ),
+            format!("worst case {:+.1}%", worst * 100.0),
+            worst <= 0.10,
+        );
+    }
     Ok(())
 }

@@ -11,7 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::datapath::{
-    attach::{self, TcAttachments},
+    attach::{self, Attachments},
     conntrack::{self, Conntrack},
     ifaces::Selector,
     loader::{self, LoadOptions},
@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub load: LoadOptions,
     pub interfaces: Vec<String>,
     pub exclude_interfaces: Vec<String>,
+    /// Wire-facing interfaces (glob patterns) that get the XDP program.
+    pub xdp_interfaces: Vec<String>,
     pub cgroup: Option<PathBuf>,
     pub poll_interval: Duration,
     /// When set, only VIPs inside these prefixes are programmed.
@@ -65,6 +67,7 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 pub async fn run(opts: RunOptions) -> Result<()> {
     crate::caps::check()?;
     let selector = Selector::new(&opts.interfaces, &opts.exclude_interfaces)?;
+    let xdp_selector = Selector::xdp(&opts.xdp_interfaces)?;
     let mut ebpf = match &opts.datapath_object {
         None => loader::load(&opts.load)?,
         Some(path) => {
@@ -90,8 +93,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         crate::metrics::serve(addr, status.clone(), opts.load.pin_dir.clone()).await?;
     }
     let mut orphans = BTreeSet::new();
-    let mut tc = TcAttachments::new(&opts.load.pin_dir)?;
-    tc.sync(&mut ebpf, &selector);
+    let mut links = Attachments::new(&opts.load.pin_dir, selector, xdp_selector)?;
+    links.sync(&mut ebpf);
     if let Some(cg) = &opts.cgroup {
         attach::attach_cgroup(&mut ebpf, cg, &opts.load.pin_dir)?;
     }
@@ -104,7 +107,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     loop {
         tokio::select! {
             _ = source.ready() => break,
-            _ = rescan.tick() => tc.sync(&mut ebpf, &selector),
+            _ = rescan.tick() => links.sync(&mut ebpf),
             _ = sigterm.recv() => return Ok(()),
             _ = sigint.recv() => return Ok(()),
         }
@@ -117,7 +120,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         &status,
         &mut orphans,
     );
-    info!(interfaces = ?tc.interfaces(), "agent ready");
+    info!(interfaces = ?links.interfaces(), xdp_interfaces = ?links.xdp_interfaces(), "agent ready");
 
     let mut tick = tokio::time::interval(opts.poll_interval);
     let mut last_scan = Instant::now();
@@ -133,7 +136,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     due.get_or_insert(last_sync + opts.min_sync_interval);
                 }
                 if last_scan.elapsed() >= IFACE_RESCAN {
-                    tc.sync(&mut ebpf, &selector);
+                    links.sync(&mut ebpf);
                     last_scan = Instant::now();
                 }
             }

@@ -68,6 +68,12 @@ enum Command {
         /// Interfaces (glob patterns) never attached to.
         #[arg(long, value_delimiter = ',', default_value = "lo")]
         exclude_interfaces: Vec<String>,
+        /// Wire-facing interfaces (glob patterns) that get the XDP program,
+        /// which translates traffic arriving from outside the node (to
+        /// frontends, and replies from backends on other nodes) before the
+        /// stack sees it. Default: none.
+        #[arg(long, value_delimiter = ',')]
+        xdp_interfaces: Vec<String>,
         /// cgroup v2 directory for the socket hooks that translate
         /// node-originated traffic; "none" to disable. Default: the cgroup
         /// v2 root.
@@ -162,6 +168,7 @@ fn main() -> Result<()> {
             pin,
             interfaces,
             exclude_interfaces,
+            xdp_interfaces,
             cgroup,
             poll_interval_ms,
             service_cidr,
@@ -207,6 +214,7 @@ fn main() -> Result<()> {
                 },
                 interfaces,
                 exclude_interfaces,
+                xdp_interfaces,
                 cgroup,
                 poll_interval: Duration::from_millis(poll_interval_ms),
                 service_cidrs: service_cidr,

@@ -8,8 +8,10 @@
 pub const MAP_SERVICES: &str = "flb_svc_v1";
 /// Backend id -> address.
 pub const MAP_BACKENDS: &str = "flb_be_v1";
-/// Connection tracking, forward and reverse entries (LRU).
-pub const MAP_CONNTRACK: &str = "flb_ct_v1";
+/// Connection tracking, forward and reverse entries (LRU). v2: one key
+/// space for both directions (the direction is in the value), so any
+/// packet needs one lookup.
+pub const MAP_CONNTRACK: &str = "flb_ct_v2";
 /// Socket-level reverse translation for node-originated traffic (LRU).
 pub const MAP_SOCK_REVNAT: &str = "flb_sock_v1";
 /// Frontend metadata for the CLI (service name), keyed by service id.
@@ -41,9 +43,12 @@ pub const MAX_BACKENDS_PER_SERVICE: u16 = 4096;
 /// Service flags (ServiceValue::flags on the master slot).
 pub const SVC_FLAG_NONE: u16 = 0;
 
-/// Conntrack directions.
-pub const CT_DIR_FORWARD: u8 = 0;
-pub const CT_DIR_REVERSE: u8 = 1;
+/// Conntrack value flags. Without [`CT_FLAG_REVERSE`] an entry is a
+/// forward one (client -> VIP: `addr:port` is the backend); with it, a
+/// reverse one (backend -> client: `addr:port` is the VIP). The two never
+/// share a key: a forward key's destination is a VIP, a reverse key's a
+/// client, and VIPs do not originate traffic.
+pub const CT_FLAG_REVERSE: u16 = 1;
 
 /// Length of the service name stored for the CLI.
 pub const SVC_NAME_LEN: usize = 64;
@@ -92,9 +97,7 @@ pub struct CtKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    /// [`CT_DIR_FORWARD`] (client -> VIP) or [`CT_DIR_REVERSE`] (backend -> client).
-    pub dir: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
 }
 
 #[repr(C)]
@@ -104,9 +107,17 @@ pub struct CtValue {
     pub addr: u32,
     /// Forward: backend port; reverse: service port. Network order.
     pub port: u16,
+    /// [`CT_FLAG_REVERSE`].
     pub flags: u16,
     pub svc_id: u32,
     pub backend_id: u32,
+}
+
+impl CtValue {
+    #[inline(always)]
+    pub fn is_reverse(&self) -> bool {
+        self.flags & CT_FLAG_REVERSE != 0
+    }
 }
 
 #[repr(C)]

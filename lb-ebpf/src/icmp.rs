@@ -14,7 +14,7 @@
 //!
 //! Rewrites inside the ICMP payload are stores with incremental checksums
 //! computed here: the ICMP checksum covers the quote, no csum helper applies.
-use lb_common::{CT_DIR_FORWARD, CT_DIR_REVERSE, IPPROTO_UDP};
+use lb_common::IPPROTO_UDP;
 
 use crate::checksum::replace;
 use crate::conntrack;
@@ -30,19 +30,20 @@ pub enum Outcome {
 #[inline(always)]
 pub fn translate(ctx: &TcContext, e: &IcmpError) -> Result<Outcome, ()> {
     let q = &e.inner;
-    if let Some(rev) = conntrack::lookup_reply_to(q, CT_DIR_REVERSE) {
+    let Some(ct) = conntrack::lookup_reply_to(q) else {
+        return Ok(Outcome::NotOurs);
+    };
+    if ct.is_reverse() {
         let from_backend = e.saddr == q.daddr;
-        rewrite_quote(ctx, e, QuoteSide::Destination, rev.addr, rev.port)?;
+        rewrite_quote(ctx, e, QuoteSide::Destination, ct.addr, ct.port)?;
         if from_backend {
-            rewrite_outer(ctx, IP_SRC_OFF, rev.addr)?;
+            rewrite_outer(ctx, IP_SRC_OFF, ct.addr)?;
         }
         return Ok(Outcome::Translated);
     }
-    if e.daddr == q.saddr
-        && let Some(fwd) = conntrack::lookup_reply_to(q, CT_DIR_FORWARD)
-    {
-        rewrite_quote(ctx, e, QuoteSide::Source, fwd.addr, fwd.port)?;
-        rewrite_outer(ctx, IP_DST_OFF, fwd.addr)?;
+    if e.daddr == q.saddr {
+        rewrite_quote(ctx, e, QuoteSide::Source, ct.addr, ct.port)?;
+        rewrite_outer(ctx, IP_DST_OFF, ct.addr)?;
         return Ok(Outcome::Translated);
     }
     Ok(Outcome::NotOurs)
@@ -57,7 +58,7 @@ enum QuoteSide {
 /// Reads 2 bytes at `off`.
 #[inline(always)]
 fn get2(ctx: &TcContext, off: usize) -> Result<[u8; 2], ()> {
-    Ok(unsafe { *ptr_at::<[u8; 2]>(ctx, off)? })
+    Ok(unsafe { *ptr_at::<[u8; 2], _>(ctx, off)? })
 }
 
 // Writes go through the store helper, never a direct packet write: one
@@ -70,7 +71,7 @@ fn put2(ctx: &TcContext, off: usize, v: [u8; 2]) -> Result<(), ()> {
 
 #[inline(always)]
 fn get4(ctx: &TcContext, off: usize) -> Result<[u8; 4], ()> {
-    Ok(unsafe { *ptr_at::<[u8; 4]>(ctx, off)? })
+    Ok(unsafe { *ptr_at::<[u8; 4], _>(ctx, off)? })
 }
 
 #[inline(always)]

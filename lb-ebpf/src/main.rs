@@ -1,12 +1,13 @@
 //! ferrolb kernel programs. Entry points are thin: each calls a `try_*`
 //! function and maps its outcome to a verdict. The stages of a packet live
-//! in their own modules: parse -> lb (service lookup, backend selection)
-//! -> conntrack -> nat -> reject.
+//! in their own modules: parse -> flow (conntrack -> lb: service lookup,
+//! backend selection -> nat) -> reject; `tc` and `xdp` are the hooks.
 #![no_std]
 #![no_main]
 
 mod checksum;
 mod conntrack;
+mod flow;
 mod icmp;
 mod lb;
 mod maps;
@@ -16,6 +17,7 @@ mod reject;
 mod sock;
 mod stats;
 mod tc;
+mod xdp;
 
 // Only for the BPF target: host-side lint runs link std through the
 // workspace's feature unification, which brings its own.

@@ -1,8 +1,9 @@
 //! The one place that touches raw packet offsets. Everything else gets a
-//! bounds-checked pointer from `ptr_at` or a parsed `Packet`.
+//! bounds-checked pointer from `ptr_at` or a parsed `Packet`. Works on tc
+//! (`TcContext`) and XDP (`XdpContext`) alike through [`Frame`].
 use core::mem::size_of;
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use lb_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -20,26 +21,64 @@ pub const IP_CSUM_OFF: usize = L3_OFF + 10;
 /// An ICMP error with options in both IP headers and a full inner TCP header.
 const MAX_ICMP_LEN: usize = ETH_LEN + 60 + 8 + 60 + TcpHdr::LEN;
 
-/// Makes the first `len` bytes directly accessible when the packet has
-/// them but the skb's linear area is shorter. Only as much as the headers
-/// need: pulling payload in would cost a copy on every GRO packet.
-#[inline(always)]
-fn ensure(ctx: &TcContext, len: usize) {
-    if ctx.data_end() - ctx.data() < len {
-        let have = ctx.len() as usize;
-        let _ = ctx.pull_data(if have < len { have } else { len } as u32);
+/// A packet the programs can read: an skb (tc) or an XDP buffer.
+pub trait Frame {
+    /// Start and end of the directly accessible bytes, loaded afresh.
+    /// Volatile loads: otherwise LLVM reuses an earlier, wider check on
+    /// earlier loads of data/data_end and drops a later one, which the
+    /// verifier (tracking each load separately) then rejects.
+    fn span(&self) -> (usize, usize);
+    /// Makes the first `len` bytes directly accessible if the packet has
+    /// them elsewhere.
+    fn ensure(&self, len: usize);
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn span(&self) -> (usize, usize) {
+        let skb = self.skb.skb;
+        unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*skb).data) as usize,
+                core::ptr::read_volatile(&raw const (*skb).data_end) as usize,
+            )
+        }
     }
+
+    /// Pulls when the skb's linear area is shorter than `len`. Only as
+    /// much as the headers need: pulling payload in would cost a copy on
+    /// every GRO packet.
+    #[inline(always)]
+    fn ensure(&self, len: usize) {
+        if self.data_end() - self.data() < len {
+            let have = self.len() as usize;
+            let _ = self.pull_data(if have < len { have } else { len } as u32);
+        }
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn span(&self) -> (usize, usize) {
+        let md = self.ctx;
+        unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*md).data) as usize,
+                core::ptr::read_volatile(&raw const (*md).data_end) as usize,
+            )
+        }
+    }
+
+    /// XDP buffers without frags (the programs do not declare them) are
+    /// linear: nothing to pull.
+    #[inline(always)]
+    fn ensure(&self, _len: usize) {}
 }
 
 /// Returns a pointer to a `T` at `off`, or `Err` when the packet is too short.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*mut T, ()> {
-    // Volatile loads: otherwise LLVM reuses an earlier, wider check on
-    // earlier loads of data/data_end and drops this one, which the
-    // verifier (tracking each load separately) then rejects.
-    let skb = ctx.skb.skb;
-    let start = unsafe { core::ptr::read_volatile(&raw const (*skb).data) } as usize;
-    let end = unsafe { core::ptr::read_volatile(&raw const (*skb).data_end) } as usize;
+pub fn ptr_at<T, C: Frame>(ctx: &C, off: usize) -> Result<*mut T, ()> {
+    let (start, end) = ctx.span();
     if start + off + size_of::<T>() > end {
         return Err(());
     }
@@ -128,7 +167,7 @@ struct Ip {
 }
 
 #[inline(always)]
-fn ipv4_at(ctx: &TcContext, off: usize) -> Result<Ip, Skip> {
+fn ipv4_at<C: Frame>(ctx: &C, off: usize) -> Result<Ip, Skip> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, off).map_err(|_| Skip::Malformed)?;
     let ip = unsafe { &*ip };
     if ip.vihl >> 4 != 4 {
@@ -148,9 +187,9 @@ fn ipv4_at(ctx: &TcContext, off: usize) -> Result<Ip, Skip> {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Parsed, Skip> {
+pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Skip> {
     // Headers of a non-linear skb may sit outside the direct-access area.
-    ensure(ctx, L3_OFF + Ipv4Hdr::LEN);
+    ctx.ensure(L3_OFF + Ipv4Hdr::LEN);
     let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| Skip::NotOurs)?;
     if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
         return Err(Skip::NotOurs);
@@ -182,8 +221,7 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, Skip> {
         // Later fragments carry no L4 header.
         return Ok(Parsed::Flow(pkt));
     }
-    ensure(
-        ctx,
+    ctx.ensure(
         l4_off
             + if ip.proto == IPPROTO_TCP {
                 TcpHdr::LEN
@@ -215,9 +253,9 @@ const ICMP_PARAMETER_PROBLEM: u8 = 12;
 const ICMP_HDR_LEN: usize = 8;
 
 #[inline(always)]
-fn icmp_error(ctx: &TcContext, outer: &Ip, icmp_off: usize) -> Result<IcmpError, Skip> {
+fn icmp_error<C: Frame>(ctx: &C, outer: &Ip, icmp_off: usize) -> Result<IcmpError, Skip> {
     // The quote sits deeper than the headers of a flow packet.
-    ensure(ctx, MAX_ICMP_LEN);
+    ctx.ensure(MAX_ICMP_LEN);
     let icmp: *const [u8; ICMP_HDR_LEN] = ptr_at(ctx, icmp_off).map_err(|_| Skip::NotOurs)?;
     let ty = unsafe { (*icmp)[0] };
     if ty != ICMP_DEST_UNREACH && ty != ICMP_TIME_EXCEEDED && ty != ICMP_PARAMETER_PROBLEM {
@@ -245,7 +283,7 @@ fn icmp_error(ctx: &TcContext, outer: &Ip, icmp_off: usize) -> Result<IcmpError,
         tcp_flags: 0,
     };
     let inner_l4_csum = if ip.proto == IPPROTO_TCP {
-        ptr_at::<[u8; TcpHdr::LEN]>(ctx, l4_off).is_ok()
+        ptr_at::<[u8; TcpHdr::LEN], _>(ctx, l4_off).is_ok()
     } else {
         true
     };

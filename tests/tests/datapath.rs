@@ -1,15 +1,15 @@
-//! The tc program run on crafted packets through BPF_PROG_TEST_RUN: exact
-//! rewritten headers, valid checksums, untouched pass-through. Maps are
-//! filled by the agent's own reconcile path. Each case is a row.
+//! The tc and XDP programs run on crafted packets through
+//! BPF_PROG_TEST_RUN: exact rewritten headers, valid checksums, untouched
+//! pass-through, flows shared between the hooks. Maps are filled by the
+//! agent's own reconcile path. Each case is a row.
 mod common;
 
 use std::net::Ipv4Addr;
 
-use common::datapath::Datapath;
+use common::datapath::{Datapath, HOOKS, Hook, Verdict};
 use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_RST, TCP_SYN};
 use lb_agent::model::{BackendAddr, FrontendKey, Proto};
 
-const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
@@ -109,52 +109,94 @@ fn pass_through_cases_are_byte_identical() {
             Frame::tcp((be(0).addr, 9376), (CLIENT, 40000), TCP_ACK).build(),
         ),
     ];
-    for (what, frame) in cases {
-        let (verdict, out) = dp.run(&frame);
-        assert_eq!(verdict, TC_ACT_OK, "{what}");
-        assert_eq!(out, frame, "{what}: must pass untouched");
+    for hook in HOOKS {
+        for (what, frame) in &cases {
+            let (verdict, out) = dp.run_on(hook, frame);
+            assert_eq!(verdict, Verdict::Pass, "{hook:?}: {what}");
+            assert_eq!(&out, frame, "{hook:?}: {what}: must pass untouched");
+        }
     }
 }
 
 #[test]
 fn tcp_flow_is_dnated_pinned_and_reverse_natted() {
     let mut dp = Datapath::new("dp-tcp", &[hostnames()]);
-    let syn = Frame::tcp((CLIENT, 40001), (VIP, 80), TCP_SYN).build();
-    let (verdict, out) = dp.run(&syn);
-    assert_eq!(verdict, TC_ACT_OK);
-    let (backend, port) = packet::dst(&out);
-    assert!(
-        [be(0), be(1), be(2)].iter().any(|b| b.addr == backend),
-        "{backend}"
-    );
-    assert_eq!(port, 9376);
-    assert_eq!(packet::src(&out), (CLIENT, 40001));
-    assert!(packet::checksums_valid(&out), "checksums after DNAT");
-    assert_only_changed(&syn, &out, &[IP_CSUM, IP_DST, DPORT, TCP_CSUM]);
+    for (hook, sport) in HOOKS.into_iter().zip([40001, 40011]) {
+        let syn = Frame::tcp((CLIENT, sport), (VIP, 80), TCP_SYN).build();
+        let (verdict, out) = dp.run_on(hook, &syn);
+        assert_eq!(verdict, Verdict::Pass, "{hook:?}");
+        let (backend, port) = packet::dst(&out);
+        assert!(
+            [be(0), be(1), be(2)].iter().any(|b| b.addr == backend),
+            "{hook:?}: {backend}"
+        );
+        assert_eq!(port, 9376);
+        assert_eq!(packet::src(&out), (CLIENT, sport));
+        assert!(
+            packet::checksums_valid(&out),
+            "{hook:?}: checksums after DNAT"
+        );
+        assert_only_changed(&syn, &out, &[IP_CSUM, IP_DST, DPORT, TCP_CSUM]);
 
-    // Every later packet of the flow goes to the same backend.
-    for i in 0..50 {
-        let mut f = Frame::tcp((CLIENT, 40001), (VIP, 80), TCP_ACK);
-        f.seq = 1001 + i;
-        f.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
-        let (v, o) = dp.run(&f.build());
-        assert_eq!(v, TC_ACT_OK);
+        // Every later packet of the flow goes to the same backend.
+        for i in 0..50 {
+            let mut f = Frame::tcp((CLIENT, sport), (VIP, 80), TCP_ACK);
+            f.seq = 1001 + i;
+            f.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+            let (v, o) = dp.run_on(hook, &f.build());
+            assert_eq!(v, Verdict::Pass);
+            assert_eq!(
+                packet::dst(&o),
+                (backend, 9376),
+                "{hook:?}: packet {i} changed backend"
+            );
+            assert!(packet::checksums_valid(&o), "{hook:?}");
+        }
+
+        // The backend's reply is rewritten to come from the VIP.
+        let reply = Frame::tcp((backend, 9376), (CLIENT, sport), TCP_SYN | TCP_ACK).build();
+        let (v, o) = dp.run_on(hook, &reply);
+        assert_eq!(v, Verdict::Pass);
+        assert_eq!(packet::src(&o), (VIP, 80), "{hook:?}");
+        assert_eq!(packet::dst(&o), (CLIENT, sport));
+        assert!(
+            packet::checksums_valid(&o),
+            "{hook:?}: checksums after reverse NAT"
+        );
+        assert_only_changed(&reply, &o, &[IP_CSUM, IP_SRC, SPORT, TCP_CSUM]);
+    }
+}
+
+/// Both hooks share one conntrack: a flow tc started on the pod side (to a
+/// backend on another node) has its replies translated by XDP on the
+/// wire side, and a flow XDP started from outside has its replies
+/// translated by tc when the local backend answers.
+#[test]
+fn flows_are_shared_between_tc_and_xdp() {
+    let mut dp = Datapath::new("dp-shared", &[hostnames()]);
+    for (first, second, sport) in [(Hook::Tc, Hook::Xdp, 41000), (Hook::Xdp, Hook::Tc, 41001)] {
+        let syn = Frame::tcp((CLIENT, sport), (VIP, 80), TCP_SYN).build();
+        let (v, out) = dp.run_on(first, &syn);
+        assert_eq!(v, Verdict::Pass);
+        let backend = packet::dst(&out);
+        let reply = Frame::tcp(backend, (CLIENT, sport), TCP_SYN | TCP_ACK).build();
+        let (v, o) = dp.run_on(second, &reply);
+        assert_eq!(v, Verdict::Pass);
         assert_eq!(
-            packet::dst(&o),
-            (backend, 9376),
-            "packet {i} changed backend"
+            packet::src(&o),
+            (VIP, 80),
+            "flow from {first:?}, reply through {second:?}"
         );
         assert!(packet::checksums_valid(&o));
+        // And the flow's next packet, through the other hook, keeps its backend.
+        let ack = Frame::tcp((CLIENT, sport), (VIP, 80), TCP_ACK).build();
+        let (_, o) = dp.run_on(second, &ack);
+        assert_eq!(
+            packet::dst(&o),
+            backend,
+            "{second:?} follows {first:?}'s flow"
+        );
     }
-
-    // The backend's reply is rewritten to come from the VIP.
-    let reply = Frame::tcp((backend, 9376), (CLIENT, 40001), TCP_SYN | TCP_ACK).build();
-    let (v, o) = dp.run(&reply);
-    assert_eq!(v, TC_ACT_OK);
-    assert_eq!(packet::src(&o), (VIP, 80));
-    assert_eq!(packet::dst(&o), (CLIENT, 40001));
-    assert!(packet::checksums_valid(&o), "checksums after reverse NAT");
-    assert_only_changed(&reply, &o, &[IP_CSUM, IP_SRC, SPORT, TCP_CSUM]);
 }
 
 #[test]
@@ -175,22 +217,27 @@ fn new_flows_spread_over_all_backends() {
 #[test]
 fn udp_checksums_including_zero() {
     let mut dp = Datapath::new("dp-udp", &[udp_one()]);
-    let f = Frame::udp((CLIENT, 5353), (VIP, 53), b"query");
-    let frame = f.build();
-    let (v, o) = dp.run(&frame);
-    assert_eq!(v, TC_ACT_OK);
-    assert_eq!(packet::dst(&o), (be(0).addr, 9376));
-    assert!(packet::checksums_valid(&o));
-    assert_only_changed(&frame, &o, &[IP_CSUM, IP_DST, DPORT, UDP_CSUM]);
+    for (hook, sport) in HOOKS.into_iter().zip([5353, 6353]) {
+        let mut f = Frame::udp((CLIENT, sport), (VIP, 53), b"query");
+        let frame = f.build();
+        let (v, o) = dp.run_on(hook, &frame);
+        assert_eq!(v, Verdict::Pass);
+        assert_eq!(packet::dst(&o), (be(0).addr, 9376), "{hook:?}");
+        assert!(packet::checksums_valid(&o), "{hook:?}");
+        assert_only_changed(&frame, &o, &[IP_CSUM, IP_DST, DPORT, UDP_CSUM]);
 
-    let mut z = f.clone();
-    z.sport = 5354;
-    z.udp_zero_csum = true;
-    let (v, o) = dp.run(&z.build());
-    assert_eq!(v, TC_ACT_OK);
-    assert_eq!(packet::dst(&o), (be(0).addr, 9376));
-    assert_eq!(&o[UDP_CSUM], &[0, 0], "a zero UDP checksum stays zero");
-    assert!(packet::checksums_valid(&o));
+        f.sport = sport + 1;
+        f.udp_zero_csum = true;
+        let (v, o) = dp.run_on(hook, &f.build());
+        assert_eq!(v, Verdict::Pass);
+        assert_eq!(packet::dst(&o), (be(0).addr, 9376));
+        assert_eq!(
+            &o[UDP_CSUM],
+            &[0, 0],
+            "{hook:?}: a zero UDP checksum stays zero"
+        );
+        assert!(packet::checksums_valid(&o));
+    }
 }
 
 #[test]
@@ -211,6 +258,9 @@ fn no_endpoints_tcp_gets_rst() {
     // A RST is never answered.
     let rst = Frame::tcp((CLIENT, 40002), (EMPTY_VIP, 80), TCP_RST).build();
     assert_eq!(dp.run(&rst).0, TC_ACT_SHOT);
+    // XDP builds no answer: the frame is dropped, not left to the stack
+    // (which would route a VIP it does not own back out).
+    assert_eq!(dp.run_on(Hook::Xdp, &syn).0, Verdict::Drop);
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! Attaching programs: tc (tcx) ingress and egress on the selected interfaces,
-//! followed as interfaces come and go, and the socket hooks on a cgroup,
-//! all through pinned links.
+//! Attaching programs: tc (tcx) ingress and egress on the selected pod-side
+//! interfaces, XDP on the selected wire-facing ones, followed as
+//! interfaces come and go, and the socket hooks on a cgroup, all through
+//! pinned links.
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -11,23 +12,47 @@ use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 use tracing::{info, warn};
 
-use super::{PROG_TC_EGRESS, PROG_TC_INGRESS, SOCK_PROGRAMS, ifaces};
+use super::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, SOCK_PROGRAMS, ifaces};
 
-/// The tc hooks every selected interface gets: (program, direction, pin
-/// name prefix).
-const TC_HOOKS: [(&str, TcAttachType, &str); 2] = [
-    (PROG_TC_INGRESS, TcAttachType::Ingress, "tc-ingress-"),
-    (PROG_TC_EGRESS, TcAttachType::Egress, "tc-egress-"),
+/// Where a program attaches on an interface.
+#[derive(Clone, Copy)]
+enum Hook {
+    Tc(TcAttachType),
+    Xdp,
+}
+
+/// One program on every interface of a group: (program, hook, pin name
+/// prefix; the pin is `<prefix><ifindex>`).
+type HookSpec = (&'static str, Hook, &'static str);
+
+/// What the pod-side interfaces get.
+const TC_HOOKS: &[HookSpec] = &[
+    (
+        PROG_TC_INGRESS,
+        Hook::Tc(TcAttachType::Ingress),
+        "tc-ingress-",
+    ),
+    (PROG_TC_EGRESS, Hook::Tc(TcAttachType::Egress), "tc-egress-"),
 ];
+/// What the wire-facing interfaces get.
+const XDP_HOOKS: &[HookSpec] = &[(PROG_XDP, Hook::Xdp, "xdp-")];
 
 fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("program {name} has the wrong type"))
+}
+
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(name)
         .with_context(|| format!("program {name} missing from the object"))?
         .try_into()
@@ -38,6 +63,11 @@ fn tc_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassif
 pub fn load_programs(ebpf: &mut Ebpf, with_sock: bool) -> Result<()> {
     for (name, _, _) in TC_HOOKS {
         tc_program(ebpf, name)?
+            .load()
+            .with_context(|| format!("loading {name}"))?;
+    }
+    for (name, _, _) in XDP_HOOKS {
+        xdp_program(ebpf, name)?
             .load()
             .with_context(|| format!("loading {name}"))?;
     }
@@ -60,7 +90,7 @@ pub fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
 }
 
-fn tc_pin(pin_dir: &Path, prefix: &str, ifindex: u32) -> PathBuf {
+fn hook_pin(pin_dir: &Path, prefix: &str, ifindex: u32) -> PathBuf {
     links_dir(pin_dir).join(format!("{prefix}{ifindex}"))
 }
 
@@ -122,87 +152,124 @@ fn unpin(path: &Path) {
     }
 }
 
-/// tc attachments, by interface index (names can be reused).
-pub struct TcAttachments {
-    pin_dir: PathBuf,
+/// One group of hooks on the interfaces a selector picks.
+struct Group {
+    what: &'static str,
+    hooks: &'static [HookSpec],
+    selector: ifaces::Selector,
+    /// By interface index (names can be reused).
     attached: BTreeMap<u32, String>,
 }
 
-impl TcAttachments {
-    pub fn new(pin_dir: &Path) -> Result<Self> {
+/// Program attachments on interfaces: tc on pod-side ones, XDP on
+/// wire-facing ones.
+pub struct Attachments {
+    pin_dir: PathBuf,
+    groups: [Group; 2],
+}
+
+impl Attachments {
+    pub fn new(pin_dir: &Path, tc: ifaces::Selector, xdp: ifaces::Selector) -> Result<Self> {
         let dir = links_dir(pin_dir);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
+        let group = |what, hooks, selector| Group {
+            what,
+            hooks,
+            selector,
+            attached: BTreeMap::new(),
+        };
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
-            attached: BTreeMap::new(),
+            groups: [group("tc", TC_HOOKS, tc), group("xdp", XDP_HOOKS, xdp)],
         })
     }
 
+    /// Interfaces with the tc programs.
     pub fn interfaces(&self) -> Vec<String> {
-        self.attached.values().cloned().collect()
+        self.groups[0].attached.values().cloned().collect()
     }
 
-    /// Puts our program on every selected interface: into the pinned link
+    /// Interfaces with the XDP program.
+    pub fn xdp_interfaces(&self) -> Vec<String> {
+        self.groups[1].attached.values().cloned().collect()
+    }
+
+    /// Puts our programs on every selected interface: into the pinned link
     /// a previous agent left (an atomic program swap, no packet sees
     /// neither), or a new pinned link. Links of interfaces that are gone or
     /// no longer selected are unpinned.
-    pub fn sync(&mut self, ebpf: &mut Ebpf, selector: &ifaces::Selector) {
-        let present: BTreeMap<u32, String> = ifaces::list()
-            .into_iter()
-            .filter(|i| selector.matches(&i.name))
-            .map(|i| (i.index, i.name))
-            .collect();
-        self.attached.retain(|idx, _| present.contains_key(idx));
-        self.prune_pins(&present);
-        for (index, name) in present {
-            if self.attached.contains_key(&index) {
-                continue;
-            }
-            // An interface counts as attached once both hooks are; a hook
-            // already in place is swapped again on the next try, harmlessly.
-            let mut all = true;
-            for (prog_name, dir, prefix) in TC_HOOKS {
-                let pin = tc_pin(&self.pin_dir, prefix, index);
-                let done =
-                    tc_program(ebpf, prog_name).and_then(|prog| attach_tc(prog, &pin, dir, &name));
-                match done {
-                    Ok(how) => {
-                        info!(interface = %name, ifindex = index, hook = prog_name, how, "tc attached")
-                    }
-                    Err(e) => {
-                        all = false;
-                        warn!(interface = %name, hook = prog_name, error = %format!("{e:#}"), "cannot attach tc program");
+    pub fn sync(&mut self, ebpf: &mut Ebpf) {
+        let all = ifaces::list();
+        let pin_dir = &self.pin_dir;
+        let mut present: Vec<BTreeMap<u32, String>> = Vec::new();
+        for g in &mut self.groups {
+            let here: BTreeMap<u32, String> = all
+                .iter()
+                .filter(|i| g.selector.matches(&i.name))
+                .map(|i| (i.index, i.name.clone()))
+                .collect();
+            g.attached.retain(|idx, _| here.contains_key(idx));
+            for (index, name) in &here {
+                if g.attached.contains_key(index) {
+                    continue;
+                }
+                // An interface counts as attached once all its hooks are; a
+                // hook already in place is swapped again next time, harmlessly.
+                let mut done_all = true;
+                for &(prog_name, hook, prefix) in g.hooks {
+                    let pin = hook_pin(pin_dir, prefix, *index);
+                    let done = match hook {
+                        Hook::Tc(dir) => tc_program(ebpf, prog_name)
+                            .and_then(|prog| attach_tc(prog, &pin, dir, name)),
+                        Hook::Xdp => xdp_program(ebpf, prog_name)
+                            .and_then(|prog| attach_xdp(prog, &pin, *index)),
+                    };
+                    match done {
+                        Ok(how) => {
+                            info!(interface = %name, ifindex = index, hook = prog_name, how, "{} attached", g.what)
+                        }
+                        Err(e) => {
+                            done_all = false;
+                            warn!(interface = %name, hook = prog_name, error = %format!("{e:#}"), "cannot attach {} program", g.what);
+                        }
                     }
                 }
+                if done_all {
+                    g.attached.insert(*index, name.clone());
+                }
             }
-            if all {
-                self.attached.insert(index, name);
-            }
+            present.push(here);
         }
+        self.prune_pins(&present);
     }
 
-    fn prune_pins(&self, present: &BTreeMap<u32, String>) {
+    fn prune_pins(&self, present: &[BTreeMap<u32, String>]) {
         let Ok(entries) = std::fs::read_dir(links_dir(&self.pin_dir)) else {
             return;
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(idx) = TC_HOOKS
-                .iter()
-                .find_map(|(_, _, prefix)| name.strip_prefix(prefix))
-                .and_then(|i| i.parse::<u32>().ok())
-            else {
+            let Some((g, idx)) = self.groups.iter().zip(present).find_map(|(g, here)| {
+                let idx = g
+                    .hooks
+                    .iter()
+                    .find_map(|(_, _, prefix)| name.strip_prefix(prefix))?
+                    .parse::<u32>()
+                    .ok()?;
+                Some((g, (idx, here)))
+            }) else {
                 continue;
             };
-            if !present.contains_key(&idx) {
+            let (idx, here) = idx;
+            if !here.contains_key(&idx) {
                 unpin(&e.path());
                 info!(
                     ifindex = idx,
-                    "interface gone or deselected, tc link unpinned"
+                    "interface gone or deselected, {} link unpinned", g.what
                 );
             }
         }
@@ -229,6 +296,28 @@ fn attach_tc(
         .take_link(id)?
         .try_into()
         .context("tc link is not an fd link (kernel < 6.6?)")?;
+    link.pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok("new pinned link")
+}
+
+/// Native (driver) XDP where the driver has it, generic otherwise: the
+/// kernel picks when no mode flag is given.
+fn attach_xdp(prog: &mut Xdp, pin: &Path, ifindex: u32) -> Result<&'static str> {
+    if let Ok(old) = PinnedLink::from_pin(pin) {
+        let link =
+            XdpLink::try_from(FdLink::from(old)).context("pinned link is not an XDP link")?;
+        prog.attach_to_link(link)
+            .context("swapping the program into the pinned link")?;
+        return Ok("program swapped into the pinned link");
+    }
+    let id = prog
+        .attach_to_if_index(ifindex, XdpMode::default())
+        .with_context(|| format!("attaching XDP to ifindex {ifindex}"))?;
+    let link: FdLink = prog
+        .take_link(id)?
+        .try_into()
+        .context("XDP link is not an fd link (attached through netlink?)")?;
     link.pin(pin)
         .with_context(|| format!("pinning {}", pin.display()))?;
     Ok("new pinned link")

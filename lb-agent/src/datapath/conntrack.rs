@@ -14,7 +14,7 @@ use aya::{
     Ebpf,
     maps::{HashMap, MapData},
 };
-use lb_common::{CT_DIR_FORWARD, CtKey, CtValue, MAP_CONNTRACK, ipv4_from_net};
+use lb_common::{CtKey, CtValue, MAP_CONNTRACK, ipv4_from_net};
 
 use crate::store::ObjectStore;
 
@@ -43,11 +43,7 @@ impl Conntrack {
             let Ok((k, v)) = e else { break };
             // Forward entries hold the backend in the value, reverse
             // entries in the key (its source).
-            let backend = if k.dir == CT_DIR_FORWARD {
-                v.addr
-            } else {
-                k.saddr
-            };
+            let backend = if v.is_reverse() { k.saddr } else { v.addr };
             let backend = Ipv4Addr::from(ipv4_from_net(backend));
             if !present.contains(&backend) || !frontends.contains(&v.svc_id) {
                 gone.push(k);

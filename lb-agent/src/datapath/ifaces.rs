@@ -35,7 +35,7 @@ pub fn list() -> Vec<Interface> {
     out
 }
 
-/// Which interfaces get the tc program.
+/// Which interfaces get a group of programs.
 #[derive(Clone, Debug)]
 pub struct Selector {
     include: Vec<glob::Pattern>,
@@ -53,6 +53,14 @@ impl Selector {
         Ok(Self {
             include: patterns("--interfaces", include)?,
             exclude: patterns("--exclude-interfaces", exclude)?,
+        })
+    }
+
+    /// The wire-facing interfaces that get XDP (none unless named).
+    pub fn xdp(include: &[String]) -> Result<Self> {
+        Ok(Self {
+            include: patterns("--xdp-interfaces", include)?,
+            exclude: Vec::new(),
         })
     }
 

@@ -17,6 +17,10 @@ pub const PROG_TC_INGRESS: &str = "flb_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "flb_tc_egress";
 /// A program that only returns TC_ACT_OK: the benchmarks' baseline.
 pub const PROG_TC_PASS: &str = "flb_tc_pass";
+/// XDP on wire-facing interfaces: traffic from outside the node.
+pub const PROG_XDP: &str = "flb_xdp";
+/// A program that only returns XDP_PASS: the benchmarks' baseline.
+pub const PROG_XDP_PASS: &str = "flb_xdp_pass";
 pub const PROG_CONNECT4: &str = "flb_connect4";
 pub const PROG_SENDMSG4: &str = "flb_sendmsg4";
 pub const PROG_RECVMSG4: &str = "flb_recvmsg4";

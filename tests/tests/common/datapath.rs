@@ -1,9 +1,9 @@
-//! The tc program loaded with maps programmed through the agent's own
-//! reconcile path, run on frames through BPF_PROG_TEST_RUN.
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+//! The tc and XDP programs loaded with maps programmed through the agent's
+//! own reconcile path, run on frames through BPF_PROG_TEST_RUN.
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use ferrolb_tests::bpffs::Bpffs;
 use lb_agent::{
-    datapath::{PROG_TC_EGRESS, PROG_TC_INGRESS, attach, loader, maps::ServiceMaps},
+    datapath::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, attach, loader, maps::ServiceMaps},
     model::{BackendAddr, Desired, FrontendKey, FrontendState},
     reconcile,
 };
@@ -17,6 +17,39 @@ pub fn small_maps(fs: &Bpffs) -> loader::LoadOptions {
         conntrack_max: 1024,
         sock_max: 1024,
         frontends_max: 1024,
+    }
+}
+
+/// Where a frame enters: tc ingress on a pod interface, or XDP on a
+/// wire-facing one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Tc,
+    Xdp,
+}
+
+pub const HOOKS: [Hook; 2] = [Hook::Tc, Hook::Xdp];
+
+/// A verdict in either hook's terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// TC_ACT_OK / XDP_PASS.
+    Pass,
+    /// TC_ACT_SHOT / XDP_DROP.
+    Drop,
+    /// TC_ACT_REDIRECT.
+    Redirect,
+    Other(u32),
+}
+
+impl Verdict {
+    fn of(hook: Hook, v: u32) -> Self {
+        match (hook, v) {
+            (Hook::Tc, 0) | (Hook::Xdp, 2) => Verdict::Pass,
+            (Hook::Tc, 2) | (Hook::Xdp, 1) => Verdict::Drop,
+            (Hook::Tc, 7) => Verdict::Redirect,
+            (_, v) => Verdict::Other(v),
+        }
     }
 }
 
@@ -65,19 +98,39 @@ impl Datapath {
             .expect("BPF_PROG_TEST_RUN")
     }
 
+    /// Runs the frame through `hook`'s program.
+    pub fn run_on(&mut self, hook: Hook, frame: &[u8]) -> (Verdict, Vec<u8>) {
+        let (v, out) = match hook {
+            Hook::Tc => self.try_run_prog(PROG_TC_INGRESS, frame),
+            Hook::Xdp => {
+                let prog: &mut Xdp = self.ebpf.program_mut(PROG_XDP).unwrap().try_into().unwrap();
+                test_run(prog, frame)
+            }
+        }
+        .expect("BPF_PROG_TEST_RUN");
+        (Verdict::of(hook, v), out)
+    }
+
     fn try_run_prog(
         &mut self,
         name: &str,
         frame: &[u8],
     ) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
         let prog: &mut SchedClassifier = self.ebpf.program_mut(name).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; 512];
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
+        test_run(prog, frame)
     }
+}
+
+fn test_run<P>(prog: &P, frame: &[u8]) -> Result<(u32, Vec<u8>), aya::programs::ProgramError>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
+{
+    let mut out = vec![0u8; 512];
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..Default::default()
+    })?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
 }
