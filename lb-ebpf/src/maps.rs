@@ -17,7 +17,7 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(DEFAULT
 #[map(name = "flb_be_v1")]
 pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(DEFAULT_BACKENDS_MAX, 0);
 
-#[map(name = "flb_ct_v1")]
+#[map(name = "flb_ct_v2")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(DEFAULT_CONNTRACK_MAX, 0);
 
 #[map(name = "flb_sock_v1")]

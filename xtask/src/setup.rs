@@ -7,7 +7,7 @@ use crate::run;
 
 /// (command, or absolute path of a file, that must exist; Debian package
 /// that provides it)
-const TOOLS: [(&str, &str); 10] = [
+const TOOLS: [(&str, &str); 11] = [
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("bpftool", "bpftool"),
@@ -17,6 +17,8 @@ const TOOLS: [(&str, &str); 10] = [
     ("ncat", "ncat"),
     ("mount", "mount"),
     ("iperf3", "iperf3"),
+    // Wire-like frames (complete checksums) in the XDP tests.
+    ("ethtool", "ethtool"),
     // The benchmark plots' font.
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
