@@ -37,3 +37,14 @@ pub fn fmt(s: Spread, digits: usize) -> [String; 3] {
         format!("{:.*}", digits, s.max),
     ]
 }
+
+/// Mean of the middle half of the values (interquartile mean): robust to
+/// outliers like a median, but finer than the clock's granularity, which
+/// a median of single-run timings cannot be.
+pub fn interquartile_mean(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let (lo, hi) = (v.len() / 4, v.len() - v.len() / 4);
+    let mid = &v[lo..hi.max(lo + 1)];
+    mid.iter().sum::<f64>() / mid.len() as f64
+}

@@ -100,15 +100,23 @@ impl Datapath {
 
     /// Runs the frame through `hook`'s program.
     pub fn run_on(&mut self, hook: Hook, frame: &[u8]) -> (Verdict, Vec<u8>) {
+        self.try_run_on(hook, frame).expect("BPF_PROG_TEST_RUN")
+    }
+
+    /// Like `run_on`, but returns the kernel's refusal of a frame.
+    pub fn try_run_on(
+        &mut self,
+        hook: Hook,
+        frame: &[u8],
+    ) -> Result<(Verdict, Vec<u8>), aya::programs::ProgramError> {
         let (v, out) = match hook {
             Hook::Tc => self.try_run_prog(PROG_TC_INGRESS, frame),
             Hook::Xdp => {
                 let prog: &mut Xdp = self.ebpf.program_mut(PROG_XDP).unwrap().try_into().unwrap();
                 test_run(prog, frame)
             }
-        }
-        .expect("BPF_PROG_TEST_RUN");
-        (Verdict::of(hook, v), out)
+        }?;
+        Ok((Verdict::of(hook, v), out))
     }
 
     fn try_run_prog(
