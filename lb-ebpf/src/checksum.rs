@@ -33,3 +33,30 @@ pub fn replace(csum: [u8; 2], old: &[u8], new: &[u8]) -> [u8; 2] {
     }
     finish(acc)
 }
+
+// Incremental updates on native-order values, as loaded from the packet:
+// the one's-complement sum is byte-order independent (RFC 1071), so
+// nothing needs swapping. Used on the per-packet path.
+
+/// What a checksum gains when the 32-bit field `old` becomes `new`.
+#[inline(always)]
+pub fn delta32(old: u32, new: u32) -> u32 {
+    let o = !old;
+    (o & 0xffff) + (o >> 16) + (new & 0xffff) + (new >> 16)
+}
+
+/// What a checksum gains when the 16-bit field `old` becomes `new`.
+#[inline(always)]
+pub fn delta16(old: u16, new: u16) -> u32 {
+    (!old) as u32 + new as u32
+}
+
+/// The checksum `csum` (native order) after the fields summed in `delta`
+/// changed (RFC 1624: HC' = ~(~HC + ~m + m')).
+#[inline(always)]
+pub fn apply(csum: u16, delta: u32) -> u16 {
+    let mut acc = (!csum) as u32 + delta;
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    !(acc as u16)
+}

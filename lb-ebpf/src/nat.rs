@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use lb_common::IPPROTO_UDP;
 
-use crate::checksum::replace;
+use crate::checksum::{apply, delta16, delta32};
 use crate::parse::{Frame, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L3_OFF, Packet, ptr_at};
 
 /// Which end of the packet to rewrite.
@@ -67,13 +67,9 @@ fn change(p: &Packet, side: Side, addr: u32, port: u16) -> Change {
 /// The IP header's checksum after `c`, computed here: it is a plain
 /// checksum over the header, whatever the skb's checksum state.
 #[inline(always)]
-fn ip_csum<C: Frame>(ctx: &C, c: &Change, addr: u32) -> Result<[u8; 2], ()> {
-    let csum = unsafe { *ptr_at::<[u8; 2], _>(ctx, IP_CSUM_OFF)? };
-    Ok(replace(
-        csum,
-        &c.old_addr.to_ne_bytes(),
-        &addr.to_ne_bytes(),
-    ))
+fn ip_csum<C: Frame>(ctx: &C, c: &Change, addr: u32) -> Result<u16, ()> {
+    let csum = unsafe { ptr_at::<u16, _>(ctx, IP_CSUM_OFF)?.read_unaligned() };
+    Ok(apply(csum, delta32(c.old_addr, addr)))
 }
 
 /// tc: every write goes through a helper. A direct write anywhere in the
@@ -90,7 +86,7 @@ impl Nat for TcContext {
         let csum = ip_csum(self, &c, addr)?;
         if c.has_l4 && p.l4_off == L3_OFF + 20 {
             let mut b = [0u8; 14];
-            b[..2].copy_from_slice(&csum);
+            b[..2].copy_from_slice(&csum.to_ne_bytes());
             b[2..6].copy_from_slice(&c.saddr.to_ne_bytes());
             b[6..10].copy_from_slice(&c.daddr.to_ne_bytes());
             b[10..12].copy_from_slice(&c.sport.to_ne_bytes());
@@ -98,7 +94,7 @@ impl Nat for TcContext {
             self.store(IP_CSUM_OFF, &b, 0).map_err(|_| ())?;
         } else {
             let mut b = [0u8; 10];
-            b[..2].copy_from_slice(&csum);
+            b[..2].copy_from_slice(&csum.to_ne_bytes());
             b[2..6].copy_from_slice(&c.saddr.to_ne_bytes());
             b[6..].copy_from_slice(&c.daddr.to_ne_bytes());
             self.store(IP_CSUM_OFF, &b, 0).map_err(|_| ())?;
@@ -140,25 +136,25 @@ impl Nat for XdpContext {
     #[inline(always)]
     fn rewrite(&self, p: &Packet, side: Side, addr: u32, port: u16) -> Result<(), ()> {
         let c = change(p, side, addr, port);
-        let csum = ip_csum(self, &c, addr)?;
-        let new_addr = addr.to_ne_bytes();
-        let new_port = port.to_ne_bytes();
+        let addr_delta = delta32(c.old_addr, addr);
+        let ip = ptr_at::<u16, _>(self, IP_CSUM_OFF)?;
+        let ip_csum = apply(unsafe { ip.read_unaligned() }, addr_delta);
         if c.has_l4 {
-            let at = ptr_at::<[u8; 2], _>(self, p.l4_csum_off())?;
-            let old = unsafe { *at };
+            let at = ptr_at::<u16, _>(self, p.l4_csum_off())?;
+            let old = unsafe { at.read_unaligned() };
             // A zero UDP checksum means none was computed: it stays zero.
-            if !(p.proto == IPPROTO_UDP && old == [0, 0]) {
-                let mut new = replace(old, &c.old_addr.to_ne_bytes(), &new_addr);
-                new = replace(new, &c.old_port.to_ne_bytes(), &new_port);
-                if p.proto == IPPROTO_UDP && new == [0, 0] {
-                    new = [0xff, 0xff];
+            if !(p.proto == IPPROTO_UDP && old == 0) {
+                let mut new = apply(old, addr_delta + delta16(c.old_port, port));
+                if p.proto == IPPROTO_UDP && new == 0 {
+                    new = 0xffff;
                 }
-                unsafe { *at = new };
+                unsafe { at.write_unaligned(new) };
             }
-            unsafe { *ptr_at::<[u8; 2], _>(self, c.port_off)? = new_port };
+            unsafe { ptr_at::<u16, _>(self, c.port_off)?.write_unaligned(port) };
         }
-        unsafe { *ptr_at::<[u8; 4], _>(self, c.addr_off)? = new_addr };
-        unsafe { *ptr_at::<[u8; 2], _>(self, IP_CSUM_OFF)? = csum };
+        // Unaligned: frames need not start 4-byte aligned.
+        unsafe { ptr_at::<u32, _>(self, c.addr_off)?.write_unaligned(addr) };
+        unsafe { ip.write_unaligned(ip_csum) };
         Ok(())
     }
 }
