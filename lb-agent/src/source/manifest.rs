@@ -1,6 +1,6 @@
 //! Parsing YAML/JSON manifests (multi-document, `kind: List` too) into
-//! typed k8s-openapi objects. Errors name the file, the document, the
-//! object and the field.
+//! typed k8s-openapi objects, validated and kept as store entries. Errors
+//! name the file, the document, the object and the field.
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
+use crate::entry::Entry;
 use crate::store::{Kind, NsName, Object, ObjectId};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +47,7 @@ impl std::error::Error for ManifestError {}
 #[derive(Debug)]
 pub struct Parsed {
     pub id: Option<ObjectId>,
-    pub result: Result<Object, ManifestError>,
+    pub result: Result<Entry, ManifestError>,
 }
 
 /// What one file holds. `Err` when the file as a whole cannot be read or
@@ -234,9 +235,8 @@ fn parse_value(path: &Path, document: usize, value: Value, out: &mut Vec<Parsed>
     }
     .map_err(|(field, message)| fail(object_name.clone(), &field, message))
     .and_then(|obj| {
-        crate::validate::object(&obj)
-            .map(|()| obj)
-            .map_err(|e| fail(object_name.clone(), &e.field, e.message))
+        // Only what the agent needs is kept of the object, from here on.
+        Entry::from_object(&obj).map_err(|e| fail(object_name.clone(), &e.field, e.message))
     });
     out.push(Parsed {
         id: if name.is_empty() { None } else { Some(id) },
@@ -462,7 +462,7 @@ mod fuzz {
             for d in docs {
                 if let Ok(obj) = d.result {
                     parsed_ok += 1;
-                    let _ = store.upsert(obj);
+                    store.upsert(obj);
                 }
             }
             let dirty: BTreeSet<_> = store.take_dirty();
