@@ -244,8 +244,13 @@ fn parse_value(path: &Path, document: usize, value: Value, out: &mut Vec<Parsed>
     });
 }
 
-/// Deserializes with the failing field's path kept for the error.
+/// Deserializes with the failing field's path kept for the error. The
+/// path is tracked only on a second pass after a failure: tracking it
+/// costs an allocation per key, most of the parse for valid documents.
 fn typed<T: DeserializeOwned>(value: Value) -> Result<T, (String, String)> {
+    if let Ok(t) = T::deserialize(&value) {
+        return Ok(t);
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." { String::new() } else { field };
