@@ -1,12 +1,13 @@
 //! ferrolb agent. The data flow, one module per stage:
 //!
 //! `source` (manifests on disk, or the Kubernetes API) -> `store` (the
-//! validated objects) -> `model` (desired frontends and backends) ->
+//! validated objects, as `entry`s) -> `model` (desired frontends and backends) ->
 //! `reconcile` (diff against the maps, ordered writes) -> `datapath`
 //! (map writes, program attachment) -> the kernel programs in `lb-ebpf`.
 pub mod agent;
 pub mod caps;
 pub mod datapath;
+pub mod entry;
 pub mod filter;
 pub mod metrics;
 pub mod model;

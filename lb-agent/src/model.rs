@@ -3,17 +3,11 @@
 //! the same whatever source filled it.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use k8s_openapi::{
-    api::{
-        core::v1::{Endpoints, Service, ServicePort},
-        discovery::v1::EndpointSlice,
-    },
-    apimachinery::pkg::util::intstr::IntOrString,
-};
 use tracing::{debug, warn};
 
+use crate::entry::{EndpointPort, EndpointsEntry, ServiceEntry, ServicePortEntry, TargetPort};
 use crate::filter;
 use crate::store::{NsName, ObjectStore};
 
@@ -203,54 +197,42 @@ pub fn desired(store: &ObjectStore) -> Desired {
 fn service_frontends(
     store: &ObjectStore,
     key: &NsName,
-    svc: &Service,
+    svc: &ServiceEntry,
 ) -> Vec<(FrontendKey, FrontendState)> {
     let mut out = Vec::new();
-    let Some(spec) = &svc.spec else { return out };
-    if spec.type_.as_deref() == Some("ExternalName") {
+    if svc.external_name {
         debug!(service = %key, "ExternalName Service: resolved by DNS, nothing to program");
         return out;
     }
     let mut vips: BTreeSet<Ipv4Addr> = BTreeSet::new();
-    let mut any_ip = false;
-    for v in spec
-        .cluster_ips
-        .iter()
-        .flatten()
-        .chain(spec.cluster_ip.iter())
-    {
-        if v.is_empty() || v == "None" {
-            continue;
-        }
-        any_ip = true;
-        match v.parse::<Ipv4Addr>() {
-            Ok(a) => {
-                vips.insert(a);
+    for v in &svc.cluster_ips {
+        match v {
+            IpAddr::V4(a) => {
+                vips.insert(*a);
             }
-            Err(_) => debug!(service = %key, ip = %v, "non-IPv4 cluster IP not programmed yet"),
+            IpAddr::V6(_) => {
+                debug!(service = %key, ip = %v, "non-IPv4 cluster IP not programmed yet")
+            }
         }
     }
-    if !any_ip {
+    if svc.cluster_ips.is_empty() {
         debug!(service = %key, "headless Service (clusterIP: None): nothing to program");
         return out;
     }
-    let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
     let endpoints = endpoints_of(store, key);
-    let ports = spec.ports.as_deref().unwrap_or(&[]);
+    let ports = &svc.ports;
     for sp in ports {
-        let Some(proto) = Proto::from_k8s(sp.protocol.as_deref()) else {
-            continue;
-        };
+        let proto = sp.proto;
         if proto == Proto::Sctp {
             warn!(service = %key, port = sp.port, "SCTP is not supported by the datapath yet; port skipped");
             continue;
         }
-        let backends = backends_for(sp, proto, ports.len() == 1, &endpoints, publish_not_ready);
+        let backends = backends_for(sp, ports.len() == 1, &endpoints, svc.publish_not_ready);
         let port_label = sp.name.clone().unwrap_or_else(|| sp.port.to_string());
         for vip in &vips {
             let fk = FrontendKey {
                 addr: *vip,
-                port: sp.port as u16,
+                port: sp.port,
                 proto,
             };
             out.push((
@@ -268,7 +250,8 @@ fn service_frontends(
 /// Resolves the target port of service port `sp` for one endpoint: by port
 /// name and protocol through the endpoint's ports (this is how named
 /// targetPorts resolve), else a numeric targetPort, else the port itself.
-fn target_port(sp: &ServicePort, proto: Proto, only_port: bool, ep: &EndpointView) -> Option<u16> {
+fn target_port(sp: &ServicePortEntry, only_port: bool, ep: &EndpointView) -> Option<u16> {
+    let proto = sp.proto;
     let name = sp.name.clone().unwrap_or_default();
     if let Some(p) = ep.ports.get(&(name, proto)) {
         return Some(*p);
@@ -283,22 +266,21 @@ fn target_port(sp: &ServicePort, proto: Proto, only_port: bool, ep: &EndpointVie
     if !ep.ports.is_empty() {
         return None;
     }
-    match &sp.target_port {
-        Some(IntOrString::Int(p)) => Some(*p as u16),
-        Some(IntOrString::String(_)) => None,
-        None => Some(sp.port as u16),
+    match sp.target {
+        TargetPort::Number(p) => Some(p),
+        TargetPort::Named => None,
+        TargetPort::Same => Some(sp.port),
     }
 }
 
 fn backends_for(
-    sp: &ServicePort,
-    proto: Proto,
+    sp: &ServicePortEntry,
     only_port: bool,
     endpoints: &[EndpointView],
     publish_not_ready: bool,
 ) -> Vec<BackendAddr> {
     let pick = |ep: &EndpointView| -> Option<BackendAddr> {
-        target_port(sp, proto, only_port, ep).map(|port| BackendAddr {
+        target_port(sp, only_port, ep).map(|port| BackendAddr {
             addr: ep.addr,
             port,
         })
@@ -325,44 +307,31 @@ fn backends_for(
 /// All endpoints of a Service: its EndpointSlices merged (deduplicated by
 /// address), or its legacy Endpoints object when it has no slice.
 fn endpoints_of(store: &ObjectStore, key: &NsName) -> Vec<EndpointView> {
-    let slices: Vec<&EndpointSlice> = store.slices_of(key).collect();
-    if !slices.is_empty() {
+    let mut slices = store.slices_of(key).peekable();
+    if slices.peek().is_some() {
         let mut by_addr: BTreeMap<Ipv4Addr, EndpointView> = BTreeMap::new();
         for s in slices {
-            if s.address_type != "IPv4" {
+            if !s.ipv4 {
                 continue;
             }
-            let ports = port_map(
-                s.ports
-                    .iter()
-                    .flatten()
-                    .map(|p| (p.name.as_deref(), p.protocol.as_deref(), p.port)),
-            );
-            for e in &s.endpoints {
-                let c = e.conditions.clone().unwrap_or_default();
-                // Per the API: nil ready means ready; nil serving follows ready.
-                let ready = c.ready.unwrap_or(true);
-                let view = |addr| EndpointView {
-                    addr,
-                    ready,
-                    serving: c.serving.unwrap_or(ready),
-                    terminating: c.terminating.unwrap_or(false),
+            let ports = port_map(&s.ports);
+            for a in &s.addresses {
+                let v = EndpointView {
+                    addr: a.addr,
+                    ready: a.ready,
+                    serving: a.serving,
+                    terminating: a.terminating,
                     ports: ports.clone(),
                 };
-                for a in &e.addresses {
-                    if let Ok(addr) = a.parse::<Ipv4Addr>() {
-                        let v = view(addr);
-                        by_addr
-                            .entry(addr)
-                            .and_modify(|old| {
-                                old.ready |= v.ready;
-                                old.serving |= v.serving;
-                                old.terminating &= v.terminating;
-                                old.ports.extend(v.ports.clone());
-                            })
-                            .or_insert(v);
-                    }
-                }
+                by_addr
+                    .entry(a.addr)
+                    .and_modify(|old| {
+                        old.ready |= v.ready;
+                        old.serving |= v.serving;
+                        old.terminating &= v.terminating;
+                        old.ports.extend(v.ports.clone());
+                    })
+                    .or_insert(v);
             }
         }
         return by_addr.into_values().collect();
@@ -373,44 +342,32 @@ fn endpoints_of(store: &ObjectStore, key: &NsName) -> Vec<EndpointView> {
     }
 }
 
-/// (port name, protocol) -> port number, from EndpointSlice or Endpoints
-/// ports given as (name, protocol, port).
-fn port_map<'a>(
-    ports: impl Iterator<Item = (Option<&'a str>, Option<&'a str>, Option<i32>)>,
-) -> BTreeMap<(String, Proto), u16> {
+/// (port name, protocol) -> port number.
+fn port_map(ports: &[EndpointPort]) -> BTreeMap<(String, Proto), u16> {
     ports
-        .filter_map(|(name, protocol, port)| {
-            let proto = Proto::from_k8s(protocol)?;
-            Some(((name.unwrap_or_default().to_string(), proto), port? as u16))
-        })
+        .iter()
+        .map(|p| ((p.name.clone(), p.proto), p.port))
         .collect()
 }
 
-fn legacy_endpoints(ep: &Endpoints) -> Vec<EndpointView> {
+fn legacy_endpoints(ep: &EndpointsEntry) -> Vec<EndpointView> {
     let mut out = Vec::new();
-    for sub in ep.subsets.iter().flatten() {
-        let ports = port_map(
-            sub.ports
-                .iter()
-                .flatten()
-                .map(|p| (p.name.as_deref(), p.protocol.as_deref(), Some(p.port))),
-        );
-        let mut push = |ip: &str, ready: bool| {
-            if let Ok(addr) = ip.parse::<Ipv4Addr>() {
-                out.push(EndpointView {
-                    addr,
-                    ready,
-                    serving: ready,
-                    terminating: false,
-                    ports: ports.clone(),
-                });
-            }
+    for sub in &ep.subsets {
+        let ports = port_map(&sub.ports);
+        let mut push = |addr: Ipv4Addr, ready: bool| {
+            out.push(EndpointView {
+                addr,
+                ready,
+                serving: ready,
+                terminating: false,
+                ports: ports.clone(),
+            });
         };
-        for a in sub.addresses.iter().flatten() {
-            push(&a.ip, true);
+        for a in &sub.ready {
+            push(*a, true);
         }
-        for a in sub.not_ready_addresses.iter().flatten() {
-            push(&a.ip, false);
+        for a in &sub.not_ready {
+            push(*a, false);
         }
     }
     out
@@ -426,7 +383,7 @@ mod tests {
     fn store(yaml: &str) -> ObjectStore {
         let mut s = ObjectStore::default();
         for d in parse_str(Path::new("t.yaml"), yaml).unwrap() {
-            s.upsert(d.result.unwrap()).unwrap();
+            s.upsert(d.result.unwrap());
         }
         s
     }
@@ -467,7 +424,7 @@ mod tests {
         );
         // Changing a's slice touches a only, and the result equals a fresh model.
         for d in parse_str(Path::new("t.yaml"), &two("{addresses: [10.244.0.2]}")).unwrap() {
-            s.upsert(d.result.unwrap()).unwrap();
+            s.upsert(d.result.unwrap());
         }
         let dirty = s.take_dirty();
         assert_eq!(dirty.len(), 2, "every upserted object marks its Service");
@@ -630,7 +587,7 @@ mod cidr_tests {
             for d in
                 crate::source::manifest::parse_str(std::path::Path::new("t.yaml"), &text).unwrap()
             {
-                store.upsert(d.result.unwrap()).unwrap();
+                store.upsert(d.result.unwrap());
             }
         }
         let mut cache = ModelCache::default();

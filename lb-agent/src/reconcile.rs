@@ -28,7 +28,9 @@ pub struct MapState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     PutBackend(u32, Backend),
-    PutInfo(u32, SvcInfo),
+    /// Boxed: the name is 64 bytes and there is one per frontend, while
+    /// the other ops are a tenth of that and number ten per frontend.
+    PutInfo(u32, Box<SvcInfo>),
     PutService(ServiceKey, ServiceValue),
     DelService(ServiceKey),
     DelInfo(u32),
@@ -261,7 +263,7 @@ impl Reconciler {
                         .unwrap_or_else(|| self.svc_alloc.take());
                     let info = info_entry(&st.name);
                     if self.mirror.info.get(&svc_id) != Some(&info) {
-                        put_info.push(Op::PutInfo(svc_id, info));
+                        put_info.push(Op::PutInfo(svc_id, Box::new(info)));
                     }
                     let mut count: u16 = 0;
                     for b in st
@@ -343,13 +345,14 @@ impl Reconciler {
         for id in freed_svc {
             self.svc_alloc.release(id);
         }
-        gone_ops.extend(put_be);
-        let mut put_be = gone_ops;
-        put_be.extend(put_info);
-        put_be.extend(fe_ops);
-        put_be.extend(del_info);
-        put_be.extend(del_be);
-        put_be
+        // One allocation of the final size: a first sync plans a write per
+        // map entry, and growing the list would briefly hold it twice.
+        let parts = [gone_ops, put_be, put_info, fe_ops, del_info, del_be];
+        let mut ops = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+        for part in parts {
+            ops.extend(part);
+        }
+        ops
     }
 
     /// The writes for everything: every desired frontend and every
@@ -407,7 +410,7 @@ pub fn apply_to(state: &mut MapState, op: &Op) {
             state.backends.insert(*id, *b);
         }
         Op::PutInfo(id, i) => {
-            state.info.insert(*id, *i);
+            state.info.insert(*id, **i);
         }
         Op::PutService(k, v) => {
             state.services.insert(*k, *v);

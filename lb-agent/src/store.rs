@@ -1,6 +1,7 @@
 //! The Kubernetes objects the agent knows, as any source delivered them.
-//! Every object is validated on the way in; an invalid object never
-//! replaces a valid one, so what is programmed is never lost to bad input.
+//! Every object is validated on the way in and kept as an [`Entry`] (the
+//! fields the agent reads); an invalid object never replaces a valid one,
+//! so what is programmed is never lost to bad input.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -10,8 +11,7 @@ use k8s_openapi::api::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::model::SERVICE_NAME_LABEL;
-use crate::validate::{self, FieldError};
+use crate::entry::{Body, EndpointsEntry, Entry, ServiceEntry, SliceEntry};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -55,6 +55,8 @@ impl fmt::Display for ObjectId {
     }
 }
 
+/// An object as a source delivers it (a manifest document, an API event);
+/// the store keeps its [`Entry`].
 // Objects are moved rarely and in small numbers; boxing would only add noise.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
@@ -97,22 +99,22 @@ impl Object {
 }
 
 /// The Service an EndpointSlice belongs to, from its service-name label.
-fn slice_service(key: &NsName, slice: &EndpointSlice) -> Option<NsName> {
-    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+fn slice_service(key: &NsName, slice: &SliceEntry) -> Option<NsName> {
     Some(NsName {
         namespace: key.namespace.clone(),
-        name: name.clone(),
+        name: slice.service.clone()?,
     })
 }
 
-/// All objects, by kind and namespace/name. Change them only through
-/// `upsert` and `remove`: those keep the slice index and the set of
-/// Services whose frontends need recomputing.
+/// All objects, by kind and namespace/name, as [`Entry`]s (what the agent
+/// needs of them). Change them only through `upsert` and `remove`: those
+/// keep the slice index and the set of Services whose frontends need
+/// recomputing.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ObjectStore {
-    pub services: BTreeMap<NsName, Service>,
-    pub slices: BTreeMap<NsName, EndpointSlice>,
-    pub endpoints: BTreeMap<NsName, Endpoints>,
+    pub services: BTreeMap<NsName, ServiceEntry>,
+    pub slices: BTreeMap<NsName, SliceEntry>,
+    pub endpoints: BTreeMap<NsName, EndpointsEntry>,
     /// Service -> the EndpointSlices that name it.
     slices_of: BTreeMap<NsName, BTreeSet<NsName>>,
     /// Services touched since the last `take_dirty`.
@@ -120,34 +122,29 @@ pub struct ObjectStore {
 }
 
 impl ObjectStore {
-    /// Validates and stores `obj`, replacing any object with the same id.
-    /// An invalid object is refused and whatever was stored stays.
-    pub fn upsert(&mut self, obj: Object) -> Result<(), FieldError> {
-        validate::object(&obj)?;
-        let id = obj.id();
+    /// Stores a validated `entry`, replacing any object with the same id.
+    pub fn upsert(&mut self, entry: Entry) {
         // The old version's Service is affected too (a slice may move).
-        self.remove(&id);
-        let key = id.key;
-        match obj {
-            Object::Service(o) => {
+        self.remove(&entry.id());
+        let key = entry.key;
+        match entry.body {
+            Body::Service(o) => {
                 self.dirty.insert(key.clone());
                 self.services.insert(key, o);
             }
-            Object::EndpointSlice(o) => {
+            Body::EndpointSlice(o) => {
                 if let Some(svc) = slice_service(&key, &o) {
                     self.dirty.insert(svc.clone());
                     self.slices_of.entry(svc).or_default().insert(key.clone());
                 }
                 self.slices.insert(key, o);
             }
-            Object::Endpoints(o) => {
+            Body::Endpoints(o) => {
                 self.dirty.insert(key.clone());
                 self.endpoints.insert(key, o);
             }
         }
-        Ok(())
     }
-
     pub fn remove(&mut self, id: &ObjectId) {
         match id.kind {
             Kind::Service => {
@@ -178,12 +175,14 @@ impl ObjectStore {
 
     /// True when the store holds `obj` exactly as given: an unchanged
     /// object re-delivered (a relist) need not touch anything.
-    pub fn holds(&self, obj: &Object) -> bool {
-        let key = obj.id().key;
-        match obj {
-            Object::Service(o) => self.services.get(&key) == Some(o),
-            Object::EndpointSlice(o) => self.slices.get(&key) == Some(o),
-            Object::Endpoints(o) => self.endpoints.get(&key) == Some(o),
+    /// Fields the agent does not keep do not count: changing only those
+    /// changes nothing programmed.
+    pub fn holds(&self, entry: &Entry) -> bool {
+        let key = &entry.key;
+        match &entry.body {
+            Body::Service(o) => self.services.get(key) == Some(o),
+            Body::EndpointSlice(o) => self.slices.get(key) == Some(o),
+            Body::Endpoints(o) => self.endpoints.get(key) == Some(o),
         }
     }
 
@@ -208,7 +207,7 @@ impl ObjectStore {
     }
 
     /// The EndpointSlices of Service `svc`.
-    pub fn slices_of<'a>(&'a self, svc: &NsName) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+    pub fn slices_of<'a>(&'a self, svc: &NsName) -> impl Iterator<Item = &'a SliceEntry> + 'a {
         self.slices_of
             .get(svc)
             .into_iter()

@@ -62,21 +62,11 @@ pub fn endpoint_addresses(store: &ObjectStore) -> HashSet<Ipv4Addr> {
     let slices = store
         .slices
         .values()
-        .flat_map(|s| s.endpoints.iter())
-        .flat_map(|e| e.addresses.iter());
+        .flat_map(|s| s.addresses.iter().map(|a| a.addr));
     let legacy = store
         .endpoints
         .values()
-        .flat_map(|e| e.subsets.iter().flatten())
-        .flat_map(|s| {
-            s.addresses
-                .iter()
-                .flatten()
-                .chain(s.not_ready_addresses.iter().flatten())
-        })
-        .map(|a| &a.ip);
-    slices
-        .chain(legacy)
-        .filter_map(|a| a.parse().ok())
-        .collect()
+        .flat_map(|e| e.subsets.iter())
+        .flat_map(|s| s.ready.iter().chain(s.not_ready.iter()).copied());
+    slices.chain(legacy).collect()
 }

@@ -104,7 +104,7 @@ impl ServiceMaps {
             }
             let r = match op {
                 Op::PutBackend(id, b) => self.backends.insert(id, b, 0),
-                Op::PutInfo(id, i) => self.info.insert(id, i, 0),
+                Op::PutInfo(id, i) => self.info.insert(id, **i, 0),
                 Op::PutService(k, v) => self.services.insert(k, v, 0),
                 Op::DelService(k) => self.services.remove(k),
                 Op::DelInfo(id) => self.info.remove(id),

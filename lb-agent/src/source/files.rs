@@ -150,7 +150,7 @@ impl FileSource {
             let mut next = HashMap::new();
             for doc in docs {
                 let outcome = match doc.parsed {
-                    Some(parsed) => self.apply(file, parsed, &old),
+                    Some(parsed) => self.apply(parsed, &old),
                     None => known.get(&doc.hash).cloned().unwrap_or_default(),
                 };
                 ids.extend(outcome.ids.iter().cloned());
@@ -170,33 +170,18 @@ impl FileSource {
 
     /// Puts one freshly parsed document's objects into the store. An
     /// invalid object keeps its last good version (if this file had one).
-    fn apply(&mut self, file: &Path, parsed: Vec<Parsed>, old: &BTreeSet<ObjectId>) -> Outcome {
+    fn apply(&mut self, parsed: Vec<Parsed>, old: &BTreeSet<ObjectId>) -> Outcome {
         let mut out = Outcome::default();
         for p in parsed {
             match p.result {
-                Ok(obj) => {
-                    let id = obj.id();
+                Ok(entry) => {
                     // Unchanged objects stay as they are: their Services
                     // stay clean.
-                    if self.store.holds(&obj) {
-                        out.ids.push(id);
-                        continue;
+                    let id = entry.id();
+                    if !self.store.holds(&entry) {
+                        self.store.upsert(entry);
                     }
-                    match self.store.upsert(obj) {
-                        Ok(()) => out.ids.push(id),
-                        Err(e) => {
-                            if old.contains(&id) {
-                                out.ids.push(id.clone());
-                            }
-                            out.errors.push(ManifestError {
-                                file: file.to_path_buf(),
-                                document: 0,
-                                object: id.to_string(),
-                                field: e.field,
-                                message: e.message,
-                            });
-                        }
-                    }
+                    out.ids.push(id);
                 }
                 Err(e) => {
                     if let Some(id) = p.id.filter(|id| old.contains(id)) {
@@ -272,7 +257,7 @@ mod tests {
 
     fn port(src: &FileSource, name: &str) -> Option<i32> {
         let s = src.store().services.get(&id(name).key)?;
-        Some(s.spec.as_ref()?.ports.as_ref()?[0].port)
+        Some(i32::from(s.ports.first()?.port))
     }
 
     /// Rewrites a file with a different length, so the change is seen

@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{info, warn};
 
+use crate::entry::Entry;
 use crate::store::{Kind, NsName, Object, ObjectId, ObjectStore};
 
 /// A client from `kubeconfig`, or inferred (`$KUBECONFIG`, `~/.kube/config`,
@@ -256,10 +257,12 @@ impl KubeSource {
         match item {
             Item::Object(obj) => {
                 let id = obj.id();
-                if !self.store.holds(&obj)
-                    && let Err(e) = self.store.upsert(obj)
-                {
-                    warn!("{id}: {e}; skipped, its last good version (if any) stays");
+                match Entry::from_object(&obj) {
+                    Ok(entry) if self.store.holds(&entry) => {}
+                    Ok(entry) => self.store.upsert(entry),
+                    Err(e) => {
+                        warn!("{id}: {e}; skipped, its last good version (if any) stays");
+                    }
                 }
                 Some(id)
             }

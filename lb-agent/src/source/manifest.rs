@@ -1,6 +1,6 @@
 //! Parsing YAML/JSON manifests (multi-document, `kind: List` too) into
-//! typed k8s-openapi objects. Errors name the file, the document, the
-//! object and the field.
+//! typed k8s-openapi objects, validated and kept as store entries. Errors
+//! name the file, the document, the object and the field.
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
+use crate::entry::Entry;
 use crate::store::{Kind, NsName, Object, ObjectId};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +47,7 @@ impl std::error::Error for ManifestError {}
 #[derive(Debug)]
 pub struct Parsed {
     pub id: Option<ObjectId>,
-    pub result: Result<Object, ManifestError>,
+    pub result: Result<Entry, ManifestError>,
 }
 
 /// What one file holds. `Err` when the file as a whole cannot be read or
@@ -113,6 +114,9 @@ pub fn parse_str(path: &Path, text: &str) -> FileContents {
 }
 
 fn parse_document(path: &Path, document: usize, text: &str) -> Result<Vec<Parsed>, ManifestError> {
+    if let Some(parsed) = parse_direct(text) {
+        return Ok(vec![parsed]);
+    }
     let value: Value = serde_yaml::from_str(text).map_err(|e| ManifestError {
         file: path.to_path_buf(),
         document,
@@ -125,6 +129,41 @@ fn parse_document(path: &Path, document: usize, text: &str) -> Result<Vec<Parsed
         parse_value(path, document, value, &mut out);
     }
     Ok(out)
+}
+
+/// The fast path for the common document: one object whose top-level
+/// `kind` and `apiVersion` can be read off its lines, deserialized
+/// straight into its type (building a `Value` first costs about as much
+/// as the deserializing). `None` sends the document down the general
+/// path, which also names the failing field: a misread kind cannot get
+/// through, as k8s-openapi checks `kind` and `apiVersion` itself.
+fn parse_direct(text: &str) -> Option<Parsed> {
+    let (mut kind, mut api) = (None, None);
+    for line in text.lines() {
+        let (slot, value) = if let Some(v) = line.strip_prefix("kind:") {
+            (&mut kind, v)
+        } else if let Some(v) = line.strip_prefix("apiVersion:") {
+            (&mut api, v)
+        } else {
+            continue;
+        };
+        if slot.replace(value.trim()).is_some() {
+            return None;
+        }
+    }
+    let obj = match (kind?, api?) {
+        ("Service", "v1") => Object::Service(serde_yaml::from_str(text).ok()?),
+        ("Endpoints", "v1") => Object::Endpoints(serde_yaml::from_str(text).ok()?),
+        ("EndpointSlice", "discovery.k8s.io/v1") => {
+            Object::EndpointSlice(serde_yaml::from_str(text).ok()?)
+        }
+        _ => return None,
+    };
+    let entry = Entry::from_object(&obj).ok()?;
+    Some(Parsed {
+        id: Some(entry.id()),
+        result: Ok(entry),
+    })
 }
 
 /// Splits a YAML stream at its `---` document markers (a marker line
@@ -234,9 +273,8 @@ fn parse_value(path: &Path, document: usize, value: Value, out: &mut Vec<Parsed>
     }
     .map_err(|(field, message)| fail(object_name.clone(), &field, message))
     .and_then(|obj| {
-        crate::validate::object(&obj)
-            .map(|()| obj)
-            .map_err(|e| fail(object_name.clone(), &e.field, e.message))
+        // Only what the agent needs is kept of the object, from here on.
+        Entry::from_object(&obj).map_err(|e| fail(object_name.clone(), &e.field, e.message))
     });
     out.push(Parsed {
         id: if name.is_empty() { None } else { Some(id) },
@@ -244,8 +282,13 @@ fn parse_value(path: &Path, document: usize, value: Value, out: &mut Vec<Parsed>
     });
 }
 
-/// Deserializes with the failing field's path kept for the error.
+/// Deserializes with the failing field's path kept for the error. The
+/// path is tracked only on a second pass after a failure: tracking it
+/// costs an allocation per key, most of the parse for valid documents.
 fn typed<T: DeserializeOwned>(value: Value) -> Result<T, (String, String)> {
+    if let Ok(t) = T::deserialize(&value) {
+        return Ok(t);
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." { String::new() } else { field };
@@ -297,6 +340,28 @@ mod tests {
             .map(|d| d.number)
             .collect();
         assert_eq!(fresh, vec![3]);
+    }
+
+    #[test]
+    fn direct_path_takes_only_documents_it_can_read() {
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n";
+        assert!(parse_direct(svc).is_some());
+        // k8s-openapi checks kind itself: a misread one is not taken.
+        let wrong = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n";
+        assert!(serde_yaml::from_str::<k8s_openapi::api::core::v1::Endpoints>(wrong).is_err());
+        // Flow style, quoted keys, invalid objects: general path.
+        for text in [
+            "{apiVersion: v1, kind: Service, metadata: {name: a}}",
+            "apiVersion: v1\nkind: \"Service\"\nmetadata: {name: a}\n",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 0}]}\n",
+        ] {
+            assert!(parse_direct(text).is_none(), "{text}");
+            assert_eq!(parse(text).len(), 1, "{text}");
+        }
+        // A repeated key too (there it is not YAML at all).
+        let twice = "apiVersion: v1\nkind: Service\nkind: Service\nmetadata: {name: a}\n";
+        assert!(parse_direct(twice).is_none());
+        assert!(parse_str(Path::new("t.yaml"), twice).is_err());
     }
 
     #[test]
@@ -462,7 +527,7 @@ mod fuzz {
             for d in docs {
                 if let Ok(obj) = d.result {
                     parsed_ok += 1;
-                    let _ = store.upsert(obj);
+                    store.upsert(obj);
                 }
             }
             let dirty: BTreeSet<_> = store.take_dirty();

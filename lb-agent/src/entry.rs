@@ -1,0 +1,250 @@
+//! What the store keeps of each object: only the fields the model, the
+//! Service filter and the conntrack purge read, converted from the
+//! k8s-openapi object once it has been validated. A full object costs
+//! kilobytes (every optional field of the API, most of them empty); these
+//! cost what the fields they hold cost, which is what lets the agent hold
+//! a large cluster in little memory.
+use std::net::{IpAddr, Ipv4Addr};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Endpoints, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use crate::filter::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
+use crate::model::{Proto, SERVICE_NAME_LABEL};
+use crate::store::{Kind, NsName, Object, ObjectId};
+use crate::validate::{self, FieldError};
+
+/// One validated object, by namespace/name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub key: NsName,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    Service(ServiceEntry),
+    EndpointSlice(SliceEntry),
+    Endpoints(EndpointsEntry),
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceEntry {
+    /// The `service.kubernetes.io/service-proxy-name` label.
+    pub proxy_name: Option<String>,
+    /// The `service.kubernetes.io/headless` label is set.
+    pub headless_label: bool,
+    /// `type: ExternalName`.
+    pub external_name: bool,
+    /// `spec.clusterIPs` then `spec.clusterIP`, without the "None" and
+    /// empty ones (so empty for headless Services).
+    pub cluster_ips: Vec<IpAddr>,
+    pub publish_not_ready: bool,
+    pub ports: Vec<ServicePortEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServicePortEntry {
+    pub name: Option<String>,
+    pub port: u16,
+    pub proto: Proto,
+    pub target: TargetPort,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetPort {
+    /// No targetPort: the port itself.
+    Same,
+    Number(u16),
+    /// Named: resolved through the endpoints' port names.
+    Named,
+}
+
+/// A port of an EndpointSlice or Endpoints subset that has a number.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointPort {
+    /// Empty when unnamed.
+    pub name: String,
+    pub proto: Proto,
+    pub port: u16,
+}
+
+/// One IPv4 address of an endpoint, with the endpoint's conditions
+/// resolved as the API defines them (nil ready means ready, nil serving
+/// follows ready).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EndpointAddr {
+    pub addr: Ipv4Addr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SliceEntry {
+    /// The Service named by the `kubernetes.io/service-name` label.
+    pub service: Option<String>,
+    /// `addressType: IPv4` (only those are programmed).
+    pub ipv4: bool,
+    pub ports: Vec<EndpointPort>,
+    /// Every endpoint's addresses that are IPv4, in order.
+    pub addresses: Vec<EndpointAddr>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EndpointsEntry {
+    pub subsets: Vec<SubsetEntry>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SubsetEntry {
+    pub ports: Vec<EndpointPort>,
+    /// IPv4 addresses only.
+    pub ready: Vec<Ipv4Addr>,
+    pub not_ready: Vec<Ipv4Addr>,
+}
+
+impl Entry {
+    /// Validates `obj` and keeps what the agent needs of it.
+    pub fn from_object(obj: &Object) -> Result<Entry, FieldError> {
+        validate::object(obj)?;
+        let key = obj.id().key;
+        let body = match obj {
+            Object::Service(s) => Body::Service(service(s)),
+            Object::EndpointSlice(s) => Body::EndpointSlice(slice(s)),
+            Object::Endpoints(e) => Body::Endpoints(endpoints(e)),
+        };
+        Ok(Entry { key, body })
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self.body {
+            Body::Service(_) => Kind::Service,
+            Body::EndpointSlice(_) => Kind::EndpointSlice,
+            Body::Endpoints(_) => Kind::Endpoints,
+        }
+    }
+
+    pub fn id(&self) -> ObjectId {
+        ObjectId {
+            kind: self.kind(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+// The conversions below rely on `validate` having passed: ports are in
+// range, protocols known and addresses parse.
+
+fn proto(p: Option<&str>) -> Proto {
+    Proto::from_k8s(p).unwrap_or(Proto::Tcp)
+}
+
+fn service(s: &Service) -> ServiceEntry {
+    let labels = s.metadata.labels.as_ref();
+    let mut out = ServiceEntry {
+        proxy_name: labels.and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL).cloned()),
+        headless_label: labels.is_some_and(|l| l.contains_key(HEADLESS_LABEL)),
+        ..Default::default()
+    };
+    let Some(spec) = &s.spec else { return out };
+    out.external_name = spec.type_.as_deref() == Some("ExternalName");
+    out.publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
+    out.cluster_ips = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    out.ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| ServicePortEntry {
+            name: p.name.clone(),
+            port: p.port as u16,
+            proto: proto(p.protocol.as_deref()),
+            target: match &p.target_port {
+                None => TargetPort::Same,
+                Some(IntOrString::Int(t)) => TargetPort::Number(*t as u16),
+                Some(IntOrString::String(_)) => TargetPort::Named,
+            },
+        })
+        .collect();
+    out
+}
+
+fn port(name: Option<&str>, protocol: Option<&str>, port: Option<i32>) -> Option<EndpointPort> {
+    Some(EndpointPort {
+        name: name.unwrap_or_default().to_string(),
+        proto: proto(protocol),
+        port: port? as u16,
+    })
+}
+
+fn slice(s: &EndpointSlice) -> SliceEntry {
+    let mut addresses = Vec::new();
+    for e in &s.endpoints {
+        let c = e.conditions.clone().unwrap_or_default();
+        let ready = c.ready.unwrap_or(true);
+        let (serving, terminating) = (c.serving.unwrap_or(ready), c.terminating.unwrap_or(false));
+        addresses.extend(
+            e.addresses
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .map(|addr| EndpointAddr {
+                    addr,
+                    ready,
+                    serving,
+                    terminating,
+                }),
+        );
+    }
+    SliceEntry {
+        service: s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL).cloned()),
+        ipv4: s.address_type == "IPv4",
+        ports: s
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| port(p.name.as_deref(), p.protocol.as_deref(), p.port))
+            .collect(),
+        addresses,
+    }
+}
+
+fn endpoints(e: &Endpoints) -> EndpointsEntry {
+    let v4 = |ips: Option<&Vec<k8s_openapi::api::core::v1::EndpointAddress>>| -> Vec<Ipv4Addr> {
+        ips.into_iter()
+            .flatten()
+            .filter_map(|a| a.ip.parse().ok())
+            .collect()
+    };
+    EndpointsEntry {
+        subsets: e
+            .subsets
+            .iter()
+            .flatten()
+            .map(|sub| SubsetEntry {
+                ports: sub
+                    .ports
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| port(p.name.as_deref(), p.protocol.as_deref(), Some(p.port)))
+                    .collect(),
+                ready: v4(sub.addresses.as_ref()),
+                not_ready: v4(sub.not_ready_addresses.as_ref()),
+            })
+            .collect(),
+    }
+}
