@@ -102,6 +102,7 @@ pub fn remove_link_pins(pin_dir: &Path) -> Result<Vec<PathBuf>> {
     let dir = links_dir(pin_dir);
     let mut removed = Vec::new();
     let mut ids = BTreeSet::new();
+    let mut progs = BTreeSet::new();
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for e in entries.flatten() {
             let path = e.path();
@@ -110,6 +111,7 @@ pub fn remove_link_pins(pin_dir: &Path) -> Result<Vec<PathBuf>> {
                 .and_then(|l| l.info())
             {
                 ids.insert(info.id());
+                progs.insert(info.program_id());
             }
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             removed.push(path);
@@ -124,7 +126,7 @@ pub fn remove_link_pins(pin_dir: &Path) -> Result<Vec<PathBuf>> {
     // A link on its way out still has its id but no longer opens
     // (ENOENT): count it as present. Listing needs CAP_SYS_ADMIN; without
     // it (EPERM) this cannot wait.
-    let present = || {
+    let link_present = || {
         aya::programs::loaded_links().any(|l| match l {
             Ok(l) => ids.contains(&l.id()),
             Err(aya::programs::links::LinkError::SyscallError(e)) => {
@@ -133,9 +135,23 @@ pub fn remove_link_pins(pin_dir: &Path) -> Result<Vec<PathBuf>> {
             Err(_) => false,
         })
     };
-    while !ids.is_empty() && present() {
+    while !ids.is_empty() && link_present() {
         if Instant::now() > deadline {
             bail!("links {ids:?} are still attached 5 s after their pins were removed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The kernel frees a link's id before it detaches the program (tcx
+    // detaches under the RTNL lock, which namespace teardown can hold for
+    // a while), but drops the link's hold on the program only after. So
+    // the programs going away is what says nothing is attached any more.
+    // Something else may hold them (a running agent): then only warn.
+    let prog_present =
+        || aya::programs::loaded_programs().any(|p| p.is_ok_and(|p| progs.contains(&p.id())));
+    while !progs.is_empty() && prog_present() {
+        if Instant::now() > deadline {
+            warn!(programs = ?progs, "programs still loaded after their links went: something else holds them");
+            break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
