@@ -1,7 +1,7 @@
 //! What happens to a TCP/UDP packet, the same at tc and XDP: conntrack
 //! lookup -> (on a miss) service lookup -> backend selection -> conntrack
 //! entry -> NAT. The hook decides only how to act on the outcome.
-use lb_common::Stat;
+use lb_common::{CtValue, Stat};
 
 use crate::{
     conntrack,
@@ -30,19 +30,22 @@ pub fn handle<C: Nat>(ctx: &C, p: &Packet) -> Outcome {
     // One lookup settles replies and packets of tracked flows, the bulk of
     // all traffic; only a miss (or a SYN) goes on to the service lookup.
     let ct = conntrack::lookup(p);
+    let established = |ct: CtValue| {
+        rewritten(
+            ctx,
+            p,
+            Side::Destination,
+            ct.addr,
+            ct.port,
+            Stat::DnatEstablished,
+        )
+    };
     if let Some(ct) = ct {
         if ct.is_reverse() {
             return rewritten(ctx, p, Side::Source, ct.addr, ct.port, Stat::RevNat);
         }
         if !p.is_syn() {
-            return rewritten(
-                ctx,
-                p,
-                Side::Destination,
-                ct.addr,
-                ct.port,
-                Stat::DnatEstablished,
-            );
+            return established(ct);
         }
     }
     let Some(fe) = lb::lookup_frontend(p.daddr, p.dport, p.proto) else {
@@ -54,14 +57,7 @@ pub fn handle<C: Nat>(ctx: &C, p: &Packet) -> Outcome {
     if let Some(ct) = ct
         && lb::still_serves(&fe, &ct)
     {
-        return rewritten(
-            ctx,
-            p,
-            Side::Destination,
-            ct.addr,
-            ct.port,
-            Stat::DnatEstablished,
-        );
+        return established(ct);
     }
     new_flow(ctx, p, &fe)
 }

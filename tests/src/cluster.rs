@@ -124,20 +124,7 @@ impl Cluster {
     fn add_pod(&mut self, name: &str, ip: Ipv4Addr, index: usize) -> Result<Pod> {
         let ns = NetNs::new(&format!("{}-p{index}", self.id))?;
         let host_if = format!("veth{index}");
-        crate::netns::ip(&[
-            "link",
-            "add",
-            &host_if,
-            "netns",
-            &self.node.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &ns.name,
-        ])?;
+        self.node.veth_to(&host_if, &ns, "eth0")?;
         let pod_cidr = format!("{ip}/32");
         let gw = NODE_GW.to_string();
         ns.ip(&["addr", "add", &pod_cidr, "dev", "eth0"])?;

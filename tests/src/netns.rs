@@ -46,6 +46,15 @@ impl NetNs {
         ip(&full)
     }
 
+    /// A veth pair: `name` here, `peer` (named `peer_name`) in another namespace.
+    pub fn veth_to(&self, name: &str, peer: &NetNs, peer_name: &str) -> Result<()> {
+        ip(&[
+            "link", "add", name, "netns", &self.name, "type", "veth", "peer", "name", peer_name,
+            "netns", &peer.name,
+        ])
+        .map(drop)
+    }
+
     /// A command that runs inside this namespace (network only; mounts,
     /// /sys and cgroups stay the caller's).
     pub fn command(&self, program: &str) -> Command {

@@ -79,21 +79,7 @@ impl Drop for Outside {
 
 fn outside(c: &Cluster) -> Outside {
     let ns = NetNs::new(&format!("{}-out", c.id)).expect("namespace");
-    ferrolb_tests::netns::ip(&[
-        "link",
-        "add",
-        UPLINK,
-        "netns",
-        &c.node.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &ns.name,
-    ])
-    .expect("uplink veth");
+    c.node.veth_to(UPLINK, &ns, "eth0").expect("uplink veth");
     c.node
         .ip(&["addr", "add", &format!("{NODE_UPLINK}/24"), "dev", UPLINK])
         .unwrap();
