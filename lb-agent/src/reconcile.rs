@@ -60,13 +60,12 @@ impl Op {
 }
 
 pub fn service_key(fk: &FrontendKey, slot: u16) -> ServiceKey {
-    ServiceKey {
-        addr: ipv4_to_net(fk.addr.octets()),
-        port: port_to_net(fk.port),
+    ServiceKey::new(
+        ipv4_to_net(fk.addr.octets()),
+        port_to_net(fk.port),
         slot,
-        proto: fk.proto.number(),
-        _pad: [0; 3],
-    }
+        fk.proto.number(),
+    )
 }
 
 /// The frontend a map key belongs to.

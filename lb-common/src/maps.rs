@@ -63,7 +63,24 @@ pub struct ServiceKey {
     /// 0 = master entry, 1..=count = backend slots.
     pub slot: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Padding as scalars, not `[u8; 3]`: zeroing that array makes LLVM
+    // call a byte-loop memset subprogram on BPF, for every key built.
+    pub _pad0: u8,
+    pub _pad1: u16,
+}
+
+impl ServiceKey {
+    #[inline(always)]
+    pub const fn new(addr: u32, port: u16, slot: u16, proto: u8) -> Self {
+        ServiceKey {
+            addr,
+            port,
+            slot,
+            proto,
+            _pad0: 0,
+            _pad1: 0,
+        }
+    }
 }
 
 #[repr(C)]
@@ -97,7 +114,24 @@ pub struct CtKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Scalars for the reason given at `ServiceKey`.
+    pub _pad0: u8,
+    pub _pad1: u16,
+}
+
+impl CtKey {
+    #[inline(always)]
+    pub const fn new(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> Self {
+        CtKey {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto,
+            _pad0: 0,
+            _pad1: 0,
+        }
+    }
 }
 
 #[repr(C)]
@@ -148,7 +182,29 @@ pub struct SvcInfo {
     pub name: [u8; SVC_NAME_LEN],
 }
 
+/// Bench-only maps (`cargo xtask bench`), never pinned: the frame the
+/// harness puts back before every run, and per hook the program it
+/// tail-calls.
+pub const MAP_BENCH_FRAME: &str = "flb_bench_frame";
+pub const MAP_BENCH_TC_PROG: &str = "flb_bench_tc_prog";
+pub const MAP_BENCH_XDP_PROG: &str = "flb_bench_xdp_prog";
+/// Bytes of a frame the harness restores: Ethernet, IPv4 and TCP headers
+/// without options, every byte a translation can change.
+pub const BENCH_FRAME_LEN: usize = 54;
+
+/// The harness's frame. With `fresh_source` set, each run gets the source
+/// address `frame's + next` and bumps `next`: every run is a new flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BenchFrame {
+    pub bytes: [u8; BENCH_FRAME_LEN],
+    pub _pad: [u8; 2],
+    pub fresh_source: u32,
+    pub next: u32,
+}
+
 const _: () = {
+    assert!(core::mem::size_of::<BenchFrame>() == 64);
     assert!(core::mem::size_of::<ServiceKey>() == 12);
     assert!(core::mem::size_of::<ServiceValue>() == 12);
     assert!(core::mem::size_of::<Backend>() == 8);
@@ -180,6 +236,7 @@ mod user {
         CtValue,
         SockKey,
         SockValue,
-        SvcInfo
+        SvcInfo,
+        BenchFrame
     );
 }

@@ -3,27 +3,16 @@
 //! back. Both live in one LRU map and one key space, so idle flows age out
 //! under pressure and any packet needs a single lookup to learn which, if
 //! either, it is.
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{CT_FLAG_REVERSE, CtKey, CtValue};
 
 use crate::maps::CONNTRACK;
 use crate::parse::Packet;
 
-#[inline(always)]
-fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
-    CtKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto,
-        _pad: [0; 3],
-    }
-}
-
 /// The entry, forward or reverse, that `p`'s tuple matches.
 #[inline(always)]
 pub fn lookup(p: &Packet) -> Option<CtValue> {
-    let k = key(p.saddr, p.daddr, p.sport, p.dport, p.proto);
+    let k = CtKey::new(p.saddr, p.daddr, p.sport, p.dport, p.proto);
     unsafe { CONNTRACK.get(k) }.copied()
 }
 
@@ -31,12 +20,24 @@ pub fn lookup(p: &Packet) -> Option<CtValue> {
 /// quotes a packet; the entry that explains it is the one its answer hits.
 #[inline(always)]
 pub fn lookup_reply_to(q: &Packet) -> Option<CtValue> {
-    let k = key(q.daddr, q.saddr, q.dport, q.sport, q.proto);
+    let k = CtKey::new(q.daddr, q.saddr, q.dport, q.sport, q.proto);
     unsafe { CONNTRACK.get(k) }.copied()
 }
 
+/// What [`create`] does when the tuple already has a forward entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    Replace,
+    /// Leave it (and write nothing): the caller decides.
+    Keep,
+}
+
+const EEXIST: i64 = 17;
+
 /// Records both directions of a new flow from `p` (client -> VIP) to the
-/// backend `be_addr:be_port`.
+/// backend `be_addr:be_port`. Returns false when `Existing::Keep` found
+/// the tuple tracked. The insert that refuses a tracked tuple doubles as
+/// the lookup, so a new connection costs no separate miss.
 #[inline(always)]
 pub fn create(
     p: &Packet,
@@ -44,8 +45,9 @@ pub fn create(
     be_port: u16,
     svc_id: u32,
     backend_id: u32,
-) -> Result<(), ()> {
-    let fwd = key(p.saddr, p.daddr, p.sport, p.dport, p.proto);
+    existing: Existing,
+) -> Result<bool, ()> {
+    let fwd = CtKey::new(p.saddr, p.daddr, p.sport, p.dport, p.proto);
     let fwd_v = CtValue {
         addr: be_addr,
         port: be_port,
@@ -53,7 +55,7 @@ pub fn create(
         svc_id,
         backend_id,
     };
-    let rev = key(be_addr, p.saddr, be_port, p.sport, p.proto);
+    let rev = CtKey::new(be_addr, p.saddr, be_port, p.sport, p.proto);
     let rev_v = CtValue {
         addr: p.daddr,
         port: p.dport,
@@ -61,7 +63,17 @@ pub fn create(
         svc_id,
         backend_id,
     };
-    // Reverse first: once the forward entry exists, replies must translate.
+    let flags = match existing {
+        Existing::Replace => BPF_ANY,
+        Existing::Keep => BPF_NOEXIST,
+    };
+    // Forward first is safe: no reply can come before this packet leaves,
+    // after both writes.
+    match CONNTRACK.insert(fwd, fwd_v, flags as u64) {
+        Ok(()) => {}
+        Err(e) if e as i64 == -EEXIST => return Ok(false),
+        Err(_) => return Err(()),
+    }
     CONNTRACK.insert(rev, rev_v, 0).map_err(|_| ())?;
-    CONNTRACK.insert(fwd, fwd_v, 0).map_err(|_| ())
+    Ok(true)
 }

@@ -1,10 +1,10 @@
 //! What happens to a TCP/UDP packet, the same at tc and XDP: conntrack
 //! lookup -> (on a miss) service lookup -> backend selection -> conntrack
 //! entry -> NAT. The hook decides only how to act on the outcome.
-use lb_common::{CtValue, Stat};
+use lb_common::{Backend, CtValue, Stat};
 
 use crate::{
-    conntrack,
+    conntrack::{self, Existing},
     lb::{self, Frontend},
     nat::{Nat, Side},
     parse::Packet,
@@ -27,50 +27,92 @@ pub fn handle<C: Nat>(ctx: &C, p: &Packet) -> Outcome {
         // a datagram would corrupt it, so fragments to a VIP are dropped.
         return Outcome::Drop(Stat::DropMalformed);
     }
+    if p.is_syn()
+        && let Some(fe) = lb::lookup_frontend(p.daddr, p.dport, p.proto)
+    {
+        // A connection's first packet: the frontend lookup (a small,
+        // cache-hot map) comes first, and the conntrack insert settles
+        // whether the tuple is tracked.
+        return syn_to_frontend(ctx, p, &fe);
+    }
     // One lookup settles replies and packets of tracked flows, the bulk of
-    // all traffic; only a miss (or a SYN) goes on to the service lookup.
-    let ct = conntrack::lookup(p);
-    let established = |ct: CtValue| {
-        rewritten(
-            ctx,
-            p,
-            Side::Destination,
-            ct.addr,
-            ct.port,
-            Stat::DnatEstablished,
-        )
-    };
-    if let Some(ct) = ct {
+    // all traffic; only a miss goes on to the service lookup.
+    if let Some(ct) = conntrack::lookup(p) {
         if ct.is_reverse() {
             return rewritten(ctx, p, Side::Source, ct.addr, ct.port, Stat::RevNat);
         }
         if !p.is_syn() {
-            return established(ct);
+            return established(ctx, p, &ct);
         }
     }
     let Some(fe) = lb::lookup_frontend(p.daddr, p.dport, p.proto) else {
         return Outcome::Forward(Stat::Pass);
     };
-    // A SYN on a tracked tuple keeps its backend only while that backend
-    // still serves the frontend: a new connection reusing a closed flow's
-    // tuple must not follow it to a pod that is gone.
-    if let Some(ct) = ct
-        && lb::still_serves(&fe, &ct)
-    {
-        return established(ct);
-    }
     new_flow(ctx, p, &fe)
 }
 
 #[inline(always)]
-fn new_flow<C: Nat>(ctx: &C, p: &Packet, fe: &Frontend) -> Outcome {
-    let Some((backend_id, be)) = lb::select_backend(fe) else {
+fn established<C: Nat>(ctx: &C, p: &Packet, ct: &CtValue) -> Outcome {
+    rewritten(
+        ctx,
+        p,
+        Side::Destination,
+        ct.addr,
+        ct.port,
+        Stat::DnatEstablished,
+    )
+}
+
+#[inline(always)]
+fn syn_to_frontend<C: Nat>(ctx: &C, p: &Packet, fe: &Frontend) -> Outcome {
+    let Some(backend) = lb::select_backend(fe) else {
         return Outcome::NoBackend;
     };
-    if conntrack::create(p, be.addr, be.port, fe.svc_id, backend_id).is_err() {
-        return Outcome::Drop(Stat::DropInternal);
+    if let Some(done) = open(ctx, p, fe, backend, Existing::Keep) {
+        return done;
     }
-    rewritten(ctx, p, Side::Destination, be.addr, be.port, Stat::DnatNew)
+    // The tuple is tracked. A retransmitted SYN keeps its backend, but only
+    // while that backend still serves the frontend: a new connection
+    // reusing a closed flow's tuple must not follow it to a pod that is gone.
+    if let Some(ct) = conntrack::lookup(p)
+        && !ct.is_reverse()
+        && lb::still_serves(fe, &ct)
+    {
+        return established(ctx, p, &ct);
+    }
+    open(ctx, p, fe, backend, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
+}
+
+#[inline(always)]
+fn new_flow<C: Nat>(ctx: &C, p: &Packet, fe: &Frontend) -> Outcome {
+    let Some(backend) = lb::select_backend(fe) else {
+        return Outcome::NoBackend;
+    };
+    open(ctx, p, fe, backend, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
+}
+
+/// Tracks the flow to the chosen backend and rewrites the packet to it;
+/// `None` when `Existing::Keep` found the tuple tracked.
+#[inline(always)]
+fn open<C: Nat>(
+    ctx: &C,
+    p: &Packet,
+    fe: &Frontend,
+    (id, be): (u32, Backend),
+    existing: Existing,
+) -> Option<Outcome> {
+    match conntrack::create(p, be.addr, be.port, fe.svc_id, id, existing) {
+        Ok(true) => Some(rewritten(
+            ctx,
+            p,
+            Side::Destination,
+            be.addr,
+            be.port,
+            Stat::DnatNew,
+        )),
+        Ok(false) => None,
+        Err(()) => Some(Outcome::Drop(Stat::DropInternal)),
+    }
 }
 
 #[inline(always)]

@@ -14,21 +14,10 @@ pub struct Frontend {
     pub svc_id: u32,
 }
 
-#[inline(always)]
-fn key(addr: u32, port: u16, proto: u8, slot: u16) -> ServiceKey {
-    ServiceKey {
-        addr,
-        port,
-        slot,
-        proto,
-        _pad: [0; 3],
-    }
-}
-
 /// Looks up the master entry of VIP:port/proto.
 #[inline(always)]
 pub fn lookup_frontend(addr: u32, port: u16, proto: u8) -> Option<Frontend> {
-    let v: &ServiceValue = unsafe { SERVICES.get(key(addr, port, proto, 0)) }?;
+    let v: &ServiceValue = unsafe { SERVICES.get(ServiceKey::new(addr, port, 0, proto)) }?;
     Some(Frontend {
         addr,
         port,
@@ -56,7 +45,8 @@ pub fn select_backend(fe: &Frontend) -> Option<(u32, Backend)> {
         return None;
     }
     let slot = (unsafe { bpf_get_prandom_u32() } % fe.count as u32) as u16 + 1;
-    let v: &ServiceValue = unsafe { SERVICES.get(key(fe.addr, fe.port, fe.proto, slot)) }?;
+    let v: &ServiceValue =
+        unsafe { SERVICES.get(ServiceKey::new(fe.addr, fe.port, slot, fe.proto)) }?;
     let id = v.backend_id;
     let be: &Backend = unsafe { BACKENDS.get(id) }?;
     Some((id, *be))

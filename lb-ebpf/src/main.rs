@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod checksum;
 mod conntrack;
 mod flow;

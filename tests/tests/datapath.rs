@@ -167,6 +167,42 @@ fn tcp_flow_is_dnated_pinned_and_reverse_natted() {
     }
 }
 
+/// A SYN on a tracked tuple: a retransmission keeps its backend; once
+/// that backend is gone, a new connection reusing the tuple gets a live
+/// one (and its replies translate).
+#[test]
+fn syn_on_a_tracked_tuple_follows_only_a_live_backend() {
+    let mut dp = Datapath::new("dp-syn", &[hostnames()]);
+    for (hook, sport) in HOOKS.into_iter().zip([42000, 42001]) {
+        let syn = Frame::tcp((CLIENT, sport), (VIP, 80), TCP_SYN).build();
+        let (_, out) = dp.run_on(hook, &syn);
+        let first = packet::dst(&out);
+        for i in 0..20 {
+            let (_, o) = dp.run_on(hook, &syn);
+            assert_eq!(
+                packet::dst(&o),
+                first,
+                "{hook:?}: retransmitted SYN {i} moved"
+            );
+        }
+        let (k, all) = hostnames();
+        let rest: Vec<_> = all.into_iter().filter(|b| b.addr != first.0).collect();
+        dp.program(&[(k, rest.clone())]);
+        let (v, o) = dp.run_on(hook, &syn);
+        assert_eq!(v, Verdict::Pass);
+        let now = packet::dst(&o);
+        assert!(
+            rest.iter().any(|b| (b.addr, b.port) == now),
+            "{hook:?}: SYN after {first:?} went to {now:?}"
+        );
+        assert!(packet::checksums_valid(&o), "{hook:?}");
+        let reply = Frame::tcp(now, (CLIENT, sport), TCP_SYN | TCP_ACK).build();
+        let (_, o) = dp.run_on(hook, &reply);
+        assert_eq!(packet::src(&o), (VIP, 80), "{hook:?}: reply from {now:?}");
+        dp.program(&[hostnames()]);
+    }
+}
+
 /// Both hooks share one conntrack: a flow tc started on the pod side (to a
 /// backend on another node) has its replies translated by XDP on the
 /// wire side, and a flow XDP started from outside has its replies

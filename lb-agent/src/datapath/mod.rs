@@ -21,6 +21,10 @@ pub const PROG_TC_PASS: &str = "flb_tc_pass";
 pub const PROG_XDP: &str = "flb_xdp";
 /// A program that only returns XDP_PASS: the benchmarks' baseline.
 pub const PROG_XDP_PASS: &str = "flb_xdp_pass";
+/// The benchmarks' harness (tc and XDP): restores the frame, then
+/// tail-calls the program under test (see lb-ebpf's `bench`).
+pub const PROG_BENCH_TC: &str = "flb_bench_tc";
+pub const PROG_BENCH_XDP: &str = "flb_bench_xdp";
 pub const PROG_CONNECT4: &str = "flb_connect4";
 pub const PROG_SENDMSG4: &str = "flb_sendmsg4";
 pub const PROG_RECVMSG4: &str = "flb_recvmsg4";

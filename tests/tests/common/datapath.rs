@@ -56,6 +56,8 @@ impl Verdict {
 pub struct Datapath {
     _fs: Bpffs,
     ebpf: aya::Ebpf,
+    maps: ServiceMaps,
+    rec: reconcile::Reconciler,
 }
 
 impl Datapath {
@@ -64,7 +66,20 @@ impl Datapath {
         let fs = Bpffs::new(tag).expect("private bpffs");
         let mut ebpf = loader::load(&small_maps(&fs)).expect("load object");
         attach::load_programs(&mut ebpf, false).expect("verifier accepts the tc program");
-        let mut maps = ServiceMaps::from_ebpf(&mut ebpf).unwrap();
+        let maps = ServiceMaps::from_ebpf(&mut ebpf).unwrap();
+        let rec = reconcile::Reconciler::new(maps.read().unwrap());
+        let mut dp = Datapath {
+            _fs: fs,
+            ebpf,
+            maps,
+            rec,
+        };
+        dp.program(frontends);
+        dp
+    }
+
+    /// Makes the maps hold exactly `frontends`, through reconcile.
+    pub fn program(&mut self, frontends: &[(FrontendKey, Vec<BackendAddr>)]) {
         let mut desired = Desired::default();
         for (k, b) in frontends {
             desired.frontends.insert(
@@ -75,11 +90,9 @@ impl Datapath {
                 },
             );
         }
-        let mut rec = reconcile::Reconciler::new(maps.read().unwrap());
-        let ops = rec.plan_all(&desired);
-        let errs = maps.apply(&ops, rec.mirror_mut());
+        let ops = self.rec.plan_all(&desired);
+        let errs = self.maps.apply(&ops, self.rec.mirror_mut());
         assert!(errs.is_empty(), "{errs:?}");
-        Datapath { _fs: fs, ebpf }
     }
 
     pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
