@@ -274,7 +274,49 @@ const COLUMNS: [&str; 7] = [
     "total ns median",
 ];
 
+/// Keeps the calling thread on one CPU until dropped: the conntrack LRU
+/// keeps free entries per CPU, and a run that migrates midway would
+/// measure another CPU's lists.
+struct Pinned(libc::cpu_set_t);
+
+impl Pinned {
+    fn to_current_cpu() -> Result<Self> {
+        // SAFETY: plain syscalls on this thread's own affinity mask.
+        unsafe {
+            let mut old: libc::cpu_set_t = std::mem::zeroed();
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            anyhow::ensure!(
+                libc::sched_getaffinity(0, size, &mut old) == 0,
+                "sched_getaffinity: {}",
+                std::io::Error::last_os_error()
+            );
+            let cpu = libc::sched_getcpu();
+            anyhow::ensure!(
+                cpu >= 0,
+                "sched_getcpu: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut one);
+            anyhow::ensure!(
+                libc::sched_setaffinity(0, size, &one) == 0,
+                "sched_setaffinity: {}",
+                std::io::Error::last_os_error()
+            );
+            Ok(Pinned(old))
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
+    }
+}
+
 pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
+    let _pinned = Pinned::to_current_cpu()?;
     let sizes: &[usize] = if o.quick {
         &[1, 1_000, 10_000]
     } else {
