@@ -214,6 +214,54 @@ fn measure<P: Runnable>(
     Ok(())
 }
 
+/// What every figure at one size shares.
+struct Plan {
+    samples: usize,
+    reps: usize,
+    repeat: u32,
+    loops: usize,
+    vip: Ipv4Addr,
+}
+
+/// Every repetition of the four cases on one hook: (program, baseline,
+/// harness), the fds the harness tail-calls, its maps, and the verdict
+/// of a forwarded packet.
+fn measure_hook<P: Runnable>(
+    (prog, pass, harness): (&P, &P, &P),
+    (prog_fd, pass_fd): (&ProgramFd, &ProgramFd),
+    (frame, next): (&mut Array<MapData, BenchFrame>, &mut ProgramArray<MapData>),
+    forward: u32,
+    plan: &Plan,
+    flow_seq: &mut usize,
+) -> Result<CaseSamples> {
+    let hook = Hook {
+        prog,
+        pass,
+        prog_fd,
+        pass_fd,
+    };
+    let mut harness = Harness {
+        prog: harness,
+        frame,
+        next,
+        repeat: plan.repeat,
+        loops: plan.loops,
+        forward,
+    };
+    let mut got = CaseSamples::default();
+    for _ in 0..plan.reps {
+        measure(
+            &hook,
+            &mut harness,
+            plan.samples,
+            plan.vip,
+            flow_seq,
+            &mut got,
+        )?;
+    }
+    Ok(got)
+}
+
 fn program<'a>(ebpf: &'a aya::Ebpf, name: &str) -> Result<&'a Program> {
     ebpf.program(name)
         .with_context(|| format!("program {name} missing"))
@@ -397,54 +445,29 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         }
         // Nothing is present: every flow so far goes.
         conntrack.purge(&Default::default(), &Default::default())?;
+        let plan = Plan {
+            samples,
+            reps,
+            repeat,
+            loops,
+            vip,
+        };
         for (h, (hook, prog_name, pass_name, harness_name, _)) in HOOKS.iter().enumerate() {
-            let mut got = CaseSamples::default();
             let (prog, pass) = (program(&ebpf, prog_name)?, program(&ebpf, pass_name)?);
             let harness = program(&ebpf, harness_name)?;
-            let (prog_fd, pass_fd) = (prog.fd()?, pass.fd()?);
-            for _ in 0..reps {
-                match (prog, pass, harness) {
-                    (
-                        Program::SchedClassifier(p),
-                        Program::SchedClassifier(b),
-                        Program::SchedClassifier(hp),
-                    ) => {
-                        let hook = Hook {
-                            prog: p,
-                            pass: b,
-                            prog_fd,
-                            pass_fd,
-                        };
-                        let mut harness = Harness {
-                            prog: hp,
-                            frame: &mut frame_map,
-                            next: &mut next_maps[h],
-                            repeat,
-                            loops,
-                            forward: TC_ACT_OK,
-                        };
-                        measure(&hook, &mut harness, samples, vip, &mut flow_seq, &mut got)?
-                    }
-                    (Program::Xdp(p), Program::Xdp(b), Program::Xdp(hp)) => {
-                        let hook = Hook {
-                            prog: p,
-                            pass: b,
-                            prog_fd,
-                            pass_fd,
-                        };
-                        let mut harness = Harness {
-                            prog: hp,
-                            frame: &mut frame_map,
-                            next: &mut next_maps[h],
-                            repeat,
-                            loops,
-                            forward: XDP_PASS,
-                        };
-                        measure(&hook, &mut harness, samples, vip, &mut flow_seq, &mut got)?
-                    }
-                    _ => anyhow::bail!("{prog_name}/{pass_name}: unexpected program types"),
+            let fds = (prog.fd()?, pass.fd()?);
+            let maps = (&mut frame_map, &mut next_maps[h]);
+            let got = match (prog, pass, harness) {
+                (
+                    Program::SchedClassifier(p),
+                    Program::SchedClassifier(b),
+                    Program::SchedClassifier(hp),
+                ) => measure_hook((p, b, hp), fds, maps, TC_ACT_OK, &plan, &mut flow_seq)?,
+                (Program::Xdp(p), Program::Xdp(b), Program::Xdp(hp)) => {
+                    measure_hook((p, b, hp), fds, maps, XDP_PASS, &plan, &mut flow_seq)?
                 }
-            }
+                _ => anyhow::bail!("{prog_name}/{pass_name}: unexpected program types"),
+            };
             warm.push(h, hook, n, &got.warm);
             cold.push(h, hook, n, &got.cold);
         }
