@@ -42,7 +42,7 @@ fn next_frame() -> Option<(*const u8, Option<u32>)> {
     }
     let n = unsafe { (*f).next };
     unsafe { (*f).next = n.wrapping_add(1) };
-    let src = unsafe { (*f).bytes };
+    let src = unsafe { &(*f).bytes };
     let a = u32::from_be_bytes([
         src[IP_SRC_OFF],
         src[IP_SRC_OFF + 1],

@@ -45,6 +45,10 @@ pub fn handle<C: Nat>(ctx: &C, p: &Packet) -> Outcome {
             return established(ctx, p, &ct);
         }
     }
+    if p.is_syn() {
+        // Not to a frontend (looked up above): nothing to translate.
+        return Outcome::Forward(Stat::Pass);
+    }
     let Some(fe) = lb::lookup_frontend(p.daddr, p.dport, p.proto) else {
         return Outcome::Forward(Stat::Pass);
     };
