@@ -106,10 +106,16 @@ pub fn info_name(info: &SvcInfo) -> String {
 }
 
 /// Smallest ids not in use, handed out in order.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct IdAllocator {
     used: BTreeSet<u32>,
     next: u32,
+}
+
+impl Default for IdAllocator {
+    fn default() -> Self {
+        Self::new(BTreeSet::new())
+    }
 }
 
 impl IdAllocator {
@@ -237,12 +243,13 @@ impl Reconciler {
         let mut gone_ops = Vec::new();
         let mut dropped_refs = std::mem::take(&mut self.orphan_backends);
         let mut freed_svc = Vec::new();
-        for id in std::mem::take(&mut self.orphan_info) {
-            del_info.push(Op::DelInfo(id));
-        }
-        for k in std::mem::take(&mut self.orphan_slots) {
-            fe_ops.push(Op::DelService(k));
-        }
+        // Names no master refers to go, unless a frontend planned now
+        // takes their id.
+        let mut orphan_info = std::mem::take(&mut self.orphan_info);
+        // Slots no master counts (a plan stopped by a failed write) go,
+        // unless a frontend planned now takes them as they are.
+        let mut orphan_slots: BTreeSet<ServiceKey> =
+            std::mem::take(&mut self.orphan_slots).into_iter().collect();
         for fk in changed {
             let master_key = service_key(&fk, 0);
             let old_master = self.mirror.services.get(&master_key).copied();
@@ -260,6 +267,7 @@ impl Reconciler {
                     let svc_id = old_master
                         .map(|m| m.svc_id)
                         .unwrap_or_else(|| self.svc_alloc.take());
+                    orphan_info.remove(&svc_id);
                     let info = info_entry(&st.name);
                     if self.mirror.info.get(&svc_id) != Some(&info) {
                         put_info.push(Op::PutInfo(svc_id, Box::new(info)));
@@ -289,6 +297,9 @@ impl Reconciler {
                             flags: SVC_FLAG_NONE,
                             svc_id,
                         };
+                        // An orphan slot this frontend needs is kept
+                        // (or overwritten), not deleted.
+                        orphan_slots.remove(&k);
                         if self.mirror.services.get(&k) != Some(&v) {
                             fe_ops.push(Op::PutService(k, v));
                         }
@@ -344,6 +355,8 @@ impl Reconciler {
         for id in freed_svc {
             self.svc_alloc.release(id);
         }
+        gone_ops.extend(orphan_slots.into_iter().map(Op::DelService));
+        del_info.splice(0..0, orphan_info.into_iter().map(Op::DelInfo));
         // One allocation of the final size: a first sync plans a write per
         // map entry, and growing the list would briefly hold it twice.
         let parts = [gone_ops, put_be, put_info, fe_ops, del_info, del_be];
@@ -672,6 +685,24 @@ mod tests {
         // Next time, with room, it converges from the mirror.
         rec.resync();
         run(&mut rec, &d2, None);
+    }
+
+    #[test]
+    fn a_frontend_whose_master_never_landed_is_completed() {
+        // A plan stopped before the master (a full map): its slots are in
+        // the maps, counted by no master.
+        let d = desired(&[(fk(175, 80), &[5, 6, 7])]);
+        let mut rec = Reconciler::default();
+        for op in rec.plan_all(&d) {
+            if !matches!(op, Op::PutService(k, _) if k.slot == 0) {
+                apply_to(rec.mirror_mut(), &op);
+            }
+        }
+        rec.resync();
+        // The next plan keeps those slots for the frontend, and writes the master.
+        let ops = run(&mut rec, &d, None);
+        assert_eq!(ops.len(), 1, "{ops:?}");
+        assert!(matches!(ops[0], Op::PutService(k, _) if k.slot == 0));
     }
 
     #[test]
