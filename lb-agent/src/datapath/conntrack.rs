@@ -9,13 +9,15 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData},
 };
 use lb_common::{CtKey, CtValue, MAP_CONNTRACK, ipv4_from_net};
 
+use super::batch;
+use super::maps::fd;
 use crate::store::ObjectStore;
 
 pub struct Conntrack {
@@ -37,21 +39,29 @@ impl Conntrack {
         frontends: &HashSet<u32>,
     ) -> Result<usize> {
         let mut gone = Vec::new();
-        for e in self.map.iter() {
-            // An entry evicted while we iterate ends the walk early; the
-            // next purge finds the rest.
-            let Ok((k, v)) = e else { break };
+        // Batched reads: a full table is half a million entries, and one
+        // lookup per entry would hold the sync loop for seconds.
+        batch::for_each(fd(&self.map), 4096, |k: &CtKey, v: &CtValue| {
             // Forward entries hold the backend in the value, reverse
             // entries in the key (its source).
             let backend = if v.is_reverse() { k.saddr } else { v.addr };
             let backend = Ipv4Addr::from(ipv4_from_net(backend));
             if !present.contains(&backend) || !frontends.contains(&v.svc_id) {
-                gone.push(k);
+                gone.push(*k);
             }
-        }
-        for k in &gone {
-            // Already evicted is fine.
-            let _ = self.map.remove(k);
+        })
+        .context("reading the conntrack map")?;
+        let mut rest = &gone[..];
+        while !rest.is_empty() {
+            let chunk = &rest[..rest.len().min(4096)];
+            match batch::delete(fd(&self.map), chunk) {
+                Ok(()) => rest = &rest[chunk.len()..],
+                // Evicted since we read it: fine, go on past it.
+                Err(s) if s.error.raw_os_error() == Some(libc::ENOENT) => {
+                    rest = &rest[s.done + 1..]
+                }
+                Err(s) => return Err(s.error).context("deleting from the conntrack map"),
+            }
         }
         Ok(gone.len())
     }

@@ -1,17 +1,19 @@
 //! The agent's handles on the service, backend and info maps: reading
 //! them back (adoption after a restart) and executing write plans.
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{HashMap, IterableMap, Map, MapData, PerCpuArray},
 };
 use lb_common::{
     Backend, MAP_BACKENDS, MAP_SERVICES, MAP_STATS, MAP_SVC_INFO, STAT_COUNT, ServiceKey,
     ServiceValue, SvcInfo,
 };
 
+use super::batch;
 use crate::reconcile::{self, MapState, Op};
 
 pub struct ServiceMaps {
@@ -88,10 +90,14 @@ impl ServiceMaps {
     /// Executes `ops` in order, updating `mirror` for each write that
     /// succeeded. A failed write is reported and the rest go on, as far as
     /// `reconcile::Guard` says they still leave a consistent datapath.
+    /// Consecutive writes of one kind go down as one batch: the same
+    /// writes in the same order, a syscall per chunk instead of per entry.
     pub fn apply(&mut self, ops: &[Op], mirror: &mut MapState) -> Vec<ApplyError> {
         let mut errors = Vec::new();
         let mut guard = reconcile::Guard::default();
-        for op in ops {
+        let mut i = 0;
+        while i < ops.len() {
+            let op = &ops[i];
             if !guard.allows(op) {
                 guard.not_written(op);
                 if matches!(op, Op::PutService(..)) {
@@ -100,8 +106,105 @@ impl ServiceMaps {
                         error: "not written: an earlier write for it failed".into(),
                     });
                 }
+                i += 1;
                 continue;
             }
+            // The guard changes only when a write fails, which ends the
+            // run: every op in it is allowed as if written one by one.
+            let kind = Kind::of(op);
+            let len = ops[i..]
+                .iter()
+                .take(BATCH_MAX)
+                .position(|o| Kind::of(o) != kind || !guard.allows(o))
+                .unwrap_or(ops.len().min(i + BATCH_MAX) - i);
+            let run = &ops[i..i + len];
+            let (done, failure) = self.write(kind, run);
+            for op in &run[..done] {
+                reconcile::apply_to(mirror, op);
+            }
+            i += done;
+            if let Some(error) = failure {
+                guard.not_written(&ops[i]);
+                errors.push(ApplyError {
+                    op: ops[i].clone(),
+                    error,
+                });
+                i += 1;
+            }
+        }
+        errors
+    }
+
+    /// Writes a run of ops of one `kind`: how many were written, from the
+    /// first, and why the next one failed.
+    fn write(&mut self, kind: Kind, run: &[Op]) -> (usize, Option<String>) {
+        let result = match kind {
+            Kind::PutBackend => {
+                let (k, v): (Vec<u32>, Vec<Backend>) = run
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::PutBackend(id, b) => Some((*id, *b)),
+                        _ => None,
+                    })
+                    .unzip();
+                batch::update(fd(&self.backends), &k, &v)
+            }
+            Kind::PutInfo => {
+                let (k, v): (Vec<u32>, Vec<SvcInfo>) = run
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::PutInfo(id, i) => Some((*id, **i)),
+                        _ => None,
+                    })
+                    .unzip();
+                batch::update(fd(&self.info), &k, &v)
+            }
+            Kind::PutService => {
+                let (k, v): (Vec<ServiceKey>, Vec<ServiceValue>) = run
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::PutService(k, v) => Some((*k, *v)),
+                        _ => None,
+                    })
+                    .unzip();
+                batch::update(fd(&self.services), &k, &v)
+            }
+            Kind::DelService => {
+                let k: Vec<ServiceKey> = run
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::DelService(k) => Some(*k),
+                        _ => None,
+                    })
+                    .collect();
+                batch::delete(fd(&self.services), &k)
+            }
+            Kind::DelInfo | Kind::DelBackend => {
+                let k: Vec<u32> = run
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::DelInfo(id) | Op::DelBackend(id) => Some(*id),
+                        _ => None,
+                    })
+                    .collect();
+                let map = if kind == Kind::DelInfo {
+                    fd(&self.info)
+                } else {
+                    fd(&self.backends)
+                };
+                batch::delete(map, &k)
+            }
+        };
+        match result {
+            Ok(()) => (run.len(), None),
+            Err(s) if s.unsupported() => self.write_each(run),
+            Err(s) => (s.done, Some(describe(kind, &s.error))),
+        }
+    }
+
+    /// One syscall per op: kernels or map types without batch support.
+    fn write_each(&mut self, run: &[Op]) -> (usize, Option<String>) {
+        for (n, op) in run.iter().enumerate() {
             let r = match op {
                 Op::PutBackend(id, b) => self.backends.insert(id, b, 0),
                 Op::PutInfo(id, i) => self.info.insert(id, **i, 0),
@@ -110,18 +213,62 @@ impl ServiceMaps {
                 Op::DelInfo(id) => self.info.remove(id),
                 Op::DelBackend(id) => self.backends.remove(id),
             };
-            match r {
-                Ok(()) => reconcile::apply_to(mirror, op),
-                Err(e) => {
-                    guard.not_written(op);
-                    errors.push(ApplyError {
-                        op: op.clone(),
-                        error: format!("{e:#}"),
-                    })
-                }
+            if let Err(e) = r {
+                return (n, Some(format!("{e:#}")));
             }
         }
-        errors
+        (run.len(), None)
+    }
+}
+
+/// At most this many entries per batch: bounds the copy the batch needs
+/// (a few hundred KB) and how long one syscall holds the CPU.
+const BATCH_MAX: usize = 8192;
+
+/// Which map an op writes and how: the unit of a batch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    PutBackend,
+    PutInfo,
+    PutService,
+    DelService,
+    DelInfo,
+    DelBackend,
+}
+
+impl Kind {
+    fn of(op: &Op) -> Kind {
+        match op {
+            Op::PutBackend(..) => Kind::PutBackend,
+            Op::PutInfo(..) => Kind::PutInfo,
+            Op::PutService(..) => Kind::PutService,
+            Op::DelService(_) => Kind::DelService,
+            Op::DelInfo(_) => Kind::DelInfo,
+            Op::DelBackend(_) => Kind::DelBackend,
+        }
+    }
+}
+
+/// The map's fd, for the batch calls.
+pub(crate) fn fd<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> BorrowedFd<'_> {
+    map.map().fd().as_fd()
+}
+
+/// A failed write, for the operator: which map, and a full map said as such.
+fn describe(kind: Kind, e: &std::io::Error) -> String {
+    let map = match kind {
+        Kind::PutBackend | Kind::DelBackend => MAP_BACKENDS,
+        Kind::PutInfo | Kind::DelInfo => MAP_SVC_INFO,
+        Kind::PutService | Kind::DelService => MAP_SERVICES,
+    };
+    let verb = match kind {
+        Kind::PutBackend | Kind::PutInfo | Kind::PutService => "writing",
+        _ => "deleting from",
+    };
+    if e.raw_os_error() == Some(libc::E2BIG) {
+        format!("{verb} map {map}: the map is full ({e})")
+    } else {
+        format!("{verb} map {map}: {e}")
     }
 }
 

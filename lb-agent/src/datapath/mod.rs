@@ -1,7 +1,8 @@
 //! Everything that touches the kernel: loading and pinning (`loader`),
 //! attaching to interfaces and the cgroup (`attach`), executing map write
-//! plans and reading the maps back (`maps`).
+//! plans (`maps`, in batches: `batch`) and reading the maps back.
 pub mod attach;
+pub mod batch;
 pub mod bpffs;
 pub mod conntrack;
 pub mod ifaces;

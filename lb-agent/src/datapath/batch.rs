@@ -1,0 +1,154 @@
+//! Batched map access: `BPF_MAP_{LOOKUP,UPDATE,DELETE}_BATCH` (Linux
+//! 5.6), which aya 0.14 does not wrap. A first sync writes one entry per
+//! backend and slot, 220,000 at 10,000 Services, and a conntrack purge
+//! reads every tracked flow: one syscall per chunk instead of two per
+//! entry.
+//!
+//! The kernel applies a batch's elements in order and stops at the first
+//! that fails, reporting how many it applied: a batch leaves the maps in
+//! exactly the states the same writes one by one would, and a failure
+//! names its element.
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// `enum bpf_cmd` (include/uapi/linux/bpf.h).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// The `batch` member of `union bpf_attr`; the kernel zero-extends the
+/// rest of the union up to its own size.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// A batch that stopped early.
+#[derive(Debug)]
+pub struct Stopped {
+    /// How many elements, from the first, were applied.
+    pub done: usize,
+    pub error: io::Error,
+}
+
+impl Stopped {
+    /// The kernel refused the batch as a whole (no batch support for this
+    /// map type or kernel): the caller writes one by one instead.
+    pub fn unsupported(&self) -> bool {
+        self.done == 0
+            && matches!(
+                self.error.raw_os_error(),
+                Some(libc::EINVAL | libc::ENOTSUP | libc::ENOSYS)
+            )
+    }
+}
+
+/// Runs `cmd` on `len` elements; `Err` carries how many were done.
+fn call(cmd: libc::c_long, attr: &mut BatchAttr, len: usize) -> Result<(), Stopped> {
+    attr.count = u32::try_from(len).expect("batch length fits u32");
+    // SAFETY: `attr` points at buffers for `len` keys (and values) that
+    // outlive the call; the kernel writes `attr.count` and the out token.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    Err(Stopped {
+        done: (attr.count as usize).min(len),
+        error,
+    })
+}
+
+/// Calls `each` on every entry of a hash map, `chunk` entries per
+/// syscall. Entries added or removed meanwhile may or may not be seen,
+/// as with any walk of a live map.
+pub fn for_each<K: aya::Pod, V: aya::Pod>(
+    map: BorrowedFd<'_>,
+    chunk: usize,
+    mut each: impl FnMut(&K, &V),
+) -> io::Result<()> {
+    // SAFETY: Pod types are plain data, valid when zeroed.
+    let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; chunk];
+    let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; chunk];
+    // Hash maps resume at a bucket index; 8 bytes is room for any token.
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &token_in as *const u64 as u64
+            },
+            out_batch: &mut token_out as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let r = call(BPF_MAP_LOOKUP_BATCH, &mut attr, chunk);
+        let got = match &r {
+            Ok(()) => chunk.min(attr.count as usize),
+            Err(s) => s.done,
+        };
+        for i in 0..got {
+            each(&keys[i], &values[i]);
+        }
+        match r {
+            Ok(()) => {}
+            // The walk is over.
+            Err(s) if s.error.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(s) => return Err(s.error),
+        }
+        token_in = token_out;
+        first = false;
+    }
+}
+
+/// Writes `keys[i] -> values[i]` in order (flags `BPF_ANY`).
+pub fn update<K: aya::Pod, V: aya::Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), Stopped> {
+    assert_eq!(keys.len(), values.len());
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        map_fd: map.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    call(BPF_MAP_UPDATE_BATCH, &mut attr, keys.len())
+}
+
+/// Deletes `keys` in order; a key not in the map stops the batch
+/// (`ENOENT`), as a single delete would fail.
+pub fn delete<K: aya::Pod>(map: BorrowedFd<'_>, keys: &[K]) -> Result<(), Stopped> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        map_fd: map.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    call(BPF_MAP_DELETE_BATCH, &mut attr, keys.len())
+}
