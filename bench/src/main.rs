@@ -39,8 +39,31 @@ impl Opts {
     }
 }
 
+/// The sections `--only` takes, in the order they run.
+const SECTIONS: [&str; 3] = ["datapath", "traffic", "control"];
+
+/// Bad flags are named before anything is set up.
+fn check(o: &Opts) -> Result<()> {
+    for s in &o.only {
+        anyhow::ensure!(
+            SECTIONS.contains(&s.as_str()),
+            "--only: unknown section {s:?} (expected one of {})",
+            SECTIONS.join(", ")
+        );
+    }
+    for (flag, path) in [("--agent", &o.agent), ("--podserver", &o.podserver)] {
+        anyhow::ensure!(
+            path.is_file(),
+            "{flag} {}: no such file (`cargo xtask bench` builds it)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let o = Opts::parse();
+    check(&o)?;
     let mut r = report::Report {
         command: if o.quick {
             "cargo xtask bench --quick"
