@@ -380,8 +380,8 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         pin_dir: fs.dir.join("ferrolb"),
         services_max: entries,
         backends_max: entries,
-        // The agent's default: the size users run. Emptied between sizes,
-        // so no figure includes LRU eviction.
+        // The agent's default: the size users run. Emptied before each
+        // size and hook, so no figure includes LRU eviction.
         conntrack_max: lb_common::DEFAULT_CONNTRACK_MAX,
         sock_max: 1024,
         frontends_max: (max * 2).next_power_of_two(),
@@ -458,6 +458,11 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
             vip,
         };
         for (h, (hook, prog_name, pass_name, harness_name, _)) in HOOKS.iter().enumerate() {
+            if h > 0 {
+                // Each hook starts from the same conntrack state, not from
+                // the free entries the one before it used up.
+                conntrack.purge(&Default::default(), &Default::default())?;
+            }
             let (prog, pass) = (program(&ebpf, prog_name)?, program(&ebpf, pass_name)?);
             let harness = program(&ebpf, harness_name)?;
             let fds = (prog.fd()?, pass.fd()?);
@@ -488,7 +493,8 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
              baseline alike. {reps} repetition(s): min/median/max are over repetitions. Services have {} \
              backends each; the measured Service is in the middle of the set. tc (`flb_tc_ingress`, pod side) \
              must rewrite through helpers and keep CHECKSUM_PARTIAL skbs right; XDP (`flb_xdp`, wire side) \
-             writes the packet directly.",
+             writes the packet directly. The conntrack map (the agent's default size) is filled once, then \
+             emptied before each size and hook: every hook starts from the same state.",
             synth::ENDPOINTS_PER_SERVICE
         ),
         &COLUMNS,
