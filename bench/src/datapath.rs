@@ -363,6 +363,127 @@ impl Drop for Pinned {
     }
 }
 
+/// Conntrack map sizes of table 1d: cache-resident up to the agent's
+/// default.
+const CT_SIZES: [u32; 3] = [4_096, 65_536, lb_common::DEFAULT_CONNTRACK_MAX];
+
+/// Warm added ns of a new flow on one hook, `reps` times, each loop
+/// starting from an emptied conntrack map it does not fill.
+fn new_flow_added<P: Runnable>(
+    harness: &mut Harness<'_, P>,
+    (prog_fd, pass_fd): (&ProgramFd, &ProgramFd),
+    conntrack: &mut Conntrack,
+    syn: &[u8],
+    reps: usize,
+) -> Result<Vec<f64>> {
+    let mut added = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let b0 = harness.warm_ns(pass_fd, syn, true)?;
+        conntrack.purge(&Default::default(), &Default::default())?;
+        let v = harness.warm_ns(prog_fd, syn, true)?;
+        let b1 = harness.warm_ns(pass_fd, syn, true)?;
+        added.push(v - (b0 + b1) / 2.0);
+    }
+    Ok(added)
+}
+
+/// Table 1d: what a new flow adds at 1 Service as the conntrack map
+/// grows, which tells the program's own work from the cost of touching
+/// random entries of a large table.
+fn new_flow_by_table_size(o: &Opts) -> Result<Vec<Vec<String>>> {
+    let reps = if o.quick { 3 } else { 9 };
+    let mut rows = Vec::new();
+    for ct in CT_SIZES {
+        let fs = Bpffs::new("bench-ct")?;
+        let opts = loader::LoadOptions {
+            pin_dir: fs.dir.join("ferrolb"),
+            services_max: 64,
+            backends_max: 64,
+            conntrack_max: ct,
+            sock_max: 1024,
+            frontends_max: 16,
+        };
+        let mut ebpf = loader::load(&opts)?;
+        attach::load_programs(&mut ebpf, false)?;
+        for name in [PROG_TC_PASS, PROG_XDP_PASS, PROG_BENCH_TC, PROG_BENCH_XDP] {
+            load_extra(&mut ebpf, name)?;
+        }
+        let mut frame_map: Array<MapData, BenchFrame> = ebpf
+            .take_map(MAP_BENCH_FRAME)
+            .context("bench frame map")?
+            .try_into()?;
+        let mut maps = ServiceMaps::from_ebpf(&mut ebpf)?;
+        let mut conntrack = Conntrack::from_ebpf(&mut ebpf)?;
+        let mut rec = reconcile::Reconciler::new(maps.read()?);
+        let ops = rec.plan_all(&synth::desired(1));
+        let errs = maps.apply(&ops, rec.mirror_mut());
+        anyhow::ensure!(errs.is_empty(), "programming 1 service: {:?}", errs.first());
+        let syn = Frame::tcp(
+            (WARM_CLIENTS, 40000),
+            (synth::vip(0), synth::SERVICE_PORT),
+            TCP_SYN,
+        )
+        .build();
+        let mut nexts = HOOKS
+            .iter()
+            .map(|h| -> Result<ProgramArray<MapData>> {
+                Ok(ebpf.take_map(h.4).context(h.4)?.try_into()?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Filled once and emptied, as table 1's map: free entries scattered.
+        if let (Program::Xdp(prog), Program::Xdp(hp)) =
+            (program(&ebpf, PROG_XDP)?, program(&ebpf, PROG_BENCH_XDP)?)
+        {
+            let mut fill = Harness {
+                prog: hp,
+                frame: &mut frame_map,
+                next: &mut nexts[1],
+                repeat: ct / 2,
+                loops: 1,
+                forward: XDP_PASS,
+            };
+            fill.warm_ns(prog.fd()?, &syn, true)?;
+        }
+        conntrack.purge(&Default::default(), &Default::default())?;
+        let mut row = vec![ct.to_string()];
+        for ((_, prog_name, pass_name, harness_name, _), next) in HOOKS.iter().zip(&mut nexts) {
+            let (prog, pass) = (program(&ebpf, prog_name)?, program(&ebpf, pass_name)?);
+            let fds = (prog.fd()?, pass.fd()?);
+            // Two entries per flow: one loop stays below the smallest map.
+            let (repeat, loops) = (1000, 1);
+            let added = match program(&ebpf, harness_name)? {
+                Program::SchedClassifier(hp) => {
+                    let mut h = Harness {
+                        prog: hp,
+                        frame: &mut frame_map,
+                        next,
+                        repeat,
+                        loops,
+                        forward: TC_ACT_OK,
+                    };
+                    new_flow_added(&mut h, fds, &mut conntrack, &syn, reps)?
+                }
+                Program::Xdp(hp) => {
+                    let mut h = Harness {
+                        prog: hp,
+                        frame: &mut frame_map,
+                        next,
+                        repeat,
+                        loops,
+                        forward: XDP_PASS,
+                    };
+                    new_flow_added(&mut h, fds, &mut conntrack, &syn, reps)?
+                }
+                _ => anyhow::bail!("{harness_name}: unexpected program type"),
+            };
+            let [mn, md, mx] = fmt(spread(&added), 0);
+            row.push(format!("{md} ({mn}-{mx})"));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
 pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     let _pinned = Pinned::to_current_cpu()?;
     let sizes: &[usize] = if o.quick {
@@ -526,6 +647,21 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
             ]],
         );
     }
+    eprintln!("  datapath: new flows against conntrack map size");
+    r.table(
+        "1d. New flow against conntrack map size",
+        &format!(
+            "What the first packet of a new flow adds (warm, as in table 1) at 1 Service, with the \
+             conntrack map created at each size and emptied before each loop of {} runs, so no loop \
+             evicts. A new flow writes two entries (forward and reverse) at random places in the map: \
+             the growth from the smallest size is the cost of reaching cold memory, not of the \
+             program's work. Cells: median (min-max) of {} loops.",
+            1000,
+            if o.quick { 3 } else { 9 }
+        ),
+        &["conntrack entries", "tc added ns", "XDP added ns"],
+        new_flow_by_table_size(o)?,
+    );
     for (h, (hook, ..)) in HOOKS.iter().enumerate() {
         let lines = CASES
             .iter()
