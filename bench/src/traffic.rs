@@ -7,12 +7,11 @@
 //! namespace.
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use ferrolb_tests::cluster::{Binaries, Cluster, POD_PORT, cgroup2_root, wait_until};
+use ferrolb_tests::cluster::{Binaries, Cluster, InCgroup, POD_PORT, wait_until};
 use ferrolb_tests::http::Conn;
 use ferrolb_tests::netns::sh;
 
@@ -323,35 +322,6 @@ fn paths(c: &Cluster) -> Result<(u64, u64)> {
             .with_context(|| format!("no {outcome} counter in the agent's metrics"))
     };
     Ok((count("dnat_new")?, count("sock_translate")?))
-}
-
-/// Keeps this process in `cgroup` while alive, so the client's sockets
-/// meet the socket hooks attached there; moves it back on drop.
-struct InCgroup {
-    back: PathBuf,
-}
-
-impl InCgroup {
-    fn enter(cgroup: &Path) -> Result<Self> {
-        let own = std::fs::read_to_string("/proc/self/cgroup")?;
-        let rel = own
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .context("this process is not on cgroup v2")?;
-        let back = cgroup2_root()?.join(rel.trim_start_matches('/'));
-        std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
-            .with_context(|| format!("entering cgroup {}", cgroup.display()))?;
-        Ok(Self { back })
-    }
-}
-
-impl Drop for InCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::write(
-            self.back.join("cgroup.procs"),
-            std::process::id().to_string(),
-        );
-    }
 }
 
 fn col(f: &[Figures], get: impl Fn(&Figures) -> f64) -> Spread {

@@ -6,7 +6,7 @@ use aya_ebpf::{
     EbpfContext, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use lb_common::{SockKey, SockValue, Stat};
+use lb_common::{IPPROTO_UDP, SockKey, SockValue, Stat};
 
 use crate::{lb, maps::SOCK_REVNAT, stats::count};
 
@@ -28,8 +28,12 @@ fn sock_key(cookie: u64, addr: u32, port: u16, dir: u8) -> SockKey {
     }
 }
 
+/// Translates a VIP destination to a backend. `remember`: keep the choice
+/// for the socket's later sends (unconnected UDP, through sendmsg). A
+/// connect is made once per socket, so it records only the reverse entry
+/// (getpeername, recvmsg): half the map writes and half the entries.
 #[inline(always)]
-fn translate_forward(ctx: &SockAddrContext) -> i32 {
+fn translate_forward(ctx: &SockAddrContext, remember: bool) -> i32 {
     let sa = ctx.sock_addr;
     let (family, vip, vport, proto) = unsafe {
         (
@@ -47,8 +51,15 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // An unconnected UDP socket keeps talking to the backend it was given.
+    // Only UDP sends (sendmsg4 is a UDP hook) leave such a choice: a TCP
+    // connect need not look.
     let fwd = sock_key(cookie, vip, vport, DIR_FORWARD);
-    let (addr, port) = match unsafe { SOCK_REVNAT.get(fwd) } {
+    let earlier = if proto == IPPROTO_UDP {
+        unsafe { SOCK_REVNAT.get(fwd) }
+    } else {
+        None
+    };
+    let (addr, port) = match earlier {
         Some(v) => (v.addr, v.port),
         None => {
             let Some((_, be)) = lb::select_backend(&fe) else {
@@ -67,7 +78,7 @@ fn translate_forward(ctx: &SockAddrContext) -> i32 {
             };
             let rev = sock_key(cookie, be.addr, be.port, DIR_REVERSE);
             if SOCK_REVNAT.insert(rev, to_vip, 0).is_err()
-                || SOCK_REVNAT.insert(fwd, to_be, 0).is_err()
+                || (remember && SOCK_REVNAT.insert(fwd, to_be, 0).is_err())
             {
                 count(Stat::DropInternal);
                 return REFUSE;
@@ -103,12 +114,12 @@ fn translate_reverse(ctx: &SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn flb_connect4(ctx: SockAddrContext) -> i32 {
-    translate_forward(&ctx)
+    translate_forward(&ctx, false)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn flb_sendmsg4(ctx: SockAddrContext) -> i32 {
-    translate_forward(&ctx)
+    translate_forward(&ctx, true)
 }
 
 #[cgroup_sock_addr(recvmsg4)]

@@ -72,6 +72,37 @@ pub fn cgroup2_root() -> Result<PathBuf> {
         .context("no cgroup v2 hierarchy is mounted")
 }
 
+/// Keeps this process in a cgroup while alive, so its sockets meet the
+/// socket hooks attached there (as a pod's do where the DaemonSet hooks
+/// the cgroup root); moves it back on drop. Moves every thread: callers
+/// run one test at a time.
+pub struct InCgroup {
+    back: PathBuf,
+}
+
+impl InCgroup {
+    pub fn enter(cgroup: &Path) -> Result<Self> {
+        let own = std::fs::read_to_string("/proc/self/cgroup")?;
+        let rel = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .context("this process is not on cgroup v2")?;
+        let back = cgroup2_root()?.join(rel.trim_start_matches('/'));
+        std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("entering cgroup {}", cgroup.display()))?;
+        Ok(Self { back })
+    }
+}
+
+impl Drop for InCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            self.back.join("cgroup.procs"),
+            std::process::id().to_string(),
+        );
+    }
+}
+
 impl Cluster {
     /// A node with `backends` pods serving their hostname on TCP and UDP
     /// 9376, plus one client pod.

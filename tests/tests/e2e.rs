@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferrolb_tests::cluster::{Cluster, wait_until};
+use ferrolb_tests::cluster::{Cluster, InCgroup, wait_until};
 use ferrolb_tests::firewall;
 use ferrolb_tests::http::{self, Conn};
 use ferrolb_tests::netns::sh;
@@ -183,6 +183,61 @@ fn hostnames_from_the_node() {
         .unwrap();
     // Port 80 is TCP-only in this Service: UDP to it is not translated.
     assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    s.assert_no_firewall_rules();
+}
+
+/// What the socket hooks show a node process: translated once, at the
+/// socket, yet every address it reads back is the VIP it asked for (a TCP
+/// peer, a connected UDP peer, the source of replies to an unconnected UDP
+/// socket), and an unconnected UDP socket keeps the backend it was given.
+#[test]
+fn node_sockets_see_the_vip_they_asked_for() {
+    let s = setup(3, |c| {
+        hostnames_tcp_udp(&c.pods.iter().map(|p| p.ip).collect::<Vec<_>>())
+    });
+    let c = &s.cluster;
+    let names: Vec<String> = c.pods.iter().map(|p| p.name.clone()).collect();
+    let in_cgroup = InCgroup::enter(&c.cgroup).unwrap();
+    let got = c
+        .node
+        .run(|| -> std::io::Result<_> {
+            let mut buf = [0u8; 128];
+            let tcp = TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), TIMEOUT)?;
+            let tcp_peer = tcp.peer_addr()?;
+            tcp.set_read_timeout(Some(TIMEOUT))?;
+            let tcp_name = http::get_and_close(tcp)?;
+            let connected = UdpSocket::bind(("0.0.0.0", 0))?;
+            connected.set_read_timeout(Some(TIMEOUT))?;
+            connected.connect((VIP, 53))?;
+            let udp_peer = connected.peer_addr()?;
+            connected.send(b"who")?;
+            let n = connected.recv(&mut buf)?;
+            let udp_name = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+            let unconnected = UdpSocket::bind(("0.0.0.0", 0))?;
+            unconnected.set_read_timeout(Some(TIMEOUT))?;
+            let (mut answers, mut sources) = (BTreeMap::new(), BTreeMap::new());
+            for _ in 0..10 {
+                unconnected.send_to(b"who", (VIP, 53))?;
+                let (n, from) = unconnected.recv_from(&mut buf)?;
+                let name = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+                *answers.entry(name).or_insert(0) += 1;
+                *sources.entry(from).or_insert(0) += 1;
+            }
+            Ok((tcp_peer, tcp_name, udp_peer, udp_name, answers, sources))
+        })
+        .unwrap();
+    drop(in_cgroup);
+    let (tcp_peer, tcp_name, udp_peer, udp_name, answers, sources) = got.unwrap();
+    assert_eq!(tcp_peer, SocketAddr::from((VIP, 80)), "TCP peer");
+    assert!(names.contains(&tcp_name.trim().to_string()), "{tcp_name:?}");
+    assert_eq!(udp_peer, SocketAddr::from((VIP, 53)), "connected UDP peer");
+    assert!(names.contains(&udp_name), "{udp_name:?}");
+    assert_eq!(
+        sources.keys().collect::<Vec<_>>(),
+        [&SocketAddr::from((VIP, 53))],
+        "replies to an unconnected socket come from the VIP"
+    );
+    assert_eq!(answers.len(), 1, "one backend for one socket: {answers:?}");
     s.assert_no_firewall_rules();
 }
 
