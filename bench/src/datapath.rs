@@ -363,9 +363,81 @@ impl Drop for Pinned {
     }
 }
 
+/// The datapath as the bench drives it: our programs with their
+/// baselines and harnesses loaded, and the maps the bench writes.
+struct Loaded {
+    ebpf: aya::Ebpf,
+    frame: Array<MapData, BenchFrame>,
+    /// Per hook (as `HOOKS`), the program array its harness tail-calls.
+    next: Vec<ProgramArray<MapData>>,
+    maps: ServiceMaps,
+    conntrack: Conntrack,
+}
+
+impl Loaded {
+    fn new(opts: &loader::LoadOptions) -> Result<Self> {
+        let mut ebpf = loader::load(opts)?;
+        attach::load_programs(&mut ebpf, false)?;
+        for name in [PROG_TC_PASS, PROG_XDP_PASS, PROG_BENCH_TC, PROG_BENCH_XDP] {
+            load_extra(&mut ebpf, name)?;
+        }
+        let frame = ebpf
+            .take_map(MAP_BENCH_FRAME)
+            .context("bench frame map")?
+            .try_into()?;
+        let next = HOOKS
+            .iter()
+            .map(|h| -> Result<ProgramArray<MapData>> {
+                Ok(ebpf.take_map(h.4).context(h.4)?.try_into()?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let maps = ServiceMaps::from_ebpf(&mut ebpf)?;
+        let conntrack = Conntrack::from_ebpf(&mut ebpf)?;
+        Ok(Self {
+            ebpf,
+            frame,
+            next,
+            maps,
+            conntrack,
+        })
+    }
+
+    /// Runs `flows` new flows to `vip` through the XDP program and leaves
+    /// them tracked. A node's conntrack map has seen flows come and go:
+    /// once emptied, its free entries are scattered, not a fresh map's
+    /// sequential ones, which make inserts cheaper.
+    fn age_conntrack(&mut self, vip: Ipv4Addr, flows: u32) -> Result<()> {
+        let (Program::Xdp(prog), Program::Xdp(hp)) = (
+            program(&self.ebpf, PROG_XDP)?,
+            program(&self.ebpf, PROG_BENCH_XDP)?,
+        ) else {
+            anyhow::bail!("{PROG_XDP}/{PROG_BENCH_XDP}: unexpected program types");
+        };
+        let mut harness = Harness {
+            prog: hp,
+            frame: &mut self.frame,
+            next: &mut self.next[1],
+            repeat: flows,
+            loops: 1,
+            forward: XDP_PASS,
+        };
+        let syn = Frame::tcp((WARM_CLIENTS, 40000), (vip, synth::SERVICE_PORT), TCP_SYN).build();
+        harness.warm_ns(prog.fd()?, &syn, true)?;
+        Ok(())
+    }
+}
+
 /// Conntrack map sizes of table 1d: cache-resident up to the agent's
 /// default.
 const CT_SIZES: [u32; 3] = [4_096, 65_536, lb_common::DEFAULT_CONNTRACK_MAX];
+/// Runs per loop of table 1d: two entries per flow stay below the
+/// smallest map.
+const NEW_FLOW_REPEAT: u32 = 1000;
+
+/// Loops per figure of table 1d.
+fn new_flow_loops(o: &Opts) -> usize {
+    if o.quick { 3 } else { 9 }
+}
 
 /// Warm added ns of a new flow on one hook, `reps` times, each loop
 /// starting from an emptied conntrack map it does not fill.
@@ -391,88 +463,54 @@ fn new_flow_added<P: Runnable>(
 /// grows, which tells the program's own work from the cost of touching
 /// random entries of a large table.
 fn new_flow_by_table_size(o: &Opts) -> Result<Vec<Vec<String>>> {
-    let reps = if o.quick { 3 } else { 9 };
     let mut rows = Vec::new();
     for ct in CT_SIZES {
         let fs = Bpffs::new("bench-ct")?;
-        let opts = loader::LoadOptions {
+        let mut l = Loaded::new(&loader::LoadOptions {
             pin_dir: fs.dir.join("ferrolb"),
             services_max: 64,
             backends_max: 64,
             conntrack_max: ct,
             sock_max: 1024,
             frontends_max: 16,
-        };
-        let mut ebpf = loader::load(&opts)?;
-        attach::load_programs(&mut ebpf, false)?;
-        for name in [PROG_TC_PASS, PROG_XDP_PASS, PROG_BENCH_TC, PROG_BENCH_XDP] {
-            load_extra(&mut ebpf, name)?;
-        }
-        let mut frame_map: Array<MapData, BenchFrame> = ebpf
-            .take_map(MAP_BENCH_FRAME)
-            .context("bench frame map")?
-            .try_into()?;
-        let mut maps = ServiceMaps::from_ebpf(&mut ebpf)?;
-        let mut conntrack = Conntrack::from_ebpf(&mut ebpf)?;
-        let mut rec = reconcile::Reconciler::new(maps.read()?);
+        })?;
+        let mut rec = reconcile::Reconciler::new(l.maps.read()?);
         let ops = rec.plan_all(&synth::desired(1));
-        let errs = maps.apply(&ops, rec.mirror_mut());
+        let errs = l.maps.apply(&ops, rec.mirror_mut());
         anyhow::ensure!(errs.is_empty(), "programming 1 service: {:?}", errs.first());
-        let syn = Frame::tcp(
-            (WARM_CLIENTS, 40000),
-            (synth::vip(0), synth::SERVICE_PORT),
-            TCP_SYN,
-        )
-        .build();
-        let mut nexts = HOOKS
-            .iter()
-            .map(|h| -> Result<ProgramArray<MapData>> {
-                Ok(ebpf.take_map(h.4).context(h.4)?.try_into()?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // Filled once and emptied, as table 1's map: free entries scattered.
-        if let (Program::Xdp(prog), Program::Xdp(hp)) =
-            (program(&ebpf, PROG_XDP)?, program(&ebpf, PROG_BENCH_XDP)?)
-        {
-            let mut fill = Harness {
-                prog: hp,
-                frame: &mut frame_map,
-                next: &mut nexts[1],
-                repeat: ct / 2,
-                loops: 1,
-                forward: XDP_PASS,
-            };
-            fill.warm_ns(prog.fd()?, &syn, true)?;
-        }
-        conntrack.purge(&Default::default(), &Default::default())?;
+        let vip = synth::vip(0);
+        // Filled once and emptied, as table 1's map.
+        l.age_conntrack(vip, ct / 2)?;
+        l.conntrack
+            .purge(&Default::default(), &Default::default())?;
+        let syn = Frame::tcp((WARM_CLIENTS, 40000), (vip, synth::SERVICE_PORT), TCP_SYN).build();
         let mut row = vec![ct.to_string()];
-        for ((_, prog_name, pass_name, harness_name, _), next) in HOOKS.iter().zip(&mut nexts) {
-            let (prog, pass) = (program(&ebpf, prog_name)?, program(&ebpf, pass_name)?);
+        for ((_, prog_name, pass_name, harness_name, _), next) in HOOKS.iter().zip(&mut l.next) {
+            let (prog, pass) = (program(&l.ebpf, prog_name)?, program(&l.ebpf, pass_name)?);
             let fds = (prog.fd()?, pass.fd()?);
-            // Two entries per flow: one loop stays below the smallest map.
-            let (repeat, loops) = (1000, 1);
-            let added = match program(&ebpf, harness_name)? {
+            let (repeat, loops, reps) = (NEW_FLOW_REPEAT, 1, new_flow_loops(o));
+            let added = match program(&l.ebpf, harness_name)? {
                 Program::SchedClassifier(hp) => {
                     let mut h = Harness {
                         prog: hp,
-                        frame: &mut frame_map,
+                        frame: &mut l.frame,
                         next,
                         repeat,
                         loops,
                         forward: TC_ACT_OK,
                     };
-                    new_flow_added(&mut h, fds, &mut conntrack, &syn, reps)?
+                    new_flow_added(&mut h, fds, &mut l.conntrack, &syn, reps)?
                 }
                 Program::Xdp(hp) => {
                     let mut h = Harness {
                         prog: hp,
-                        frame: &mut frame_map,
+                        frame: &mut l.frame,
                         next,
                         repeat,
                         loops,
                         forward: XDP_PASS,
                     };
-                    new_flow_added(&mut h, fds, &mut conntrack, &syn, reps)?
+                    new_flow_added(&mut h, fds, &mut l.conntrack, &syn, reps)?
                 }
                 _ => anyhow::bail!("{harness_name}: unexpected program type"),
             };
@@ -507,24 +545,8 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         sock_max: 1024,
         frontends_max: (max * 2).next_power_of_two(),
     };
-    let mut ebpf = loader::load(&opts)?;
-    attach::load_programs(&mut ebpf, false)?;
-    for name in [PROG_TC_PASS, PROG_XDP_PASS, PROG_BENCH_TC, PROG_BENCH_XDP] {
-        load_extra(&mut ebpf, name)?;
-    }
-    let mut frame_map: Array<MapData, BenchFrame> = ebpf
-        .take_map(MAP_BENCH_FRAME)
-        .context("bench frame map")?
-        .try_into()?;
-    let mut next_maps = HOOKS
-        .iter()
-        .map(|h| -> Result<ProgramArray<MapData>> {
-            Ok(ebpf.take_map(h.4).context(h.4)?.try_into()?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut maps = ServiceMaps::from_ebpf(&mut ebpf)?;
-    let mut conntrack = Conntrack::from_ebpf(&mut ebpf)?;
-    let mut rec = reconcile::Reconciler::new(maps.read()?);
+    let mut l = Loaded::new(&opts)?;
+    let mut rec = reconcile::Reconciler::new(l.maps.read()?);
     let (mut warm, mut cold) = (Results::default(), Results::default());
     let mut flow_seq: usize = 0;
     let mut purged = None;
@@ -535,7 +557,7 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         );
         let desired = synth::desired(n);
         let ops = rec.plan_all(&desired);
-        let errs = maps.apply(&ops, rec.mirror_mut());
+        let errs = l.maps.apply(&ops, rec.mirror_mut());
         anyhow::ensure!(
             errs.is_empty(),
             "programming {n} services: {:?}",
@@ -544,30 +566,14 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         // The measured Service sits in the middle of the set.
         let vip = synth::vip(n / 2);
         if n == sizes[0] {
-            // A node's conntrack map has seen flows come and go: its free
-            // entries are scattered, not the fresh map's sequential ones,
-            // which make inserts cheaper. Fill it once, as every size after
-            // the first would find it.
-            let (Program::Xdp(prog), Program::Xdp(hp)) =
-                (program(&ebpf, PROG_XDP)?, program(&ebpf, PROG_BENCH_XDP)?)
-            else {
-                anyhow::bail!("{PROG_XDP}/{PROG_BENCH_XDP}: unexpected program types");
-            };
-            let mut harness = Harness {
-                prog: hp,
-                frame: &mut frame_map,
-                next: &mut next_maps[1],
-                repeat: lb_common::DEFAULT_CONNTRACK_MAX / 2,
-                loops: 1,
-                forward: XDP_PASS,
-            };
-            let syn =
-                Frame::tcp((WARM_CLIENTS, 40000), (vip, synth::SERVICE_PORT), TCP_SYN).build();
-            harness.warm_ns(prog.fd()?, &syn, true)?;
+            // Every size after the first finds the map aged: so does this one.
+            l.age_conntrack(vip, lb_common::DEFAULT_CONNTRACK_MAX / 2)?;
         }
         // Nothing is present: every flow so far goes.
         let t = std::time::Instant::now();
-        let gone = conntrack.purge(&Default::default(), &Default::default())?;
+        let gone = l
+            .conntrack
+            .purge(&Default::default(), &Default::default())?;
         if n == sizes[0] {
             purged = Some((gone, t.elapsed()));
         }
@@ -582,12 +588,13 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
             if h > 0 {
                 // Each hook starts from the same conntrack state, not from
                 // the free entries the one before it used up.
-                conntrack.purge(&Default::default(), &Default::default())?;
+                l.conntrack
+                    .purge(&Default::default(), &Default::default())?;
             }
-            let (prog, pass) = (program(&ebpf, prog_name)?, program(&ebpf, pass_name)?);
-            let harness = program(&ebpf, harness_name)?;
+            let (prog, pass) = (program(&l.ebpf, prog_name)?, program(&l.ebpf, pass_name)?);
+            let harness = program(&l.ebpf, harness_name)?;
             let fds = (prog.fd()?, pass.fd()?);
-            let maps = (&mut frame_map, &mut next_maps[h]);
+            let maps = (&mut l.frame, &mut l.next[h]);
             let got = match (prog, pass, harness) {
                 (
                     Program::SchedClassifier(p),
@@ -656,8 +663,8 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
              evicts. A new flow writes two entries (forward and reverse) at random places in the map: \
              the growth from the smallest size is the cost of reaching cold memory, not of the \
              program's work. Cells: median (min-max) of {} loops.",
-            1000,
-            if o.quick { 3 } else { 9 }
+            NEW_FLOW_REPEAT,
+            new_flow_loops(o)
         ),
         &["conntrack entries", "tc added ns", "XDP added ns"],
         new_flow_by_table_size(o)?,

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use ferrolb_tests::cluster::{Binaries, Cluster, InCgroup, POD_PORT, wait_until};
 use ferrolb_tests::http::Conn;
-use ferrolb_tests::netns::sh;
 
 use crate::report::Report;
 use crate::stats::{Spread, fmt, percentile, spread};
@@ -311,10 +310,7 @@ impl Setup {
 /// The agent's (new tc flows, socket translations) counters, from its
 /// metrics in the node namespace.
 fn paths(c: &Cluster) -> Result<(u64, u64)> {
-    let text = sh(c
-        .node
-        .command("curl")
-        .args(["-sf", "http://127.0.0.1:10249/metrics"]))?;
+    let text = c.metrics()?;
     let count = |outcome: &str| {
         let want = format!("ferrolb_datapath_packets_total{{outcome=\"{outcome}\"}} ");
         text.lines()

@@ -291,6 +291,15 @@ impl Cluster {
             .args(args))
     }
 
+    /// The agent's Prometheus metrics, from its default address in the
+    /// node namespace.
+    pub fn metrics(&self) -> Result<String> {
+        sh(self
+            .node
+            .command("curl")
+            .args(["-sf", "http://127.0.0.1:10249/metrics"]))
+    }
+
     /// A command run from the node itself: node network namespace, and
     /// the cgroup the agent's socket hooks are attached to.
     pub fn node_command(&self, program: &str) -> Command {

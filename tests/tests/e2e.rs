@@ -10,7 +10,6 @@ use std::time::Duration;
 use ferrolb_tests::cluster::{Cluster, InCgroup, wait_until};
 use ferrolb_tests::firewall;
 use ferrolb_tests::http::{self, Conn};
-use ferrolb_tests::netns::sh;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 175);
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -516,11 +515,7 @@ fn full_maps_name_what_is_left_out_and_recover() {
             && status.contains("NOT PROGRAMMED default/svc-c:80 10.0.3.3:80/TCP"),
         "{status}"
     );
-    let metrics = sh(c
-        .node
-        .command("curl")
-        .args(["-sf", "http://127.0.0.1:10249/metrics"]))
-    .unwrap();
+    let metrics = c.metrics().unwrap();
     assert!(
         metrics.contains(
             "ferrolb_frontend_not_programmed{service=\"default/svc-c:80\",frontend=\"10.0.3.3:80/TCP\"} 1"

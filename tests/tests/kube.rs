@@ -246,13 +246,7 @@ fn agent_follows_the_api_server() {
         "503",
         "not ready while the API is down"
     );
-    let metrics = ferrolb_tests::netns::sh(
-        cluster
-            .node
-            .command("curl")
-            .args(["-sf", "http://127.0.0.1:10249/metrics"]),
-    )
-    .unwrap();
+    let metrics = cluster.metrics().unwrap();
     assert!(metrics.contains("ferrolb_source_up 0\n"), "{metrics}");
     api.set_down(false);
     api.apply(hostnames_slice(c, &[0, 1, 2]));
