@@ -210,7 +210,7 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
             let mut ebpf = loader::load(&load_opts(&fs, n))?;
             attach::load_programs(&mut ebpf, false)?;
             let mut maps = ServiceMaps::from_ebpf(&mut ebpf)?;
-            let mut pipeline = Pipeline::new(maps.read()?, Vec::new());
+            let mut pipeline = Pipeline::new(maps.read()?, Default::default());
             let mut src = FileSource::new(&dir);
             let (p, w) = sync(&mut src, &mut maps, &mut pipeline)?;
             parse.push(ms(p));

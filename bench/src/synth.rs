@@ -36,8 +36,10 @@ pub fn desired(n: usize) -> Desired {
                     .map(|j| BackendAddr {
                         addr: endpoint(i, j),
                         port: TARGET_PORT,
+                        local: false,
                     })
                     .collect(),
+                ..Default::default()
             },
         );
     }

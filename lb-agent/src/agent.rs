@@ -2,7 +2,7 @@
 //! maps already hold, then keep them equal to the source (manifests or
 //! the Kubernetes API).
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -13,11 +13,14 @@ use tracing::{info, warn};
 use crate::datapath::{
     attach::{self, Attachments},
     conntrack::{self, Conntrack},
+    external::ExternalMaps,
     ifaces::Selector,
     loader::{self, LoadOptions},
     maps::ServiceMaps,
 };
-use crate::model;
+use crate::healthcheck::HealthServers;
+use crate::model::{self, ModelConfig};
+use crate::node_addrs;
 use crate::source::{Source, files::FileSource, kube::KubeSource};
 use crate::status::Shared;
 use crate::store::{NsName, ObjectStore};
@@ -57,6 +60,82 @@ pub struct RunOptions {
     /// Programs from this object file instead of the built-in ones (another
     /// build of lb-ebpf with the same map layouts, e.g. to stage an upgrade).
     pub datapath_object: Option<PathBuf>,
+    pub external: ExternalOptions,
+}
+
+/// Traffic from outside the cluster: NodePort, externalIPs, LoadBalancer.
+#[derive(Clone, Debug)]
+pub struct ExternalOptions {
+    /// This node's name: endpoints with this nodeName are local
+    /// (externalTrafficPolicy/internalTrafficPolicy Local, SNAT).
+    pub node_name: Option<String>,
+    /// NodePorts are served on node addresses inside these (all when empty).
+    pub nodeport_addresses: Vec<model::Cidr>,
+    pub node_port_range: (u16, u16),
+    pub snat_port_range: (u16, u16),
+    /// The address SNATed flows leave with (default: the default route's
+    /// interface's).
+    pub node_ip: Option<Ipv4Addr>,
+}
+
+impl Default for ExternalOptions {
+    fn default() -> Self {
+        ExternalOptions {
+            node_name: None,
+            nodeport_addresses: Vec::new(),
+            node_port_range: (
+                lb_common::DEFAULT_NODEPORT_MIN,
+                lb_common::DEFAULT_NODEPORT_MAX,
+            ),
+            snat_port_range: (
+                lb_common::DEFAULT_SNAT_PORT_MIN,
+                lb_common::DEFAULT_SNAT_PORT_MAX,
+            ),
+            node_ip: None,
+        }
+    }
+}
+
+impl ExternalOptions {
+    /// Lists the node's addresses, writes those NodePorts are served on
+    /// and the settings (with the SNAT address as found now).
+    fn sync(&self, ext: &mut ExternalMaps, last_snat: &mut Option<Option<Ipv4Addr>>) {
+        let all = match node_addrs::list() {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "listing node addresses failed");
+                return;
+            }
+        };
+        let served = node_addrs::nodeport_addrs(&all, &self.nodeport_addresses);
+        match ext.sync_node_addrs(&served) {
+            Ok(true) => info!(addresses = ?served, "NodePort addresses"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %format!("{e:#}"), "writing node addresses failed"),
+        }
+        let snat = node_addrs::snat_addr(self.node_ip, &all);
+        if *last_snat != Some(snat) {
+            match snat {
+                Some(a) => info!(address = %a, "SNAT address for external traffic to other nodes"),
+                None => warn!(
+                    "no SNAT address (no --node-ip, no default route): external traffic to backends on other nodes is dropped"
+                ),
+            }
+            *last_snat = Some(snat);
+        }
+        let cfg = lb_common::Config {
+            nodeport_min: self.node_port_range.0,
+            nodeport_max: self.node_port_range.1,
+            snat_port_min: self.snat_port_range.0,
+            snat_port_max: self.snat_port_range.1,
+            snat_v4: snat.map_or(0, |a| lb_common::ipv4_to_net(a.octets())),
+            flags: 0,
+            snat_v6: [0; 4],
+        };
+        if let Err(e) = ext.set_config(&cfg) {
+            warn!(error = %format!("{e:#}"), "writing datapath settings failed");
+        }
+    }
 }
 
 /// How often interfaces are re-listed to pick up new pods.
@@ -86,8 +165,19 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         entries = held.services.len(),
         "maps opened; existing entries adopted"
     );
-    let mut pipeline = Pipeline::new(held, opts.service_cidrs.clone())
-        .with_service_proxy_name(opts.service_proxy_name.clone());
+    let mut ext = ExternalMaps::from_ebpf(&mut ebpf)?;
+    let mut last_snat = None;
+    opts.external.sync(&mut ext, &mut last_snat);
+    let mut health = HealthServers::default();
+    let mut pipeline = Pipeline::new(
+        held,
+        ModelConfig {
+            proxy_name: opts.service_proxy_name.clone(),
+            service_cidrs: opts.service_cidrs.clone(),
+            node_name: opts.external.node_name.clone(),
+            node_port_range: opts.external.node_port_range,
+        },
+    );
     let status = Shared::default();
     if let Some(addr) = opts.metrics_addr {
         crate::metrics::serve(addr, status.clone(), opts.load.pin_dir.clone()).await?;
@@ -107,7 +197,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     loop {
         tokio::select! {
             _ = source.ready() => break,
-            _ = rescan.tick() => links.sync(&mut ebpf),
+            _ = rescan.tick() => {
+                links.sync(&mut ebpf);
+                opts.external.sync(&mut ext, &mut last_snat);
+            }
             _ = sigterm.recv() => return Ok(()),
             _ = sigint.recv() => return Ok(()),
         }
@@ -115,11 +208,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     sync(
         &mut source,
         &mut maps,
+        &mut ext,
         &mut ct,
         &mut pipeline,
         &status,
         &mut orphans,
     );
+    health.sync(&pipeline.desired().health_checks).await;
     info!(interfaces = ?links.interfaces(), xdp_interfaces = ?links.xdp_interfaces(), "agent ready");
 
     let mut tick = tokio::time::interval(opts.poll_interval);
@@ -137,6 +232,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
                 if last_scan.elapsed() >= IFACE_RESCAN {
                     links.sync(&mut ebpf);
+                    opts.external.sync(&mut ext, &mut last_snat);
                     last_scan = Instant::now();
                 }
             }
@@ -148,7 +244,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 status.update(|s| s.source_failing = failing);
             }
             _ = sleep_until(due), if due.is_some() => {
-                sync(&mut source, &mut maps, &mut ct, &mut pipeline, &status, &mut orphans);
+                sync(&mut source, &mut maps, &mut ext, &mut ct, &mut pipeline, &status, &mut orphans);
+                health.sync(&pipeline.desired().health_checks).await;
                 last_sync = Instant::now();
                 due = None;
             }
@@ -211,6 +308,7 @@ async fn sleep_until(due: Option<Instant>) {
 fn sync(
     source: &mut Source,
     maps: &mut ServiceMaps,
+    ext: &mut ExternalMaps,
     ct: &mut Conntrack,
     pipeline: &mut Pipeline,
     status: &Shared,
@@ -228,7 +326,15 @@ fn sync(
     }
     warn_orphans(source.store(), orphans);
     let dirty = source.take_dirty();
-    let report = pipeline.sync(source.store(), &dirty, maps);
+    let update = pipeline.update(source.store(), &dirty);
+    // Source ranges go in before the masters that use them, and out after.
+    if let Err(e) = ext.sync_source_ranges(pipeline.desired(), false) {
+        warn!(error = %format!("{e:#}"), "writing loadBalancerSourceRanges failed");
+    }
+    let report = pipeline.apply(update, maps);
+    if let Err(e) = ext.sync_source_ranges(pipeline.desired(), true) {
+        warn!(error = %format!("{e:#}"), "removing loadBalancerSourceRanges failed");
+    }
     for msg in &report.refused {
         warn!("{msg}");
     }

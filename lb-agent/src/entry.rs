@@ -15,7 +15,7 @@ use k8s_openapi::{
 };
 
 use crate::filter::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
-use crate::model::{Proto, SERVICE_NAME_LABEL};
+use crate::model::{Cidr, Proto, SERVICE_NAME_LABEL};
 use crate::store::{Kind, NsName, Object, ObjectId};
 use crate::validate::{self, FieldError};
 
@@ -46,6 +46,21 @@ pub struct ServiceEntry {
     pub cluster_ips: Vec<IpAddr>,
     pub publish_not_ready: bool,
     pub ports: Vec<ServicePortEntry>,
+    /// `type: NodePort` or `LoadBalancer`: the ports' nodePorts are served.
+    pub node_ports: bool,
+    /// `spec.externalIPs` (served like NodePort traffic, on the port).
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip` of a `type: LoadBalancer`.
+    pub lb_ips: Vec<IpAddr>,
+    /// `externalTrafficPolicy: Local`.
+    pub etp_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub itp_local: bool,
+    /// `spec.healthCheckNodePort` (ETP Local LoadBalancers).
+    pub health_check_node_port: Option<u16>,
+    /// `spec.loadBalancerSourceRanges`, IPv4 ones (others have no
+    /// IPv4 frontend to apply to yet).
+    pub source_ranges: Vec<Cidr>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -54,6 +69,7 @@ pub struct ServicePortEntry {
     pub port: u16,
     pub proto: Proto,
     pub target: TargetPort,
+    pub node_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -77,12 +93,14 @@ pub struct EndpointPort {
 /// One IPv4 address of an endpoint, with the endpoint's conditions
 /// resolved as the API defines them (nil ready means ready, nil serving
 /// follows ready).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EndpointAddr {
     pub addr: Ipv4Addr,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// The endpoint's `nodeName`: the node it runs on.
+    pub node: Option<Box<str>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -153,7 +171,33 @@ fn service(s: &Service) -> ServiceEntry {
         ..Default::default()
     };
     let Some(spec) = &s.spec else { return out };
-    out.external_name = spec.type_.as_deref() == Some("ExternalName");
+    let ty = spec.type_.as_deref();
+    out.external_name = ty == Some("ExternalName");
+    out.node_ports = matches!(ty, Some("NodePort") | Some("LoadBalancer"));
+    out.external_ips = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    if ty == Some("LoadBalancer") {
+        out.lb_ips = s
+            .status
+            .iter()
+            .filter_map(|st| st.load_balancer.as_ref())
+            .flat_map(|lb| lb.ingress.iter().flatten())
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect();
+    }
+    out.etp_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    out.itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    out.health_check_node_port = spec.health_check_node_port.map(|p| p as u16);
+    out.source_ranges = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
     out.publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
     out.cluster_ips = spec
         .cluster_ips
@@ -175,6 +219,7 @@ fn service(s: &Service) -> ServiceEntry {
                 Some(IntOrString::Int(t)) => TargetPort::Number(*t as u16),
                 Some(IntOrString::String(_)) => TargetPort::Named,
             },
+            node_port: p.node_port.map(|n| n as u16),
         })
         .collect();
     out
@@ -203,6 +248,7 @@ fn slice(s: &EndpointSlice) -> SliceEntry {
                     ready,
                     serving,
                     terminating,
+                    node: e.node_name.as_deref().map(Box::from),
                 }),
         );
     }

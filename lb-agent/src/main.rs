@@ -45,9 +45,30 @@ enum Command {
         /// ~/.kube/config, then the in-cluster service account.
         #[arg(long, env = "KUBECONFIG")]
         kubeconfig: Option<PathBuf>,
-        /// API mode: this node's name; its Node object is watched.
+        /// This node's name: endpoints whose nodeName matches are local
+        /// (externalTrafficPolicy and internalTrafficPolicy Local, SNAT of
+        /// external traffic to other nodes). In API mode its Node object is
+        /// watched too.
         #[arg(long, env = "NODE_NAME")]
         node_name: Option<String>,
+        /// Serve NodePorts only on node addresses inside these prefixes
+        /// (kube-proxy's nodePortAddresses). Default: every address but
+        /// loopback.
+        #[arg(long, value_delimiter = ',')]
+        nodeport_addresses: Vec<lb_agent::model::Cidr>,
+        /// NodePort range, inclusive (the API server's flag of that name):
+        /// nodePorts outside are reported and not programmed.
+        #[arg(long, default_value = "30000-32767", value_parser = port_range)]
+        service_node_port_range: (u16, u16),
+        /// Source ports of external flows SNATed to another node's backend.
+        /// Keep it outside net.ipv4.ip_local_port_range (default
+        /// 32768-60999), or a flow may collide with a node's own connection.
+        #[arg(long, default_value = "61000-65535", value_parser = port_range)]
+        snat_port_range: (u16, u16),
+        /// The address external flows to other nodes' backends are SNATed
+        /// to. Default: the first address of the default route's interface.
+        #[arg(long)]
+        node_ip: Option<std::net::Ipv4Addr>,
         /// Least time between two syncs in milliseconds: changes arriving
         /// closer together are programmed in one pass (kube-proxy's
         /// minSyncPeriod). The first change after a quiet spell is
@@ -149,6 +170,25 @@ enum Command {
     },
 }
 
+/// `MIN-MAX`, inclusive, 1-65535.
+fn port_range(s: &str) -> std::result::Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a port range (expected MIN-MAX)"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{v:?} in {s:?} is not a port (1-65535)"))
+    };
+    let (a, b) = (parse(a)?, parse(b)?);
+    if a > b {
+        return Err(format!("{s:?}: {a} is above {b}"));
+    }
+    Ok((a, b))
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -163,6 +203,10 @@ fn main() -> Result<()> {
             manifests,
             kubeconfig,
             node_name,
+            nodeport_addresses,
+            service_node_port_range,
+            snat_port_range,
+            node_ip,
             min_sync_interval_ms,
             service_proxy_name,
             pin,
@@ -197,7 +241,7 @@ fn main() -> Result<()> {
                 Some(path) => SourceOptions::Manifests(path),
                 None => SourceOptions::Kube {
                     kubeconfig,
-                    node_name,
+                    node_name: node_name.clone(),
                 },
             };
             let opts = RunOptions {
@@ -220,6 +264,13 @@ fn main() -> Result<()> {
                 service_cidrs: service_cidr,
                 metrics_addr,
                 datapath_object,
+                external: agent::ExternalOptions {
+                    node_name,
+                    nodeport_addresses,
+                    node_port_range: service_node_port_range,
+                    snat_port_range,
+                    node_ip,
+                },
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -76,6 +76,8 @@ impl fmt::Display for FrontendKey {
 pub struct BackendAddr {
     pub addr: Ipv4Addr,
     pub port: u16,
+    /// Runs on this node (its endpoint's nodeName is ours).
+    pub local: bool,
 }
 
 impl fmt::Display for BackendAddr {
@@ -84,17 +86,61 @@ impl fmt::Display for BackendAddr {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How a frontend is reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    #[default]
+    ClusterIp,
+    /// Every node address (key address 0.0.0.0) on the nodePort.
+    NodePort,
+    ExternalIp,
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    pub fn is_external(self) -> bool {
+        self != FrontendKind::ClusterIp
+    }
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FrontendKind::ClusterIp => "ClusterIP",
+            FrontendKind::NodePort => "NodePort",
+            FrontendKind::ExternalIp => "ExternalIP",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FrontendState {
     /// "namespace/name:portname" (or the port number when unnamed).
     pub name: String,
     /// Sorted, deduplicated.
     pub backends: Vec<BackendAddr>,
+    pub kind: FrontendKind,
+    /// `lb_common::SVC_FLAG_*` for the master entry.
+    pub flags: u16,
+    /// `loadBalancerSourceRanges` (LoadBalancer frontends only).
+    pub source_ranges: Vec<Cidr>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub frontends: BTreeMap<FrontendKey, FrontendState>,
+    /// healthCheckNodePort -> what it reports, for each Service with
+    /// `externalTrafficPolicy: Local` that has one.
+    pub health_checks: BTreeMap<u16, HealthCheck>,
+}
+
+/// What a Service's healthCheckNodePort answers (kube-proxy's format).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub service: NsName,
+    /// Endpoints of the Service on this node that get new connections.
+    pub local_endpoints: usize,
 }
 
 /// One endpoint address as the model needs it, from a slice or Endpoints.
@@ -104,8 +150,39 @@ struct EndpointView {
     ready: bool,
     serving: bool,
     terminating: bool,
+    /// Its nodeName is this node's.
+    local: bool,
     /// (port name, protocol) -> port number.
     ports: BTreeMap<(String, Proto), u16>,
+}
+
+/// What the model needs to know about this node and its flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelConfig {
+    /// Our `--service-proxy-name`: Services labelled for another proxy
+    /// are left alone (`filter::skip_reason`).
+    pub proxy_name: Option<String>,
+    /// With it set, cluster IPs outside every prefix are refused, so a
+    /// manifest cannot hijack addresses the node really uses.
+    pub service_cidrs: Vec<Cidr>,
+    /// This node's name: endpoints whose nodeName matches are local.
+    pub node_name: Option<String>,
+    /// `--service-node-port-range`, inclusive.
+    pub node_port_range: (u16, u16),
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            proxy_name: None,
+            service_cidrs: Vec::new(),
+            node_name: None,
+            node_port_range: (
+                lb_common::DEFAULT_NODEPORT_MIN,
+                lb_common::DEFAULT_NODEPORT_MAX,
+            ),
+        }
+    }
 }
 
 /// The desired state, kept up to date Service by Service: a change to one
@@ -115,9 +192,14 @@ pub struct ModelCache {
     desired: Desired,
     /// The frontends each Service produced last time.
     of_service: BTreeMap<NsName, Vec<FrontendKey>>,
-    /// Our `--service-proxy-name`: Services labelled for another proxy
-    /// are left alone (`filter::skip_reason`).
-    proxy_name: Option<String>,
+    cfg: ModelConfig,
+    /// Which Service holds each nodePort: the first to claim it.
+    node_ports: BTreeMap<(u16, Proto), NsName>,
+    /// Services refused a frontend (a nodePort, an address and port)
+    /// another Service holds: recomputed after each update's Services.
+    waiting: BTreeSet<NsName>,
+    /// healthCheckNodePort of each Service that has one.
+    health_of: BTreeMap<NsName, u16>,
 }
 
 /// What one update changed, and what it refused.
@@ -129,120 +211,269 @@ pub struct Update {
 }
 
 impl ModelCache {
+    pub fn new(cfg: ModelConfig) -> Self {
+        ModelCache {
+            cfg,
+            ..Default::default()
+        }
+    }
+
     /// A cache that programs the Services of proxy `proxy_name` (and the
     /// unlabelled ones).
     pub fn for_proxy(proxy_name: Option<String>) -> Self {
-        ModelCache {
+        Self::new(ModelConfig {
             proxy_name,
             ..Default::default()
-        }
+        })
     }
 
     pub fn desired(&self) -> &Desired {
         &self.desired
     }
 
-    /// Recomputes the Services in `dirty`. With `service_cidrs` set, VIPs
-    /// outside every prefix are refused, so a manifest cannot hijack
-    /// addresses the node really uses.
-    pub fn update(
-        &mut self,
-        store: &ObjectStore,
-        dirty: &BTreeSet<NsName>,
-        service_cidrs: &[Cidr],
-    ) -> Update {
+    /// Recomputes the Services in `dirty`, then those refused a frontend
+    /// another Service held (it may have given it up).
+    pub fn update(&mut self, store: &ObjectStore, dirty: &BTreeSet<NsName>) -> Update {
         let mut up = Update {
             changed: BTreeSet::new(),
             refused: Vec::new(),
         };
-        for key in dirty {
-            for fk in self.of_service.remove(key).unwrap_or_default() {
-                self.desired.frontends.remove(&fk);
-                up.changed.insert(fk);
+        let mut todo = dirty.clone();
+        for _ in 0..2 {
+            for key in &todo {
+                self.waiting.remove(key);
+                self.recompute(store, key, &mut up);
             }
-            let Some(svc) = store.services.get(key) else {
-                continue;
-            };
-            if let Some(why) = filter::skip_reason(svc, self.proxy_name.as_deref()) {
-                debug!(service = %key, "{why}: not ours to program");
-                continue;
+            if self.waiting.is_empty() {
+                break;
             }
-            let mut keys = Vec::new();
-            for (fk, st) in service_frontends(store, key, svc) {
-                if !service_cidrs.is_empty() && !service_cidrs.iter().any(|c| c.contains(fk.addr)) {
-                    up.refused.push(format!(
-                        "Service {}: field spec.clusterIP: {} is outside --service-cidr; not programmed",
-                        st.name, fk.addr
-                    ));
-                    continue;
-                }
-                up.changed.insert(fk);
-                keys.push(fk);
-                self.desired.frontends.insert(fk, st);
-            }
-            self.of_service.insert(key.clone(), keys);
+            todo = std::mem::take(&mut self.waiting);
         }
+        let mut seen = BTreeSet::new();
+        up.refused.retain(|m| seen.insert(m.clone()));
         up
+    }
+
+    fn recompute(&mut self, store: &ObjectStore, key: &NsName, up: &mut Update) {
+        for fk in self.of_service.remove(key).unwrap_or_default() {
+            self.desired.frontends.remove(&fk);
+            up.changed.insert(fk);
+        }
+        self.node_ports.retain(|_, owner| owner != key);
+        if let Some(port) = self.health_of.remove(key) {
+            self.desired.health_checks.remove(&port);
+        }
+        let Some(svc) = store.services.get(key) else {
+            return;
+        };
+        if let Some(why) = filter::skip_reason(svc, self.cfg.proxy_name.as_deref()) {
+            debug!(service = %key, "{why}: not ours to program");
+            return;
+        }
+        let fes = service_frontends(store, key, svc, &self.cfg);
+        if let Some((port, local_endpoints)) = fes.health_check {
+            self.health_of.insert(key.clone(), port);
+            self.desired.health_checks.insert(
+                port,
+                HealthCheck {
+                    service: key.clone(),
+                    local_endpoints,
+                },
+            );
+        }
+        up.refused.extend(fes.refused);
+        let mut keys = Vec::new();
+        for (fk, st, field) in fes.frontends {
+            let cidrs = &self.cfg.service_cidrs;
+            if st.kind == FrontendKind::ClusterIp
+                && !cidrs.is_empty()
+                && !cidrs.iter().any(|c| c.contains(fk.addr))
+            {
+                up.refused.push(format!(
+                    "Service {}: field spec.clusterIP: {} is outside --service-cidr; not programmed",
+                    st.name, fk.addr
+                ));
+                continue;
+            }
+            if st.kind == FrontendKind::NodePort {
+                let claim = (fk.port, fk.proto);
+                match self.node_ports.get(&claim) {
+                    Some(owner) if owner != key => {
+                        up.refused.push(format!(
+                            "Service {}: field {field}: nodePort {}/{} is already used by Service {owner}; not programmed",
+                            st.name, fk.port, fk.proto
+                        ));
+                        self.waiting.insert(key.clone());
+                        continue;
+                    }
+                    _ => {
+                        self.node_ports.insert(claim, key.clone());
+                    }
+                }
+            }
+            if let Some(old) = self.desired.frontends.get(&fk)
+                && old.name != st.name
+                && !keys.contains(&fk)
+            {
+                up.refused.push(format!(
+                    "Service {}: field {field}: {fk} is already served for {}; not programmed",
+                    st.name, old.name
+                ));
+                self.waiting.insert(key.clone());
+                continue;
+            }
+            up.changed.insert(fk);
+            keys.push(fk);
+            self.desired.frontends.insert(fk, st);
+        }
+        self.of_service.insert(key.clone(), keys);
     }
 }
 
 /// The whole desired state of `store`, computed afresh.
 pub fn desired(store: &ObjectStore) -> Desired {
-    let mut cache = ModelCache::default();
+    desired_with(store, ModelConfig::default())
+}
+
+/// Like [`desired`], for a node with `cfg`.
+pub fn desired_with(store: &ObjectStore, cfg: ModelConfig) -> Desired {
+    let mut cache = ModelCache::new(cfg);
     let all: BTreeSet<NsName> = store.services.keys().cloned().collect();
-    cache.update(store, &all, &[]);
+    cache.update(store, &all);
     cache.desired
+}
+
+/// A Service's frontends, each with the manifest field it comes from.
+struct ServiceFrontends {
+    frontends: Vec<(FrontendKey, FrontendState, String)>,
+    refused: Vec<String>,
+    /// (healthCheckNodePort, local endpoints) for ETP Local.
+    health_check: Option<(u16, usize)>,
 }
 
 fn service_frontends(
     store: &ObjectStore,
     key: &NsName,
     svc: &ServiceEntry,
-) -> Vec<(FrontendKey, FrontendState)> {
-    let mut out = Vec::new();
+    cfg: &ModelConfig,
+) -> ServiceFrontends {
+    let mut out = ServiceFrontends {
+        frontends: Vec::new(),
+        refused: Vec::new(),
+        health_check: None,
+    };
     if svc.external_name {
         debug!(service = %key, "ExternalName Service: resolved by DNS, nothing to program");
         return out;
     }
-    let mut vips: BTreeSet<Ipv4Addr> = BTreeSet::new();
-    for v in &svc.cluster_ips {
-        match v {
-            IpAddr::V4(a) => {
-                vips.insert(*a);
-            }
-            IpAddr::V6(_) => {
-                debug!(service = %key, ip = %v, "non-IPv4 cluster IP not programmed yet")
-            }
-        }
-    }
+    let v4 = |ips: &[IpAddr]| -> BTreeSet<Ipv4Addr> {
+        ips.iter()
+            .filter_map(|v| match v {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => {
+                    debug!(service = %key, ip = %v, "IPv6 address not programmed yet");
+                    None
+                }
+            })
+            .collect()
+    };
+    let vips = v4(&svc.cluster_ips);
     if svc.cluster_ips.is_empty() {
         debug!(service = %key, "headless Service (clusterIP: None): nothing to program");
         return out;
     }
-    let endpoints = endpoints_of(store, key);
+    let (external_ips, lb_ips) = (v4(&svc.external_ips), v4(&svc.lb_ips));
+    let endpoints = endpoints_of(store, key, cfg.node_name.as_deref());
+    let local_endpoints: Vec<EndpointView> =
+        endpoints.iter().filter(|e| e.local).cloned().collect();
     let ports = &svc.ports;
-    for sp in ports {
+    let mut local_ready = BTreeSet::new();
+    for (i, sp) in ports.iter().enumerate() {
         let proto = sp.proto;
         if proto == Proto::Sctp {
             warn!(service = %key, port = sp.port, "SCTP is not supported by the datapath yet; port skipped");
             continue;
         }
-        let backends = backends_for(sp, ports.len() == 1, &endpoints, svc.publish_not_ready);
+        let only = ports.len() == 1;
+        let all = backends_for(sp, only, &endpoints, svc.publish_not_ready);
+        let local = backends_for(sp, only, &local_endpoints, svc.publish_not_ready);
+        local_ready.extend(local.iter().map(|b| b.addr));
         let port_label = sp.name.clone().unwrap_or_else(|| sp.port.to_string());
-        for vip in &vips {
-            let fk = FrontendKey {
-                addr: *vip,
-                port: sp.port,
-                proto,
+        let name = format!("{key}:{port_label}");
+        let state = |kind: FrontendKind| {
+            let (local_only, backends) = match kind {
+                FrontendKind::ClusterIp => {
+                    (svc.itp_local, if svc.itp_local { &local } else { &all })
+                }
+                _ => (svc.etp_local, if svc.etp_local { &local } else { &all }),
             };
-            out.push((
-                fk,
-                FrontendState {
-                    name: format!("{key}:{port_label}"),
-                    backends: backends.clone(),
-                },
+            let mut flags = lb_common::SVC_FLAG_NONE;
+            if kind.is_external() {
+                flags |= lb_common::SVC_FLAG_EXTERNAL;
+            }
+            if local_only {
+                flags |= lb_common::SVC_FLAG_LOCAL_ONLY;
+            }
+            let source_ranges = if kind == FrontendKind::LoadBalancer {
+                svc.source_ranges.clone()
+            } else {
+                Vec::new()
+            };
+            if !source_ranges.is_empty() {
+                flags |= lb_common::SVC_FLAG_SOURCE_RANGES;
+            }
+            FrontendState {
+                name: name.clone(),
+                backends: backends.clone(),
+                kind,
+                flags,
+                source_ranges,
+            }
+        };
+        let fk = |addr: Ipv4Addr, port: u16| FrontendKey { addr, port, proto };
+        for vip in &vips {
+            out.frontends.push((
+                fk(*vip, sp.port),
+                state(FrontendKind::ClusterIp),
+                "spec.clusterIP".into(),
             ));
         }
+        if svc.node_ports
+            && let Some(np) = sp.node_port
+        {
+            let field = format!("spec.ports[{i}].nodePort");
+            let (min, max) = cfg.node_port_range;
+            if (min..=max).contains(&np) {
+                out.frontends.push((
+                    fk(Ipv4Addr::UNSPECIFIED, np),
+                    state(FrontendKind::NodePort),
+                    field,
+                ));
+            } else {
+                out.refused.push(format!(
+                    "Service {name}: field {field}: {np} is outside --service-node-port-range {min}-{max}; not programmed"
+                ));
+            }
+        }
+        for (j, ip) in external_ips.iter().enumerate() {
+            out.frontends.push((
+                fk(*ip, sp.port),
+                state(FrontendKind::ExternalIp),
+                format!("spec.externalIPs[{j}]"),
+            ));
+        }
+        for (j, ip) in lb_ips.iter().enumerate() {
+            out.frontends.push((
+                fk(*ip, sp.port),
+                state(FrontendKind::LoadBalancer),
+                format!("status.loadBalancer.ingress[{j}].ip"),
+            ));
+        }
+    }
+    if svc.etp_local
+        && let Some(port) = svc.health_check_node_port
+    {
+        out.health_check = Some((port, local_ready.len()));
     }
     out
 }
@@ -283,6 +514,7 @@ fn backends_for(
         target_port(sp, only_port, ep).map(|port| BackendAddr {
             addr: ep.addr,
             port,
+            local: ep.local,
         })
     };
     let ready: BTreeSet<BackendAddr> = endpoints
@@ -306,7 +538,7 @@ fn backends_for(
 
 /// All endpoints of a Service: its EndpointSlices merged (deduplicated by
 /// address), or its legacy Endpoints object when it has no slice.
-fn endpoints_of(store: &ObjectStore, key: &NsName) -> Vec<EndpointView> {
+fn endpoints_of(store: &ObjectStore, key: &NsName, node: Option<&str>) -> Vec<EndpointView> {
     let mut slices = store.slices_of(key).peekable();
     if slices.peek().is_some() {
         let mut by_addr: BTreeMap<Ipv4Addr, EndpointView> = BTreeMap::new();
@@ -321,6 +553,7 @@ fn endpoints_of(store: &ObjectStore, key: &NsName) -> Vec<EndpointView> {
                     ready: a.ready,
                     serving: a.serving,
                     terminating: a.terminating,
+                    local: node.is_some() && a.node.as_deref() == node,
                     ports: ports.clone(),
                 };
                 by_addr
@@ -329,6 +562,7 @@ fn endpoints_of(store: &ObjectStore, key: &NsName) -> Vec<EndpointView> {
                         old.ready |= v.ready;
                         old.serving |= v.serving;
                         old.terminating &= v.terminating;
+                        old.local |= v.local;
                         old.ports.extend(v.ports.clone());
                     })
                     .or_insert(v);
@@ -355,11 +589,13 @@ fn legacy_endpoints(ep: &EndpointsEntry) -> Vec<EndpointView> {
     for sub in &ep.subsets {
         let ports = port_map(&sub.ports);
         let mut push = |addr: Ipv4Addr, ready: bool| {
+            // Legacy Endpoints name no node here: never local.
             out.push(EndpointView {
                 addr,
                 ready,
                 serving: ready,
                 terminating: false,
+                local: false,
                 ports: ports.clone(),
             });
         };
@@ -416,7 +652,7 @@ mod tests {
         let mut s = store(&two("{addresses: [10.244.0.1]}"));
         let mut cache = ModelCache::default();
         let dirty = s.take_dirty();
-        let up = cache.update(&s, &dirty, &[]);
+        let up = cache.update(&s, &dirty);
         assert_eq!(up.changed.len(), 2);
         assert_eq!(
             backends(cache.desired(), "10.0.0.1", 80, Proto::Tcp),
@@ -430,7 +666,7 @@ mod tests {
         assert_eq!(dirty.len(), 2, "every upserted object marks its Service");
         let only_a: std::collections::BTreeSet<NsName> =
             dirty.into_iter().filter(|k| k.name == "a").collect();
-        let up = cache.update(&s, &only_a, &[]);
+        let up = cache.update(&s, &only_a);
         assert_eq!(up.changed.len(), 1);
         assert_eq!(cache.desired(), &desired(&s));
         // Removing the Service removes its frontend.
@@ -442,7 +678,7 @@ mod tests {
             },
         });
         let dirty = s.take_dirty();
-        let up = cache.update(&s, &dirty, &[]);
+        let up = cache.update(&s, &dirty);
         assert_eq!(up.changed.len(), 1);
         assert_eq!(cache.desired().frontends.len(), 1);
     }
@@ -510,10 +746,10 @@ mod tests {
         };
         let all: BTreeSet<NsName> = st.services.keys().cloned().collect();
         let mut unnamed = ModelCache::default();
-        unnamed.update(&st, &all, &[]);
+        unnamed.update(&st, &all);
         assert_eq!(vips(&unnamed), ["10.0.0.1"]);
         let mut named = ModelCache::for_proxy(Some("ferrolb".into()));
-        named.update(&st, &all, &[]);
+        named.update(&st, &all);
         assert_eq!(vips(&named), ["10.0.0.1", "10.0.0.3"]);
     }
 
@@ -590,9 +826,12 @@ mod cidr_tests {
                 store.upsert(d.result.unwrap());
             }
         }
-        let mut cache = ModelCache::default();
+        let mut cache = ModelCache::new(ModelConfig {
+            service_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
+            ..Default::default()
+        });
         let dirty = store.take_dirty();
-        let up = cache.update(&store, &dirty, &["10.1.0.0/16".parse().unwrap()]);
+        let up = cache.update(&store, &dirty);
         assert_eq!(cache.desired().frontends.len(), 1);
         assert_eq!(up.changed.len(), 1);
         assert_eq!(

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    Backend, SVC_FLAG_NONE, SVC_NAME_LEN, ServiceKey, ServiceValue, SvcInfo, ipv4_from_net,
-    ipv4_to_net, port_from_net, port_to_net,
+    BACKEND_FLAG_LOCAL, Backend, SVC_FLAG_NONE, SVC_NAME_LEN, ServiceKey, ServiceValue, SvcInfo,
+    ipv4_from_net, ipv4_to_net, port_from_net, port_to_net,
 };
 
 use crate::model::{BackendAddr, Desired, FrontendKey, Proto};
@@ -82,7 +82,7 @@ pub fn backend_entry(b: &BackendAddr, proto: Proto) -> Backend {
         addr: ipv4_to_net(b.addr.octets()),
         port: port_to_net(b.port),
         proto: proto.number(),
-        flags: 0,
+        flags: if b.local { BACKEND_FLAG_LOCAL } else { 0 },
     }
 }
 
@@ -307,7 +307,7 @@ impl Reconciler {
                     let master = ServiceValue {
                         backend_id: 0,
                         count,
-                        flags: SVC_FLAG_NONE,
+                        flags: st.flags,
                         svc_id,
                     };
                     if old_master != Some(master) {
@@ -456,6 +456,7 @@ mod tests {
         BackendAddr {
             addr: Ipv4Addr::new(10, 244, 0, last),
             port: 9376,
+            local: false,
         }
     }
 
@@ -467,6 +468,7 @@ mod tests {
                 FrontendState {
                     name: format!("default/svc{}", k.addr),
                     backends: bs.iter().map(|b| be(*b)).collect(),
+                    ..Default::default()
                 },
             );
         }
@@ -487,6 +489,7 @@ mod tests {
                     BackendAddr {
                         addr: Ipv4Addr::from(ipv4_from_net(b.addr)),
                         port: port_from_net(b.port),
+                        local: false,
                     }
                 })
                 .collect();

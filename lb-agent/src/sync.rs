@@ -4,14 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::datapath::maps::ServiceMaps;
-use crate::model::{Cidr, FrontendKey, ModelCache};
+use crate::model::{Desired, FrontendKey, ModelCache, ModelConfig, Update};
 use crate::reconcile::{self, MapState, Op, Reconciler};
 use crate::store::{NsName, ObjectStore};
 
 pub struct Pipeline {
     model: ModelCache,
     rec: Reconciler,
-    service_cidrs: Vec<Cidr>,
     /// The first pass also visits what the maps held before we started.
     adopted: bool,
     /// Frontends whose writes failed (full maps): planned again each pass
@@ -43,21 +42,18 @@ pub struct Report {
 
 impl Pipeline {
     /// Starts from what the maps hold now (adopted, never flushed).
-    pub fn new(maps_hold: MapState, service_cidrs: Vec<Cidr>) -> Self {
+    pub fn new(maps_hold: MapState, cfg: ModelConfig) -> Self {
         Pipeline {
-            model: ModelCache::default(),
+            model: ModelCache::new(cfg),
             rec: Reconciler::new(maps_hold),
-            service_cidrs,
             adopted: false,
             left_out: BTreeMap::new(),
         }
     }
 
-    /// Programs only the Services of proxy `name` and unlabelled ones
-    /// (kube-proxy's `service.kubernetes.io/service-proxy-name`).
-    pub fn with_service_proxy_name(mut self, name: Option<String>) -> Self {
-        self.model = ModelCache::for_proxy(name);
-        self
+    /// The desired state as of the last pass.
+    pub fn desired(&self) -> &Desired {
+        self.model.desired()
     }
 
     /// True while some frontends wait for room in the maps.
@@ -92,7 +88,19 @@ impl Pipeline {
         dirty: &BTreeSet<NsName>,
         maps: &mut ServiceMaps,
     ) -> Report {
-        let up = self.model.update(store, dirty, &self.service_cidrs);
+        let update = self.update(store, dirty);
+        self.apply(update, maps)
+    }
+
+    /// The first half of a pass: the model follows the store. What it
+    /// wants is then `desired()`, not yet written.
+    pub fn update(&mut self, store: &ObjectStore, dirty: &BTreeSet<NsName>) -> Update {
+        self.model.update(store, dirty)
+    }
+
+    /// The second half: the writes that make the maps hold `desired()`
+    /// for what `up` changed (and whatever was left out before).
+    pub fn apply(&mut self, up: Update, maps: &mut ServiceMaps) -> Report {
         let desired = self.model.desired();
         let mut changed = up.changed;
         let retried = std::mem::take(&mut self.left_out);

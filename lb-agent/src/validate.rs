@@ -108,7 +108,50 @@ pub fn service(s: &Service) -> Result<(), FieldError> {
             port(format!("spec.ports[{i}].nodePort"), np)?;
         }
     }
+    for (i, v) in spec.external_ips.iter().flatten().enumerate() {
+        ip(format!("spec.externalIPs[{i}]"), v)?;
+    }
+    for (i, v) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        cidr(format!("spec.loadBalancerSourceRanges[{i}]"), v.trim())?;
+    }
+    if let Some(p) = spec.health_check_node_port {
+        port("spec.healthCheckNodePort".into(), p)?;
+    }
+    let ingress = s
+        .status
+        .iter()
+        .filter_map(|st| st.load_balancer.as_ref())
+        .flat_map(|lb| lb.ingress.iter().flatten());
+    for (i, g) in ingress.enumerate() {
+        if let Some(v) = g.ip.as_deref() {
+            ip(format!("status.loadBalancer.ingress[{i}].ip"), v)?;
+        }
+    }
     Ok(())
+}
+
+/// A prefix of either family, `addr/len`.
+fn cidr(field: String, value: &str) -> Result<(), FieldError> {
+    let bad = || {
+        err(
+            field.clone(),
+            format!("{value:?} is not a CIDR (expected address/length)"),
+        )
+    };
+    let (a, l) = value.split_once('/').ok_or_else(bad)?;
+    let max = match a.parse::<IpAddr>().map_err(|_| bad())? {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    };
+    match l.parse::<u8>() {
+        Ok(l) if l <= max => Ok(()),
+        _ => Err(bad()),
+    }
 }
 
 pub fn slice(s: &EndpointSlice) -> Result<(), FieldError> {

@@ -20,14 +20,31 @@ pub const MAP_SVC_INFO: &str = "flb_info_v1";
 /// [`crate::stats::STAT_SLOTS`], so new counters need no layout change.
 pub const MAP_STATS: &str = "flb_stats_v2";
 
+/// The node's own addresses (NodePort is served on these), family
+/// independent: [`NodeAddrKey`] holds IPv4 as v4-mapped IPv6.
+pub const MAP_NODE_ADDRS: &str = "flb_nodeaddr_v1";
+/// Source NAT of external flows forwarded to another node, by conntrack
+/// key: for a forward key the node address and port the flow leaves
+/// with, for a reverse key the client it came from (LRU).
+pub const MAP_SNAT: &str = "flb_snat_v1";
+/// Node-wide settings the agent writes once ([`Config`], one entry).
+pub const MAP_CONFIG: &str = "flb_cfg_v1";
+/// `loadBalancerSourceRanges` per frontend (LPM trie over
+/// [`SourceRangeKey`]), family independent.
+pub const MAP_SOURCE_RANGES: &str = "flb_srcrange_v1";
+
 /// Every map the programs declare, for pinning and cleanup.
-pub const ALL_MAPS: [&str; 6] = [
+pub const ALL_MAPS: [&str; 10] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
     MAP_SOCK_REVNAT,
     MAP_SVC_INFO,
     MAP_STATS,
+    MAP_NODE_ADDRS,
+    MAP_SNAT,
+    MAP_CONFIG,
+    MAP_SOURCE_RANGES,
 ];
 
 /// Default map sizes; the agent can override each with a flag.
@@ -36,12 +53,39 @@ pub const DEFAULT_BACKENDS_MAX: u32 = 262_144;
 pub const DEFAULT_CONNTRACK_MAX: u32 = 524_288;
 pub const DEFAULT_SOCK_REVNAT_MAX: u32 = 131_072;
 pub const DEFAULT_SVC_INFO_MAX: u32 = 65_536;
+pub const DEFAULT_SNAT_MAX: u32 = 262_144;
+pub const NODE_ADDRS_MAX: u32 = 1024;
+pub const SOURCE_RANGES_MAX: u32 = 65_536;
+
+/// kube-proxy's default `--service-node-port-range`.
+pub const DEFAULT_NODEPORT_MIN: u16 = 30_000;
+pub const DEFAULT_NODEPORT_MAX: u16 = 32_767;
+/// Ports SNATed flows leave a node with: above Linux's default
+/// `ip_local_port_range` (32768-60999), so they never collide with a
+/// connection the node itself opened.
+pub const DEFAULT_SNAT_PORT_MIN: u16 = 61_000;
+pub const DEFAULT_SNAT_PORT_MAX: u16 = 65_535;
+/// Free source ports tried for one new SNATed flow before giving up.
+pub const SNAT_PORT_TRIES: u32 = 16;
 
 /// Most backends one frontend may have (slots 1..=MAX_BACKENDS_PER_SERVICE).
 pub const MAX_BACKENDS_PER_SERVICE: u16 = 4096;
 
 /// Service flags (ServiceValue::flags on the master slot).
 pub const SVC_FLAG_NONE: u16 = 0;
+/// Reached from outside the cluster (NodePort, externalIPs, LoadBalancer
+/// ingress): packets are forwarded by redirect, and a flow to a backend on
+/// another node is SNATed to this node's address (externalTrafficPolicy
+/// Cluster) so that its replies come back through here.
+pub const SVC_FLAG_EXTERNAL: u16 = 1;
+/// externalTrafficPolicy Local: the backends are this node's only, the
+/// client address is kept, and no local backend means drop (not reject).
+pub const SVC_FLAG_LOCAL_ONLY: u16 = 2;
+/// `loadBalancerSourceRanges` apply: sources outside them are dropped.
+pub const SVC_FLAG_SOURCE_RANGES: u16 = 4;
+
+/// Backend flags. The backend runs on this node.
+pub const BACKEND_FLAG_LOCAL: u8 = 1;
 
 /// Conntrack value flags. Without [`CT_FLAG_REVERSE`] an entry is a
 /// forward one (client -> VIP: `addr:port` is the backend); with it, a
@@ -49,6 +93,13 @@ pub const SVC_FLAG_NONE: u16 = 0;
 /// share a key: a forward key's destination is a VIP, a reverse key's a
 /// client, and VIPs do not originate traffic.
 pub const CT_FLAG_REVERSE: u16 = 1;
+/// The flow is SNATed: [`MAP_SNAT`] holds, under the same key, the other
+/// end's translation (forward: node address and port; reverse: client).
+pub const CT_FLAG_SNAT: u16 = 2;
+/// A flow of an external frontend: its packets are redirected to their
+/// next hop after translation (a NodePort reply's source is a node
+/// address, which the stack would drop as martian on input).
+pub const CT_FLAG_EXTERNAL: u16 = 4;
 
 /// Length of the service name stored for the CLI.
 pub const SVC_NAME_LEN: usize = 64;
@@ -182,6 +233,71 @@ pub struct SvcInfo {
     pub name: [u8; SVC_NAME_LEN],
 }
 
+/// The other end's translation of a SNATed flow ([`CT_FLAG_SNAT`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NatValue {
+    /// Network order.
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// An address of either family: IPv4 as v4-mapped IPv6 (`::ffff:a.b.c.d`),
+/// so one key serves both and v6 needs no new layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeAddrKey {
+    pub addr: [u32; 4],
+}
+
+impl NodeAddrKey {
+    /// `addr` in network order.
+    #[inline(always)]
+    pub const fn v4(addr: u32) -> Self {
+        NodeAddrKey {
+            addr: [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), addr],
+        }
+    }
+}
+
+/// The data of an LPM key for [`MAP_SOURCE_RANGES`]: a frontend and a
+/// source prefix. The prefix length covers the frontend fully (port,
+/// proto, pad and address: [`SOURCE_RANGE_FIXED_BITS`]) plus the source
+/// prefix (IPv4 prefixes count 96 more bits, for the v4-mapped part).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeKey {
+    /// Frontend port, network order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    /// Frontend address (v4-mapped for IPv4, all-zero for NodePort).
+    pub frontend: [u32; 4],
+    /// Source address (v4-mapped for IPv4).
+    pub source: [u32; 4],
+}
+
+pub const SOURCE_RANGE_FIXED_BITS: u32 = 32 + 128;
+
+/// Node-wide datapath settings (slot 0 of [`MAP_CONFIG`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Config {
+    /// `--service-node-port-range`, host order; 0/0 disables NodePort.
+    pub nodeport_min: u16,
+    pub nodeport_max: u16,
+    /// Source ports SNATed flows get, host order.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// The address SNATed IPv4 flows leave with (network order); 0: none
+    /// known, such flows go to local backends only.
+    pub snat_v4: u32,
+    pub flags: u32,
+    /// Reserved for IPv6 SNAT, so that v6 needs no new layout.
+    pub snat_v6: [u32; 4],
+}
+
 /// Bench-only maps (`cargo xtask bench`), never pinned: the frame the
 /// harness puts back before every run, and per hook the program it
 /// tail-calls.
@@ -213,6 +329,10 @@ const _: () = {
     assert!(core::mem::size_of::<SockKey>() == 16);
     assert!(core::mem::size_of::<SockValue>() == 8);
     assert!(core::mem::size_of::<SvcInfo>() == SVC_NAME_LEN);
+    assert!(core::mem::size_of::<NatValue>() == 8);
+    assert!(core::mem::size_of::<NodeAddrKey>() == 16);
+    assert!(core::mem::size_of::<SourceRangeKey>() == 36);
+    assert!(core::mem::size_of::<Config>() == 32);
 };
 
 #[cfg(feature = "user")]
@@ -237,6 +357,10 @@ mod user {
         SockKey,
         SockValue,
         SvcInfo,
-        BenchFrame
+        BenchFrame,
+        NatValue,
+        NodeAddrKey,
+        SourceRangeKey,
+        Config
     );
 }

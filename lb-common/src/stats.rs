@@ -26,10 +26,21 @@ pub enum Stat {
     SockReject = 9,
     /// ICMP error about a translated flow, translated back (quote included).
     IcmpTranslated = 10,
+    /// New external flow to a backend on another node, SNATed to this node.
+    SnatNew = 11,
+    /// Source outside the frontend's `loadBalancerSourceRanges`: dropped.
+    DropSourceRange = 12,
+    /// externalTrafficPolicy Local and no backend on this node: dropped.
+    DropNoLocalBackend = 13,
+    /// No free SNAT source port (or no SNAT address known): dropped.
+    DropSnat = 14,
+    /// Counted besides the packet's outcome: a translated external packet
+    /// whose next hop the FIB could not give; handed to the stack instead.
+    FibMiss = 15,
 }
 
 /// Counters in use.
-pub const STAT_COUNT: u32 = 11;
+pub const STAT_COUNT: u32 = 16;
 /// Size of the stats map: room for counters later builds add, so adding
 /// one never changes the pinned layout.
 pub const STAT_SLOTS: u32 = 64;
@@ -49,4 +60,9 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "sock_translate",
     "sock_reject",
     "icmp_translated",
+    "snat_new",
+    "drop_source_range",
+    "drop_no_local_backend",
+    "drop_snat",
+    "fib_miss",
 ];

@@ -2,18 +2,24 @@
 //! backend, a reverse entry (backend -> client) lets replies be translated
 //! back. Both live in one LRU map and one key space, so idle flows age out
 //! under pressure and any packet needs a single lookup to learn which, if
-//! either, it is.
+//! either, it is. A SNATed flow's entries are flagged and point to its
+//! `snat` entries, which hold what the conntrack value has no room for.
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
-use lb_common::{CT_FLAG_REVERSE, CtKey, CtValue};
+use lb_common::{CT_FLAG_REVERSE, CT_FLAG_SNAT, CtKey, CtValue};
 
 use crate::maps::CONNTRACK;
 use crate::parse::Packet;
+use crate::snat;
 
 /// The entry, forward or reverse, that `p`'s tuple matches.
 #[inline(always)]
 pub fn lookup(p: &Packet) -> Option<CtValue> {
-    let k = CtKey::new(p.saddr, p.daddr, p.sport, p.dport, p.proto);
-    unsafe { CONNTRACK.get(k) }.copied()
+    unsafe { CONNTRACK.get(key_of(p)) }.copied()
+}
+
+#[inline(always)]
+pub fn key_of(p: &Packet) -> CtKey {
+    CtKey::new(p.saddr, p.daddr, p.sport, p.dport, p.proto)
 }
 
 /// The entry the reply to the packet `q` would match. An ICMP error
@@ -32,48 +38,88 @@ pub enum Existing {
     Keep,
 }
 
+/// A new flow's backend and what else its entries carry.
+pub struct NewFlow {
+    pub be_addr: u32,
+    pub be_port: u16,
+    pub svc_id: u32,
+    pub backend_id: u32,
+    /// `CT_FLAG_EXTERNAL` or 0.
+    pub flags: u16,
+    /// SNAT to this node address, for a flow to a backend elsewhere.
+    pub snat: Option<u32>,
+}
+
+/// Why [`create`] failed.
+pub enum Error {
+    /// A map write failed.
+    Internal,
+    /// No free SNAT source port.
+    SnatPorts,
+}
+
 const EEXIST: i64 = 17;
 
-/// Records both directions of a new flow from `p` (client -> VIP) to the
-/// backend `be_addr:be_port`. Returns false when `Existing::Keep` found
-/// the tuple tracked. The insert that refuses a tracked tuple doubles as
-/// the lookup, so a new connection costs no separate miss.
+/// Records both directions of a new flow from `p` (client -> VIP) and
+/// returns the source it leaves with (the client's own unless SNATed), or
+/// None when `Existing::Keep` found the tuple tracked. The insert that
+/// refuses a tracked tuple doubles as the lookup, so a new connection
+/// costs no separate miss.
 #[inline(always)]
-pub fn create(
-    p: &Packet,
-    be_addr: u32,
-    be_port: u16,
-    svc_id: u32,
-    backend_id: u32,
-    existing: Existing,
-) -> Result<bool, ()> {
-    let fwd = CtKey::new(p.saddr, p.daddr, p.sport, p.dport, p.proto);
-    let fwd_v = CtValue {
-        addr: be_addr,
-        port: be_port,
-        flags: 0,
-        svc_id,
-        backend_id,
+pub fn create(p: &Packet, f: &NewFlow, existing: Existing) -> Result<Option<(u32, u16)>, Error> {
+    let fwd = key_of(p);
+    let mut fwd_v = CtValue {
+        addr: f.be_addr,
+        port: f.be_port,
+        flags: f.flags,
+        svc_id: f.svc_id,
+        backend_id: f.backend_id,
     };
-    let rev = CtKey::new(be_addr, p.saddr, be_port, p.sport, p.proto);
     let rev_v = CtValue {
         addr: p.daddr,
         port: p.dport,
-        flags: CT_FLAG_REVERSE,
-        svc_id,
-        backend_id,
+        flags: f.flags | CT_FLAG_REVERSE,
+        svc_id: f.svc_id,
+        backend_id: f.backend_id,
     };
     let flags = match existing {
         Existing::Replace => BPF_ANY,
         Existing::Keep => BPF_NOEXIST,
+    } as u64;
+    let Some(snat_addr) = f.snat else {
+        // Forward first is safe: no reply can come before this packet
+        // leaves, after both writes.
+        match CONNTRACK.insert(fwd, fwd_v, flags) {
+            Ok(()) => {}
+            Err(e) if e as i64 == -EEXIST => return Ok(None),
+            Err(_) => return Err(Error::Internal),
+        }
+        let rev = CtKey::new(f.be_addr, p.saddr, f.be_port, p.sport, p.proto);
+        CONNTRACK
+            .insert(rev, rev_v, 0)
+            .map_err(|_| Error::Internal)?;
+        return Ok(Some((p.saddr, p.sport)));
     };
-    // Forward first is safe: no reply can come before this packet leaves,
-    // after both writes.
-    match CONNTRACK.insert(fwd, fwd_v, flags as u64) {
-        Ok(()) => {}
-        Err(e) if e as i64 == -EEXIST => return Ok(false),
-        Err(_) => return Err(()),
+    // SNAT: the reply tuple (backend -> node address:port) must be unique
+    // among every flow's, so the reverse entry is claimed first, with a
+    // port no other flow to this backend holds; then the translations;
+    // the forward entry last, so that whoever finds it finds them too.
+    // A tracked tuple is looked up first here: claiming a port for it
+    // would overwrite the translation its flow uses.
+    if existing == Existing::Keep && unsafe { CONNTRACK.get(fwd) }.is_some() {
+        return Ok(None);
     }
-    CONNTRACK.insert(rev, rev_v, 0).map_err(|_| ())?;
-    Ok(true)
+    let rev_v = CtValue {
+        flags: rev_v.flags | CT_FLAG_SNAT,
+        ..rev_v
+    };
+    let (rev, port) = snat::claim_reverse(p, f.be_addr, f.be_port, snat_addr, &rev_v)?;
+    fwd_v.flags |= CT_FLAG_SNAT;
+    if snat::record(&fwd, snat_addr, port, &rev, p.saddr, p.sport).is_err()
+        || CONNTRACK.insert(fwd, fwd_v, BPF_ANY as u64).is_err()
+    {
+        let _ = CONNTRACK.remove(rev);
+        return Err(Error::Internal);
+    }
+    Ok(Some((snat_addr, port)))
 }

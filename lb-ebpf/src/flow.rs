@@ -1,34 +1,49 @@
 //! What happens to a TCP/UDP packet, the same at tc and XDP: conntrack
 //! lookup -> (on a miss) service lookup -> backend selection -> conntrack
-//! entry -> NAT. The hook decides only how to act on the outcome.
-use lb_common::{Backend, CtValue, Stat};
+//! entry (and SNAT, for external flows to other nodes) -> NAT. The hook
+//! decides only how to act on the outcome.
+use lb_common::{
+    BACKEND_FLAG_LOCAL, Backend, CT_FLAG_EXTERNAL, CT_FLAG_SNAT, CtValue, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_LOCAL_ONLY, Stat,
+};
 
 use crate::{
-    conntrack::{self, Existing},
+    conntrack::{self, Error, Existing, NewFlow},
     lb::{self, Frontend},
-    nat::{Nat, Side},
+    nat::{Nat, Tuple},
     parse::Packet,
+    snat,
 };
 
 /// The outcome of [`handle`] for the hook to act on.
 pub enum Outcome {
     /// Let the packet go on, translated or not; the stat says which.
     Forward(Stat),
+    /// Translated; send it straight to its next hop (external flows,
+    /// whose packets may carry a node address as source).
+    Redirect(Stat),
     /// Drop it.
     Drop(Stat),
     /// To a frontend without backends: the hook answers (or drops).
     NoBackend,
 }
 
+/// What a hook can do beyond rewriting.
+pub trait Hook: Nat {
+    /// The hook translates external flows (it can redirect, and SNAT).
+    /// One that cannot passes them untouched to the next hook (tc).
+    const EXTERNAL: bool;
+}
+
 #[inline(always)]
-pub fn handle<C: Nat>(ctx: &C, p: &Packet) -> Outcome {
-    if p.fragment && lb::lookup_frontend(p.daddr, p.dport, p.proto).is_some() {
+pub fn handle<C: Hook>(ctx: &C, p: &Packet) -> Outcome {
+    if p.fragment && lb::lookup(p.daddr, p.dport, p.proto).is_some() {
         // Later fragments carry no ports: translating only some pieces of
         // a datagram would corrupt it, so fragments to a VIP are dropped.
         return Outcome::Drop(Stat::DropMalformed);
     }
     if p.is_syn()
-        && let Some(fe) = lb::lookup_frontend(p.daddr, p.dport, p.proto)
+        && let Some(fe) = lb::lookup(p.daddr, p.dport, p.proto)
     {
         // A connection's first packet: the frontend lookup (a small,
         // cache-hot map) comes first, and the conntrack insert settles
@@ -38,8 +53,11 @@ pub fn handle<C: Nat>(ctx: &C, p: &Packet) -> Outcome {
     // One lookup settles replies and packets of tracked flows, the bulk of
     // all traffic; only a miss goes on to the service lookup.
     if let Some(ct) = conntrack::lookup(p) {
+        if ct.flags & CT_FLAG_EXTERNAL != 0 && !C::EXTERNAL {
+            return Outcome::Forward(Stat::Pass);
+        }
         if ct.is_reverse() {
-            return rewritten(ctx, p, Side::Source, ct.addr, ct.port, Stat::RevNat);
+            return reverse(ctx, p, &ct);
         }
         if !p.is_syn() {
             return established(ctx, p, &ct);
@@ -49,30 +67,55 @@ pub fn handle<C: Nat>(ctx: &C, p: &Packet) -> Outcome {
         // Not to a frontend (looked up above): nothing to translate.
         return Outcome::Forward(Stat::Pass);
     }
-    let Some(fe) = lb::lookup_frontend(p.daddr, p.dport, p.proto) else {
+    let Some(fe) = lb::lookup(p.daddr, p.dport, p.proto) else {
         return Outcome::Forward(Stat::Pass);
     };
-    new_flow(ctx, p, &fe)
+    new_flow(ctx, p, &fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
+}
+
+/// The translation a SNATed flow's entry points to.
+#[inline(always)]
+fn snat_of(p: &Packet, ct: &CtValue) -> Result<Option<(u32, u16)>, Outcome> {
+    if ct.flags & CT_FLAG_SNAT == 0 {
+        return Ok(None);
+    }
+    match snat::lookup(&conntrack::key_of(p)) {
+        Some(n) => Ok(Some((n.addr, n.port))),
+        // Evicted apart from its conntrack entry: nothing to answer with.
+        None => Err(Outcome::Drop(Stat::DropSnat)),
+    }
+}
+
+/// A reply from a backend: its source goes back to the frontend (and its
+/// destination back to the client, if the flow was SNATed).
+#[inline(always)]
+fn reverse<C: Hook>(ctx: &C, p: &Packet, ct: &CtValue) -> Outcome {
+    let mut t = Tuple::of(p).src(ct.addr, ct.port);
+    match snat_of(p, ct) {
+        Ok(Some((addr, port))) => t = t.dst(addr, port),
+        Ok(None) => {}
+        Err(o) => return o,
+    }
+    rewritten(ctx, p, &t, Stat::RevNat, ct.flags)
 }
 
 #[inline(always)]
-fn established<C: Nat>(ctx: &C, p: &Packet, ct: &CtValue) -> Outcome {
-    rewritten(
-        ctx,
-        p,
-        Side::Destination,
-        ct.addr,
-        ct.port,
-        Stat::DnatEstablished,
-    )
+fn established<C: Hook>(ctx: &C, p: &Packet, ct: &CtValue) -> Outcome {
+    let mut t = Tuple::of(p).dst(ct.addr, ct.port);
+    match snat_of(p, ct) {
+        Ok(Some((addr, port))) => t = t.src(addr, port),
+        Ok(None) => {}
+        Err(o) => return o,
+    }
+    rewritten(ctx, p, &t, Stat::DnatEstablished, ct.flags)
 }
 
 #[inline(always)]
-fn syn_to_frontend<C: Nat>(ctx: &C, p: &Packet, fe: &Frontend) -> Outcome {
-    let Some(backend) = lb::select_backend(fe) else {
-        return Outcome::NoBackend;
-    };
-    if let Some(done) = open(ctx, p, fe, backend, Existing::Keep) {
+fn syn_to_frontend<C: Hook>(ctx: &C, p: &Packet, fe: &Frontend) -> Outcome {
+    if fe.flags & SVC_FLAG_EXTERNAL != 0 && !C::EXTERNAL {
+        return Outcome::Forward(Stat::Pass);
+    }
+    if let Some(done) = new_flow(ctx, p, fe, Existing::Keep) {
         return done;
     }
     // The tuple is tracked. A retransmitted SYN keeps its backend, but only
@@ -84,44 +127,84 @@ fn syn_to_frontend<C: Nat>(ctx: &C, p: &Packet, fe: &Frontend) -> Outcome {
     {
         return established(ctx, p, &ct);
     }
-    open(ctx, p, fe, backend, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
+    new_flow(ctx, p, fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
 }
 
+/// A new flow to `fe`: admission (source ranges), backend choice, then
+/// tracking and translation. `None` when `Existing::Keep` found the
+/// tuple tracked, for the caller to settle.
 #[inline(always)]
-fn new_flow<C: Nat>(ctx: &C, p: &Packet, fe: &Frontend) -> Outcome {
-    let Some(backend) = lb::select_backend(fe) else {
-        return Outcome::NoBackend;
+fn new_flow<C: Hook>(ctx: &C, p: &Packet, fe: &Frontend, existing: Existing) -> Option<Outcome> {
+    if fe.flags & SVC_FLAG_EXTERNAL != 0 {
+        if !C::EXTERNAL {
+            return Some(Outcome::Forward(Stat::Pass));
+        }
+        if !lb::source_allowed(fe, p.daddr, p.saddr) {
+            return Some(Outcome::Drop(Stat::DropSourceRange));
+        }
+    }
+    let Some((id, be)) = lb::select_backend(fe) else {
+        if fe.flags & SVC_FLAG_LOCAL_ONLY != 0 {
+            // kube-proxy drops, not rejects: another node may have
+            // endpoints, and the load balancer's health check steers.
+            return Some(Outcome::Drop(Stat::DropNoLocalBackend));
+        }
+        return Some(Outcome::NoBackend);
     };
-    open(ctx, p, fe, backend, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
+    open(ctx, p, fe, id, &be, existing)
 }
 
 /// Tracks the flow to the chosen backend and rewrites the packet to it;
 /// `None` when `Existing::Keep` found the tuple tracked.
 #[inline(always)]
-fn open<C: Nat>(
+fn open<C: Hook>(
     ctx: &C,
     p: &Packet,
     fe: &Frontend,
-    (id, be): (u32, Backend),
+    id: u32,
+    be: &Backend,
     existing: Existing,
 ) -> Option<Outcome> {
-    match conntrack::create(p, be.addr, be.port, fe.svc_id, id, existing) {
-        Ok(true) => Some(rewritten(
-            ctx,
-            p,
-            Side::Destination,
-            be.addr,
-            be.port,
-            Stat::DnatNew,
-        )),
-        Ok(false) => None,
-        Err(()) => Some(Outcome::Drop(Stat::DropInternal)),
+    let external = fe.flags & SVC_FLAG_EXTERNAL != 0;
+    // externalTrafficPolicy Cluster to a backend elsewhere: SNAT, so the
+    // reply returns through this node (kube-proxy masquerades too).
+    let snat =
+        if external && fe.flags & SVC_FLAG_LOCAL_ONLY == 0 && be.flags & BACKEND_FLAG_LOCAL == 0 {
+            match lb::config() {
+                Some(c) if c.snat_v4 != 0 => Some(c.snat_v4),
+                _ => return Some(Outcome::Drop(Stat::DropSnat)),
+            }
+        } else {
+            None
+        };
+    let flow = NewFlow {
+        be_addr: be.addr,
+        be_port: be.port,
+        svc_id: fe.svc_id,
+        backend_id: id,
+        flags: if external { CT_FLAG_EXTERNAL } else { 0 },
+        snat,
+    };
+    match conntrack::create(p, &flow, existing) {
+        Ok(Some((saddr, sport))) => {
+            let t = Tuple::of(p).src(saddr, sport).dst(be.addr, be.port);
+            let stat = if snat.is_some() {
+                Stat::SnatNew
+            } else {
+                Stat::DnatNew
+            };
+            Some(rewritten(ctx, p, &t, stat, flow.flags))
+        }
+        Ok(None) => None,
+        Err(Error::SnatPorts) => Some(Outcome::Drop(Stat::DropSnat)),
+        Err(Error::Internal) => Some(Outcome::Drop(Stat::DropInternal)),
     }
 }
 
 #[inline(always)]
-fn rewritten<C: Nat>(ctx: &C, p: &Packet, side: Side, addr: u32, port: u16, stat: Stat) -> Outcome {
-    match ctx.rewrite(p, side, addr, port) {
+fn rewritten<C: Hook>(ctx: &C, p: &Packet, t: &Tuple, stat: Stat, ct_flags: u16) -> Outcome {
+    match ctx.rewrite(p, t) {
+        Ok(()) if ct_flags & CT_FLAG_EXTERNAL != 0 => Outcome::Redirect(stat),
         Ok(()) => Outcome::Forward(stat),
         Err(()) => Outcome::Drop(Stat::DropInternal),
     }

@@ -14,7 +14,7 @@
 //!
 //! Rewrites inside the ICMP payload are stores with incremental checksums
 //! computed here: the ICMP checksum covers the quote, no csum helper applies.
-use lb_common::IPPROTO_UDP;
+use lb_common::{CT_FLAG_SNAT, IPPROTO_UDP};
 
 use crate::checksum::replace;
 use crate::conntrack;
@@ -33,6 +33,11 @@ pub fn translate(ctx: &TcContext, e: &IcmpError) -> Result<Outcome, ()> {
     let Some(ct) = conntrack::lookup_reply_to(q) else {
         return Ok(Outcome::NotOurs);
     };
+    if ct.flags & CT_FLAG_SNAT != 0 {
+        // Both ends of a SNATed flow changed; not translated (yet): the
+        // error passes as it is.
+        return Ok(Outcome::NotOurs);
+    }
     if ct.is_reverse() {
         let from_backend = e.saddr == q.daddr;
         rewrite_quote(ctx, e, QuoteSide::Destination, ct.addr, ct.port)?;

@@ -1,16 +1,23 @@
 //! Service lookup and backend selection.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use lb_common::{Backend, CtValue, ServiceKey, ServiceValue};
+use lb_common::{
+    Backend, Config, CtValue, NodeAddrKey, SOURCE_RANGE_FIXED_BITS, SVC_FLAG_SOURCE_RANGES,
+    ServiceKey, ServiceValue, SourceRangeKey,
+};
 
-use crate::maps::{BACKENDS, SERVICES};
+use crate::maps::{BACKENDS, CONFIG, NODE_ADDRS, SERVICES, SOURCE_RANGES};
+use aya_ebpf::maps::lpm_trie::Key;
 
 /// A frontend's master entry, as found in the services map.
 #[derive(Clone, Copy)]
 pub struct Frontend {
+    /// The key's address: the VIP, or 0 for a NodePort frontend (served
+    /// on every node address).
     pub addr: u32,
     pub port: u16,
     pub proto: u8,
     pub count: u16,
+    pub flags: u16,
     pub svc_id: u32,
 }
 
@@ -23,8 +30,61 @@ pub fn lookup_frontend(addr: u32, port: u16, proto: u8) -> Option<Frontend> {
         port,
         proto,
         count: v.count,
+        flags: v.flags,
         svc_id: v.svc_id,
     })
+}
+
+/// The node-wide settings, if the agent wrote them.
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+/// The frontend a packet to `addr:port` reaches: a VIP's, or a NodePort's
+/// when `addr` is one of this node's addresses and `port` is in the
+/// NodePort range (checked first: an array read, so traffic that is no
+/// Service's pays no hash lookup for it).
+#[inline(always)]
+pub fn lookup(addr: u32, port: u16, proto: u8) -> Option<Frontend> {
+    if let Some(fe) = lookup_frontend(addr, port, proto) {
+        return Some(fe);
+    }
+    let cfg = config()?;
+    let host_port = u16::from_be(port);
+    if host_port < cfg.nodeport_min || host_port > cfg.nodeport_max {
+        return None;
+    }
+    unsafe { NODE_ADDRS.get(NodeAddrKey::v4(addr)) }?;
+    let mut fe = lookup_frontend(0, port, proto)?;
+    // Replies and SNAT use the address the client asked for.
+    fe.addr = 0;
+    Some(fe)
+}
+
+/// True when `saddr` may reach `fe` under its `loadBalancerSourceRanges`
+/// (always, for a frontend without them).
+#[inline(always)]
+pub fn source_allowed(fe: &Frontend, daddr: u32, saddr: u32) -> bool {
+    if fe.flags & SVC_FLAG_SOURCE_RANGES == 0 {
+        return true;
+    }
+    let frontend = if fe.addr == 0 {
+        [0; 4]
+    } else {
+        NodeAddrKey::v4(daddr).addr
+    };
+    let key = Key::new(
+        SOURCE_RANGE_FIXED_BITS + 128,
+        SourceRangeKey {
+            port: fe.port,
+            proto: fe.proto,
+            _pad: 0,
+            frontend,
+            source: NodeAddrKey::v4(saddr).addr,
+        },
+    );
+    SOURCE_RANGES.get(key).is_some()
 }
 
 /// True while the backend a tracked flow was given still exists for the

@@ -3,12 +3,13 @@
 //! looks maps up by those constants and fails loudly if one is missing).
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, CtKey, CtValue, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX,
-    DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SVC_INFO_MAX, STAT_SLOTS, ServiceKey, ServiceValue, SockKey,
-    SockValue, SvcInfo,
+    Backend, Config, CtKey, CtValue, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX,
+    DEFAULT_SERVICES_MAX, DEFAULT_SNAT_MAX, DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SVC_INFO_MAX,
+    NODE_ADDRS_MAX, NatValue, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS, ServiceKey, ServiceValue,
+    SockKey, SockValue, SourceRangeKey, SvcInfo,
 };
 
 #[map(name = "flb_svc_v1")]
@@ -30,3 +31,15 @@ pub static SVC_INFO: HashMap<u32, SvcInfo> = HashMap::pinned(DEFAULT_SVC_INFO_MA
 
 #[map(name = "flb_stats_v2")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_SLOTS, 0);
+
+#[map(name = "flb_nodeaddr_v1")]
+pub static NODE_ADDRS: HashMap<NodeAddrKey, u32> = HashMap::pinned(NODE_ADDRS_MAX, 0);
+
+#[map(name = "flb_snat_v1")]
+pub static SNAT: LruHashMap<CtKey, NatValue> = LruHashMap::pinned(DEFAULT_SNAT_MAX, 0);
+
+#[map(name = "flb_cfg_v1")]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map(name = "flb_srcrange_v1")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> = LpmTrie::pinned(SOURCE_RANGES_MAX, 0);

@@ -1,5 +1,7 @@
 //! Address/port rewriting with incremental checksum updates, one
 //! implementation per hook: tc must go through helpers, XDP may write.
+//! A rewrite sets both ends of the packet at once (DNAT, reverse NAT, or
+//! both for SNATed flows); the checksum work is the same either way.
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::{TcContext, XdpContext},
@@ -9,67 +11,92 @@ use lb_common::IPPROTO_UDP;
 use crate::checksum::{apply, delta16, delta32};
 use crate::parse::{Frame, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L3_OFF, Packet, ptr_at};
 
-/// Which end of the packet to rewrite.
+/// A packet's addressing after a rewrite, network order.
 #[derive(Clone, Copy)]
-pub enum Side {
-    Source,
-    Destination,
+pub struct Tuple {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
 }
 
-/// Rewrites one end of a parsed packet.
-pub trait Nat: Frame {
-    fn rewrite(&self, p: &Packet, side: Side, addr: u32, port: u16) -> Result<(), ()>;
-}
-
-/// What a rewrite changes, worked out once for both hooks.
-struct Change {
-    old_addr: u32,
-    old_port: u16,
-    /// Offsets of the address and port being rewritten.
-    addr_off: usize,
-    port_off: usize,
-    /// Later fragments have no L4 header to fix.
-    has_l4: bool,
-    /// The packet's addresses and ports after the rewrite.
-    saddr: u32,
-    daddr: u32,
-    sport: u16,
-    dport: u16,
-}
-
-#[inline(always)]
-fn change(p: &Packet, side: Side, addr: u32, port: u16) -> Change {
-    let has_l4 = !(p.fragment && p.sport == 0 && p.dport == 0);
-    let (mut saddr, mut daddr, mut sport, mut dport) = (p.saddr, p.daddr, p.sport, p.dport);
-    let (old_addr, old_port, addr_off, port_off) = match side {
-        Side::Source => {
-            (saddr, sport) = (addr, port);
-            (p.saddr, p.sport, IP_SRC_OFF, p.l4_off)
+impl Tuple {
+    /// The packet as it is.
+    #[inline(always)]
+    pub fn of(p: &Packet) -> Self {
+        Tuple {
+            saddr: p.saddr,
+            daddr: p.daddr,
+            sport: p.sport,
+            dport: p.dport,
         }
-        Side::Destination => {
-            (daddr, dport) = (addr, port);
-            (p.daddr, p.dport, IP_DST_OFF, p.l4_off + 2)
+    }
+
+    #[inline(always)]
+    pub fn src(self, addr: u32, port: u16) -> Self {
+        Tuple {
+            saddr: addr,
+            sport: port,
+            ..self
         }
-    };
-    Change {
-        old_addr,
-        old_port,
-        addr_off,
-        port_off,
-        has_l4,
-        saddr,
-        daddr,
-        sport,
-        dport,
+    }
+
+    #[inline(always)]
+    pub fn dst(self, addr: u32, port: u16) -> Self {
+        Tuple {
+            daddr: addr,
+            dport: port,
+            ..self
+        }
     }
 }
 
-/// The IP header's checksum after `c`, computed here: it is a plain
-/// checksum over the header, whatever the skb's checksum state.
+/// Rewrites a parsed packet's addresses and ports to `to`.
+pub trait Nat: Frame {
+    fn rewrite(&self, p: &Packet, to: &Tuple) -> Result<(), ()>;
+}
+
+/// What a rewrite changes, worked out once for both hooks. The deltas are
+/// one's-complement sums of native-order values (see `checksum`).
+struct Change {
+    addrs: bool,
+    ports: bool,
+    addr_delta: u32,
+    port_delta: u32,
+    /// Later fragments have no L4 header to fix.
+    has_l4: bool,
+}
+
 #[inline(always)]
-fn ip_csum<C: Frame>(ctx: &C, c: &Change, addr: u32) -> Result<u16, ()> {
+fn change(p: &Packet, t: &Tuple) -> Change {
+    let (mut addr_delta, mut port_delta) = (0, 0);
+    if p.saddr != t.saddr {
+        addr_delta += delta32(p.saddr, t.saddr);
+    }
+    if p.daddr != t.daddr {
+        addr_delta += delta32(p.daddr, t.daddr);
+    }
+    if p.sport != t.sport {
+        port_delta += delta16(p.sport, t.sport);
+    }
+    if p.dport != t.dport {
+        port_delta += delta16(p.dport, t.dport);
+    }
+    Change {
+        addrs: p.saddr != t.saddr || p.daddr != t.daddr,
+        ports: p.sport != t.sport || p.dport != t.dport,
+        addr_delta,
+        port_delta,
+        has_l4: !(p.fragment && p.sport == 0 && p.dport == 0),
+    }
+}
+
+/// The IP header's checksum after the address change, computed here: it
+/// is a plain checksum over the header, whatever the skb's checksum state.
+#[inline(always)]
+fn ip_csum<C: Frame>(ctx: &C, c: &Change) -> Result<u16, ()> {
     let csum = unsafe { ptr_at::<u16, _>(ctx, IP_CSUM_OFF)?.read_unaligned() };
-    Ok(apply(csum, delta32(c.old_addr, addr)))
+    Ok(apply(csum, c.addr_delta))
 }
 
 /// tc: every write goes through a helper. A direct write anywhere in the
@@ -78,28 +105,33 @@ fn ip_csum<C: Frame>(ctx: &C, c: &Change, addr: u32) -> Result<u16, ()> {
 /// the expensive part of a rewrite, so there are as few as possible: one
 /// store for the IP checksum, both addresses and both ports (adjacent when
 /// the IP header has no options), and the L4 checksum through the csum
-/// helper, which alone knows whether the skb's checksum is partial.
+/// helper, which alone knows whether the skb's checksum is partial: once
+/// for the addresses (pseudo-header) and once for the ports, each as a
+/// precomputed difference.
 impl Nat for TcContext {
     #[inline(always)]
-    fn rewrite(&self, p: &Packet, side: Side, addr: u32, port: u16) -> Result<(), ()> {
-        let c = change(p, side, addr, port);
-        let csum = ip_csum(self, &c, addr)?;
+    fn rewrite(&self, p: &Packet, t: &Tuple) -> Result<(), ()> {
+        let c = change(p, t);
+        let csum = ip_csum(self, &c)?;
         if c.has_l4 && p.l4_off == L3_OFF + 20 {
             let mut b = [0u8; 14];
             b[..2].copy_from_slice(&csum.to_ne_bytes());
-            b[2..6].copy_from_slice(&c.saddr.to_ne_bytes());
-            b[6..10].copy_from_slice(&c.daddr.to_ne_bytes());
-            b[10..12].copy_from_slice(&c.sport.to_ne_bytes());
-            b[12..].copy_from_slice(&c.dport.to_ne_bytes());
+            b[2..6].copy_from_slice(&t.saddr.to_ne_bytes());
+            b[6..10].copy_from_slice(&t.daddr.to_ne_bytes());
+            b[10..12].copy_from_slice(&t.sport.to_ne_bytes());
+            b[12..].copy_from_slice(&t.dport.to_ne_bytes());
             self.store(IP_CSUM_OFF, &b, 0).map_err(|_| ())?;
         } else {
             let mut b = [0u8; 10];
             b[..2].copy_from_slice(&csum.to_ne_bytes());
-            b[2..6].copy_from_slice(&c.saddr.to_ne_bytes());
-            b[6..].copy_from_slice(&c.daddr.to_ne_bytes());
+            b[2..6].copy_from_slice(&t.saddr.to_ne_bytes());
+            b[6..].copy_from_slice(&t.daddr.to_ne_bytes());
             self.store(IP_CSUM_OFF, &b, 0).map_err(|_| ())?;
-            if c.has_l4 && c.old_port != port {
-                self.store(c.port_off, &port, 0).map_err(|_| ())?;
+            if c.has_l4 && c.ports {
+                let mut ports = [0u8; 4];
+                ports[..2].copy_from_slice(&t.sport.to_ne_bytes());
+                ports[2..].copy_from_slice(&t.dport.to_ne_bytes());
+                self.store(p.l4_off, &ports, 0).map_err(|_| ())?;
             }
         }
         if !c.has_l4 {
@@ -112,17 +144,18 @@ impl Nat for TcContext {
             0
         };
         let csum_off = p.l4_csum_off();
-        if c.old_addr != addr {
+        // Size 0: `to` is a checksum difference, not a field value.
+        if c.addrs {
             self.l4_csum_replace(
                 csum_off,
-                c.old_addr as u64,
-                addr as u64,
-                udp_flag | BPF_F_PSEUDO_HDR as u64 | 4,
+                0,
+                c.addr_delta as u64,
+                udp_flag | BPF_F_PSEUDO_HDR as u64,
             )
             .map_err(|_| ())?;
         }
-        if c.old_port != port {
-            self.l4_csum_replace(csum_off, c.old_port as u64, port as u64, udp_flag | 2)
+        if c.ports {
+            self.l4_csum_replace(csum_off, 0, c.port_delta as u64, udp_flag)
                 .map_err(|_| ())?;
         }
         Ok(())
@@ -134,26 +167,29 @@ impl Nat for TcContext {
 /// to respect), so an incremental update is exact.
 impl Nat for XdpContext {
     #[inline(always)]
-    fn rewrite(&self, p: &Packet, side: Side, addr: u32, port: u16) -> Result<(), ()> {
-        let c = change(p, side, addr, port);
-        let addr_delta = delta32(c.old_addr, addr);
+    fn rewrite(&self, p: &Packet, t: &Tuple) -> Result<(), ()> {
+        let c = change(p, t);
         let ip = ptr_at::<u16, _>(self, IP_CSUM_OFF)?;
-        let ip_csum = apply(unsafe { ip.read_unaligned() }, addr_delta);
+        let ip_csum = apply(unsafe { ip.read_unaligned() }, c.addr_delta);
         if c.has_l4 {
             let at = ptr_at::<u16, _>(self, p.l4_csum_off())?;
             let old = unsafe { at.read_unaligned() };
             // A zero UDP checksum means none was computed: it stays zero.
             if !(p.proto == IPPROTO_UDP && old == 0) {
-                let mut new = apply(old, addr_delta + delta16(c.old_port, port));
+                let mut new = apply(old, c.addr_delta + c.port_delta);
                 if p.proto == IPPROTO_UDP && new == 0 {
                     new = 0xffff;
                 }
                 unsafe { at.write_unaligned(new) };
             }
-            unsafe { ptr_at::<u16, _>(self, c.port_off)?.write_unaligned(port) };
+            if c.ports {
+                let ports = ptr_at::<[u16; 2], _>(self, p.l4_off)?;
+                unsafe { ports.write_unaligned([t.sport, t.dport]) };
+            }
         }
         // Unaligned: frames need not start 4-byte aligned.
-        unsafe { ptr_at::<u32, _>(self, c.addr_off)?.write_unaligned(addr) };
+        unsafe { ptr_at::<u32, _>(self, IP_SRC_OFF)?.write_unaligned(t.saddr) };
+        unsafe { ptr_at::<u32, _>(self, IP_DST_OFF)?.write_unaligned(t.daddr) };
         unsafe { ip.write_unaligned(ip_csum) };
         Ok(())
     }

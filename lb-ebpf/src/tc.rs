@@ -15,12 +15,17 @@ use aya_ebpf::{
 use lb_common::{IPPROTO_TCP, Stat};
 
 use crate::{
-    flow::{self, Outcome},
+    flow::{self, Hook, Outcome},
     icmp,
     parse::{self, IcmpError, Packet, Parsed, Skip},
-    reject,
+    redirect, reject,
     stats::count,
 };
+
+/// tc translates everything, external flows included: it can redirect.
+impl Hook for TcContext {
+    const EXTERNAL: bool = true;
+}
 
 // The bindings' type for these differs between the BPF and host targets.
 #[allow(clippy::unnecessary_cast)]
@@ -69,6 +74,13 @@ fn icmp_error(ctx: &TcContext, e: &IcmpError) -> (i32, Stat) {
 fn process(ctx: &TcContext, p: &Packet) -> (i32, Stat) {
     match flow::handle(ctx, p) {
         Outcome::Forward(stat) => (OK, stat),
+        Outcome::Redirect(stat) => match redirect::to_next_hop(ctx) {
+            Some(verdict) => (verdict, stat),
+            None => {
+                count(Stat::FibMiss);
+                (OK, stat)
+            }
+        },
         Outcome::Drop(stat) => (SHOT, stat),
         Outcome::NoBackend => {
             let answer = if p.proto == IPPROTO_TCP {

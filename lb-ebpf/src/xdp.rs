@@ -20,16 +20,22 @@ use aya_ebpf::{
 use lb_common::Stat;
 
 use crate::{
-    flow::{self, Outcome},
+    flow::{self, Hook, Outcome},
     parse::{self, Parsed},
     stats::count,
 };
+
+/// External flows (NodePort, externalIPs, LoadBalancer) are left to tc
+/// for now: they need SNAT port allocation and a redirect, which tc does.
+impl Hook for XdpContext {
+    const EXTERNAL: bool = false;
+}
 
 #[xdp]
 pub fn flb_xdp(ctx: XdpContext) -> u32 {
     let (verdict, stat) = match parse::parse(&ctx) {
         Ok(Parsed::Flow(p)) => match flow::handle(&ctx, &p) {
-            Outcome::Forward(stat) => (XDP_PASS, stat),
+            Outcome::Forward(stat) | Outcome::Redirect(stat) => (XDP_PASS, stat),
             Outcome::Drop(stat) => (XDP_DROP, stat),
             Outcome::NoBackend => (XDP_DROP, Stat::DropNoBackend),
         },

@@ -21,6 +21,7 @@ fn be(i: u8) -> BackendAddr {
     BackendAddr {
         addr: Ipv4Addr::new(10, 244, 0, 5 + i),
         port: 9376,
+        local: false,
     }
 }
 

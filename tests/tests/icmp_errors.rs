@@ -25,6 +25,7 @@ fn frontends() -> Vec<(FrontendKey, Vec<BackendAddr>)> {
     let be = BackendAddr {
         addr: BACKEND,
         port: 9376,
+        local: false,
     };
     vec![
         (

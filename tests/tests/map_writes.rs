@@ -33,6 +33,7 @@ fn desired(range: std::ops::Range<u32>, per: u32) -> Desired {
                 BackendAddr {
                     addr: Ipv4Addr::new(172, a, b, c),
                     port: 9376,
+                    local: false,
                 }
             })
             .collect();
@@ -41,6 +42,7 @@ fn desired(range: std::ops::Range<u32>, per: u32) -> Desired {
             FrontendState {
                 name: format!("default/svc-{i}:80"),
                 backends,
+                ..Default::default()
             },
         );
     }

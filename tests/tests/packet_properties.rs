@@ -33,6 +33,7 @@ fn frontends() -> Vec<(FrontendKey, Vec<BackendAddr>)> {
                 .map(|i| BackendAddr {
                     addr: backend(i),
                     port: 9376,
+                    local: false,
                 })
                 .collect(),
         )

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use aya::{Ebpf, EbpfLoader, maps::MapInfo};
 use lb_common::{
-    ALL_MAPS, Backend, CtKey, CtValue, MAP_BACKENDS, MAP_CONNTRACK, MAP_SERVICES, MAP_SOCK_REVNAT,
-    MAP_STATS, MAP_SVC_INFO, STAT_SLOTS, ServiceKey, ServiceValue, SockKey, SockValue, SvcInfo,
+    ALL_MAPS, Backend, Config, CtKey, CtValue, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK,
+    MAP_NODE_ADDRS, MAP_SERVICES, MAP_SNAT, MAP_SOCK_REVNAT, MAP_SOURCE_RANGES, MAP_STATS,
+    MAP_SVC_INFO, NODE_ADDRS_MAX, NatValue, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS, ServiceKey,
+    ServiceValue, SockKey, SockValue, SourceRangeKey, SvcInfo,
 };
 use tracing::warn;
 
@@ -25,7 +27,7 @@ pub struct LoadOptions {
 
 /// (name, key bytes, value bytes, max entries, flag that sizes it) of
 /// every map, as this build lays them out.
-fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static str); 6] {
+fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static str); 10] {
     use std::mem::size_of;
     [
         (
@@ -68,6 +70,35 @@ fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static st
             size_of::<u32>(),
             size_of::<u64>(),
             STAT_SLOTS,
+            "(fixed)",
+        ),
+        (
+            MAP_NODE_ADDRS,
+            size_of::<NodeAddrKey>(),
+            size_of::<u32>(),
+            NODE_ADDRS_MAX,
+            "(fixed)",
+        ),
+        // Sized like conntrack: at most one entry per conntrack entry.
+        (
+            MAP_SNAT,
+            size_of::<CtKey>(),
+            size_of::<NatValue>(),
+            opts.conntrack_max,
+            "--conntrack-max",
+        ),
+        (
+            MAP_CONFIG,
+            size_of::<u32>(),
+            size_of::<Config>(),
+            1,
+            "(fixed)",
+        ),
+        (
+            MAP_SOURCE_RANGES,
+            4 + size_of::<SourceRangeKey>(),
+            size_of::<u32>(),
+            SOURCE_RANGES_MAX,
             "(fixed)",
         ),
     ]
@@ -130,6 +161,7 @@ pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf> {
         .map_max_entries(MAP_SERVICES, opts.services_max)
         .map_max_entries(MAP_BACKENDS, opts.backends_max)
         .map_max_entries(MAP_CONNTRACK, opts.conntrack_max)
+        .map_max_entries(MAP_SNAT, opts.conntrack_max)
         .map_max_entries(MAP_SOCK_REVNAT, opts.sock_max)
         .map_max_entries(MAP_SVC_INFO, opts.frontends_max);
     loader.load(object).with_context(|| {

@@ -531,7 +531,7 @@ mod fuzz {
                 }
             }
             let dirty: BTreeSet<_> = store.take_dirty();
-            let up = cache.update(&store, &dirty, &[]);
+            let up = cache.update(&store, &dirty);
             let ops = rec.plan(cache.desired(), up.changed);
             for op in &ops {
                 crate::reconcile::apply_to(rec.mirror_mut(), op);

@@ -87,6 +87,7 @@ impl Datapath {
                 FrontendState {
                     name: format!("default/{}", k.addr),
                     backends: b.clone(),
+                    ..Default::default()
                 },
             );
         }
