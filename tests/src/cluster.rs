@@ -39,6 +39,8 @@ pub struct Binaries {
 
 pub struct Cluster {
     pub id: String,
+    /// The node's address on every pod link (the pods' gateway).
+    pub gw: Ipv4Addr,
     pub workdir: PathBuf,
     pub bpffs: PathBuf,
     pub cgroup: PathBuf,
@@ -107,6 +109,12 @@ impl Cluster {
     /// A node with `backends` pods serving their hostname on TCP and UDP
     /// 9376, plus one client pod.
     pub fn new(bins: Binaries, backends: usize) -> Result<Self> {
+        Self::with_subnet(bins, backends, 0)
+    }
+
+    /// Like [`Cluster::new`], with pods in 10.244.`subnet`.0/24 (one
+    /// subnet per node when several nodes share a network).
+    pub fn with_subnet(bins: Binaries, backends: usize, subnet: u8) -> Result<Self> {
         let id = format!(
             "flb{}x{}",
             std::process::id() % 100_000,
@@ -117,6 +125,7 @@ impl Cluster {
         let node = NetNs::new(&format!("{id}-node"))?;
         let mut c = Cluster {
             id: id.clone(),
+            gw: Ipv4Addr::new(10, 244, subnet, 1),
             bpffs: workdir.join("bpf"),
             cgroup: cgroup2_root()?.join(format!("ferrolb-{id}")),
             workdir,
@@ -138,16 +147,19 @@ impl Cluster {
         c.node
             .run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))??;
         for i in 0..backends {
-            let name = SEED_POD_NAMES
-                .get(i)
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| format!("hostnames-{i}"));
-            let pod = c.add_pod(&name, Ipv4Addr::new(10, 244, 0, 5 + i as u8), i)?;
+            let name = match subnet {
+                0 => SEED_POD_NAMES
+                    .get(i)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| format!("hostnames-{i}")),
+                _ => format!("pod-{subnet}-{i}"),
+            };
+            let pod = c.add_pod(&name, Ipv4Addr::new(10, 244, subnet, 5 + i as u8), i)?;
             c.pods.push(pod);
             let i = c.pods.len() - 1;
             c.serve(i)?;
         }
-        let client = c.add_pod("client", Ipv4Addr::new(10, 244, 0, 100), 100)?;
+        let client = c.add_pod("client", Ipv4Addr::new(10, 244, subnet, 100), 100)?;
         c.client = Some(client);
         Ok(c)
     }
@@ -157,7 +169,7 @@ impl Cluster {
         let host_if = format!("veth{index}");
         self.node.veth_to(&host_if, &ns, "eth0")?;
         let pod_cidr = format!("{ip}/32");
-        let gw = NODE_GW.to_string();
+        let gw = self.gw.to_string();
         ns.ip(&["addr", "add", &pod_cidr, "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
         ns.ip(&["route", "add", &gw, "dev", "eth0", "scope", "link"])?;

@@ -5,8 +5,13 @@ use std::net::TcpStream;
 
 /// Sends one `GET /` that asks the server to close, reads the response to
 /// its end and returns the body. The caller sets the timeouts.
-pub fn get_and_close(mut s: TcpStream) -> std::io::Result<String> {
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+pub fn get_and_close(s: TcpStream) -> std::io::Result<String> {
+    get_path_and_close(s, "/")
+}
+
+/// Like [`get_and_close`], for `path`.
+pub fn get_path_and_close(mut s: TcpStream, path: &str) -> std::io::Result<String> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     Ok(resp

@@ -3,6 +3,7 @@
 //! and by `cargo xtask demo`.
 pub mod bpffs;
 pub mod cluster;
+pub mod fabric;
 pub mod fakeapi;
 pub mod firewall;
 pub mod http;

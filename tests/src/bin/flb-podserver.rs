@@ -2,11 +2,17 @@
 //! request on TCP and every datagram on UDP with its own name. HTTP
 //! connections are kept alive unless the client asks to close, so one
 //! connection can carry many exchanges. A request body (an upload) is read
-//! in full and its size is answered after the name.
+//! in full and its size is answered after the name. `GET /whoami` (and a
+//! datagram `whoami`) is answered with the name and the address the
+//! request came from: what the pod sees of its client.
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 
 fn serve_http(stream: TcpStream, name: &str) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(s) => s,
         Err(_) => return,
@@ -20,6 +26,7 @@ fn serve_http(stream: TcpStream, name: &str) {
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
+        let whoami = line.starts_with("GET /whoami ");
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 {
@@ -45,6 +52,7 @@ fn serve_http(stream: TcpStream, name: &str) {
                 }
                 format!("{name} received {got}\n")
             }
+            None if whoami => format!("{name} {peer}\n"),
             None => format!("{name}\n"),
         };
         let resp = format!(
@@ -73,8 +81,13 @@ fn main() {
     let udp_name = name.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
-        while let Ok((_, peer)) = udp.recv_from(&mut buf) {
-            let _ = udp.send_to(format!("{udp_name}\n").as_bytes(), peer);
+        while let Ok((n, peer)) = udp.recv_from(&mut buf) {
+            let answer = if &buf[..n] == b"whoami" {
+                format!("{udp_name} {}\n", peer.ip())
+            } else {
+                format!("{udp_name}\n")
+            };
+            let _ = udp.send_to(answer.as_bytes(), peer);
         }
     });
     let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");

@@ -1,0 +1,350 @@
+//! North-south, end to end: two nodes, each its own namespace running its
+//! own agent (own pins, own `--node-name`), pods on both, and clients
+//! outside the cluster on the network both nodes share (a bridge in a
+//! namespace of its own). Pod servers answer `whoami` with the address
+//! they see, so each test tells SNAT from a kept client address.
+//!
+//! node-a: 192.168.50.1, pods 10.244.1.5 (pod-1-0) and 10.244.1.6 (pod-1-1)
+//! node-b: 192.168.50.2, pod 10.244.2.5 (pod-2-0)
+//! client 192.168.50.100 (inside loadBalancerSourceRanges), client 192.168.50.101
+//! (outside); both route the LoadBalancer/external IPs 192.168.60.0/24 via node-a.
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use ferrolb_tests::cluster::Cluster;
+use ferrolb_tests::fabric::Fabric;
+use ferrolb_tests::firewall;
+use ferrolb_tests::http::get_path_and_close;
+use ferrolb_tests::netns::NetNs;
+
+const NODE_A: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+const NODE_B: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);
+const OUTSIDER: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 101);
+const LB_LOCAL: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 10);
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 20);
+const LB_RANGES: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 30);
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The same manifests on both nodes: endpoints carry their nodeName, each
+/// agent tells its own from the others' by its `--node-name`.
+const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: my-nginx}
+spec:
+  type: NodePort
+  clusterIP: 10.0.2.10
+  ports:
+  - {name: http, protocol: TCP, port: 80, targetPort: 9376, nodePort: 30080}
+  - {name: udp, protocol: UDP, port: 80, targetPort: 9376, nodePort: 30080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: my-nginx-1, labels: {kubernetes.io/service-name: my-nginx}}
+addressType: IPv4
+ports: [{name: http, protocol: TCP, port: 9376}, {name: udp, protocol: UDP, port: 9376}]
+endpoints:
+- {addresses: ["10.244.1.5"], nodeName: node-a}
+- {addresses: ["10.244.1.6"], nodeName: node-a}
+- {addresses: ["10.244.2.5"], nodeName: node-b}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: example-service}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.0.2.11
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 30500
+  ports: [{protocol: TCP, port: 8080, targetPort: 9376, nodePort: 30081}]
+status:
+  loadBalancer: {ingress: [{ip: 192.168.60.10}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: example-service-1, labels: {kubernetes.io/service-name: example-service}}
+addressType: IPv4
+ports: [{protocol: TCP, port: 9376}]
+endpoints: [{addresses: ["10.244.1.5"], nodeName: node-a}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: my-service}
+spec:
+  clusterIP: 10.0.2.12
+  externalIPs: [192.168.60.20]
+  ports: [{protocol: TCP, port: 80, targetPort: 9376}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: my-service-1, labels: {kubernetes.io/service-name: my-service}}
+addressType: IPv4
+ports: [{protocol: TCP, port: 9376}]
+endpoints: [{addresses: ["10.244.2.5"], nodeName: node-b}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: lb-ranges}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.0.2.13
+  loadBalancerSourceRanges: [192.168.50.100/32]
+  ports: [{protocol: TCP, port: 80, targetPort: 9376, nodePort: 30082}]
+status:
+  loadBalancer: {ingress: [{ip: 192.168.60.30}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: lb-ranges-1, labels: {kubernetes.io/service-name: lb-ranges}}
+addressType: IPv4
+ports: [{protocol: TCP, port: 9376}]
+endpoints: [{addresses: ["10.244.1.6"], nodeName: node-a}]
+"#;
+
+struct Topology {
+    clients: Vec<NetNs>,
+    // Dropped after the clients and before the nodes' namespaces go.
+    _fabric: Fabric,
+    a: Cluster,
+    b: Cluster,
+    fw_before: [String; 2],
+}
+
+fn node(subnet: u8, backends: usize, name: &str, ip: Ipv4Addr) -> Cluster {
+    let mut c = Cluster::with_subnet(common::bins(), backends, subnet).expect("node");
+    c.agent_args = ["--node-name", name, "--node-ip", &ip.to_string()]
+        .map(String::from)
+        .to_vec();
+    c
+}
+
+fn topology() -> Topology {
+    let a = node(1, 2, "node-a", NODE_A);
+    let b = node(2, 1, "node-b", NODE_B);
+    let fabric = Fabric::new(&format!("{}-net", a.id)).expect("fabric");
+    fabric.plug(&a.node, "uplink0", NODE_A).unwrap();
+    fabric.plug(&b.node, "uplink0", NODE_B).unwrap();
+    // Each node routes the other's pod subnet, as a routed CNI does.
+    a.node
+        .ip(&["route", "add", "10.244.2.0/24", "via", &NODE_B.to_string()])
+        .unwrap();
+    b.node
+        .ip(&["route", "add", "10.244.1.0/24", "via", &NODE_A.to_string()])
+        .unwrap();
+    let mut clients = Vec::new();
+    for (i, ip) in [CLIENT, OUTSIDER].into_iter().enumerate() {
+        let ns = NetNs::new(&format!("{}-c{i}", a.id)).expect("client namespace");
+        fabric.plug(&ns, "eth0", ip).unwrap();
+        // The load balancer's addresses lead to node-a.
+        ns.ip(&["route", "add", "192.168.60.0/24", "via", &NODE_A.to_string()])
+            .unwrap();
+        clients.push(ns);
+    }
+    let fw_before = [&a, &b].map(|c| firewall::snapshot(Some(&c.node.name)).expect("snapshot"));
+    let mut t = Topology {
+        clients,
+        _fabric: fabric,
+        a,
+        b,
+        fw_before,
+    };
+    for c in [&mut t.a, &mut t.b] {
+        let path = c.workdir.join("services.yaml");
+        std::fs::write(&path, MANIFESTS).unwrap();
+        c.start_agent(&path).expect("agent starts");
+    }
+    t
+}
+
+impl Topology {
+    fn client(&self) -> &NetNs {
+        &self.clients[0]
+    }
+
+    /// Checks what every test must leave true, then tears down.
+    fn finish(self) {
+        for (c, before) in [&self.a, &self.b].into_iter().zip(&self.fw_before) {
+            let log = c.agent_log_text();
+            assert!(
+                !log.contains("not programmed"),
+                "agent refused something:\n{log}"
+            );
+            assert_eq!(
+                &firewall::snapshot(Some(&c.node.name)).unwrap(),
+                before,
+                "the agent must not create iptables/nftables rules"
+            );
+        }
+    }
+}
+
+/// `GET /whoami` from `ns` to `to:port`: (pod name, address the pod saw).
+fn whoami(ns: &NetNs, to: Ipv4Addr, port: u16) -> std::io::Result<(String, String)> {
+    ns.run(move || {
+        let s = TcpStream::connect_timeout(&SocketAddr::from((to, port)), TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        let body = get_path_and_close(s, "/whoami")?;
+        let (name, seen) = body.split_once(' ').unwrap_or((&body, ""));
+        Ok((name.to_string(), seen.to_string()))
+    })
+    .expect("namespace thread")
+}
+
+/// A `whoami` datagram: (pod name, address the pod saw, where the answer
+/// came from).
+fn whoami_udp(ns: &NetNs, to: Ipv4Addr, port: u16) -> std::io::Result<(String, String, SocketAddr)> {
+    ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.send_to(b"whoami", (to, port))?;
+        let mut buf = [0u8; 256];
+        let (n, from) = s.recv_from(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+        let (name, seen) = text.split_once(' ').unwrap_or((&text, ""));
+        Ok((name.to_string(), seen.to_string(), from))
+    })
+    .expect("namespace thread")
+}
+
+fn http_status(ns: &NetNs, to: Ipv4Addr, port: u16) -> (u16, String) {
+    let out = ns
+        .command("curl")
+        .args(["-s", "-m", "2", "-w", "\n%{http_code}"])
+        .arg(format!("http://{to}:{port}/healthz"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn nodeport_with_cluster_policy_reaches_every_pod_and_snats_across_nodes() {
+    let t = topology();
+    for (via, other_node_pods, local_pods) in [
+        (NODE_A, vec!["pod-2-0"], vec!["pod-1-0", "pod-1-1"]),
+        (NODE_B, vec!["pod-1-0", "pod-1-1"], vec!["pod-2-0"]),
+    ] {
+        let mut seen = BTreeSet::new();
+        for i in 0..60 {
+            let (name, peer) = whoami(t.client(), via, 30080)
+                .unwrap_or_else(|e| panic!("NodePort {via}:30080, request {i}: {e}"));
+            if other_node_pods.contains(&name.as_str()) {
+                // externalTrafficPolicy Cluster: SNATed to the ingress node.
+                assert_eq!(peer, via.to_string(), "{name} via {via}");
+            } else {
+                assert!(local_pods.contains(&name.as_str()), "unknown pod {name}");
+                // A local backend sees the client itself.
+                assert_eq!(peer, CLIENT.to_string(), "{name} via {via}");
+            }
+            seen.insert(name);
+            if seen.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 3, "NodePort via {via} reached only {seen:?}");
+        // UDP: the answer comes from the NodePort the client asked.
+        let mut seen = BTreeSet::new();
+        for i in 0..60 {
+            let (name, peer, from) = whoami_udp(t.client(), via, 30080)
+                .unwrap_or_else(|e| panic!("UDP NodePort {via}:30080, datagram {i}: {e}"));
+            assert_eq!(from, SocketAddr::from((via, 30080)));
+            if other_node_pods.contains(&name.as_str()) {
+                assert_eq!(peer, via.to_string(), "{name} via {via} (UDP)");
+            }
+            seen.insert(name);
+            if seen.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 3, "UDP NodePort via {via} reached only {seen:?}");
+    }
+    let stats = t.b.cli("stats").unwrap();
+    let snat: u64 = stat(&stats, "snat_new");
+    assert!(snat > 0, "node-b counted no SNATed flow:\n{stats}");
+    t.finish();
+}
+
+fn stat(table: &str, name: &str) -> u64 {
+    table
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == name).then(|| w.next()?.parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn local_policy_keeps_the_client_address_and_only_nodes_with_endpoints_answer() {
+    let t = topology();
+    for i in 0..10 {
+        let (name, peer) =
+            whoami(t.client(), NODE_A, 30081).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(
+            (name.as_str(), peer.as_str()),
+            ("pod-1-0", CLIENT.to_string().as_str())
+        );
+        let (name, peer) =
+            whoami(t.client(), LB_LOCAL, 8080).unwrap_or_else(|e| panic!("LB IP, request {i}: {e}"));
+        assert_eq!(
+            (name.as_str(), peer.as_str()),
+            ("pod-1-0", CLIENT.to_string().as_str())
+        );
+    }
+    // node-b has no endpoint of example-service: it answers nothing.
+    let err = whoami(t.client(), NODE_B, 30081).expect_err("node-b must not answer");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ),
+        "node-b should drop silently, got {err}"
+    );
+    assert!(stat(&t.b.cli("stats").unwrap(), "drop_no_local_backend") > 0);
+    // healthCheckNodePort, kube-proxy's answers.
+    let (code, body) = http_status(t.client(), NODE_A, 30500);
+    assert_eq!(code, 200, "node-a health check: {body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(json["localEndpoints"], 1);
+    assert_eq!(json["service"]["name"], "example-service");
+    assert_eq!(json["service"]["namespace"], "default");
+    let (code, body) = http_status(t.client(), NODE_B, 30500);
+    assert_eq!(code, 503, "node-b health check: {body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(json["localEndpoints"], 0);
+    t.finish();
+}
+
+#[test]
+fn external_ips_and_source_ranges() {
+    let t = topology();
+    // my-service's only pod runs on node-b; its external IP leads to
+    // node-a, which SNATs the flow over to node-b.
+    for i in 0..5 {
+        let (name, peer) =
+            whoami(t.client(), EXTERNAL_IP, 80).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(
+            (name.as_str(), peer.as_str()),
+            ("pod-2-0", NODE_A.to_string().as_str())
+        );
+    }
+    // lb-ranges admits 192.168.50.100/32 only.
+    for i in 0..5 {
+        let (name, _) =
+            whoami(t.client(), LB_RANGES, 80).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(name, "pod-1-1");
+    }
+    let outsider = &t.clients[1];
+    whoami(outsider, LB_RANGES, 80).expect_err("a source outside loadBalancerSourceRanges");
+    assert!(stat(&t.a.cli("stats").unwrap(), "drop_source_range") > 0);
+    // The ranges guard the load balancer's address only, not the
+    // NodePort (as with kube-proxy).
+    let (name, _) = whoami(outsider, NODE_A, 30082).expect("NodePort of lb-ranges");
+    assert_eq!(name, "pod-1-1");
+    t.finish();
+}
