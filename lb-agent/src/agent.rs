@@ -51,6 +51,7 @@ pub struct RunOptions {
     pub exclude_interfaces: Vec<String>,
     /// Wire-facing interfaces (glob patterns) that get the XDP program.
     pub xdp_interfaces: Vec<String>,
+    pub xdp_mode: aya::programs::XdpMode,
     pub cgroup: Option<PathBuf>,
     pub poll_interval: Duration,
     /// When set, only VIPs inside these prefixes are programmed.
@@ -183,7 +184,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         crate::metrics::serve(addr, status.clone(), opts.load.pin_dir.clone()).await?;
     }
     let mut orphans = BTreeSet::new();
-    let mut links = Attachments::new(&opts.load.pin_dir, selector, xdp_selector)?;
+    let mut links =
+        Attachments::new(&opts.load.pin_dir, selector, xdp_selector)?.with_xdp_mode(opts.xdp_mode);
     links.sync(&mut ebpf);
     if let Some(cg) = &opts.cgroup {
         attach::attach_cgroup(&mut ebpf, cg, &opts.load.pin_dir)?;

@@ -95,6 +95,10 @@ enum Command {
         /// stack sees it. Default: none.
         #[arg(long, value_delimiter = ',')]
         xdp_interfaces: Vec<String>,
+        /// XDP attach mode: auto (native where the driver has it, generic
+        /// otherwise), native, or generic.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "native", "generic"])]
+        xdp_mode: String,
         /// cgroup v2 directory for the socket hooks that translate
         /// node-originated traffic; "none" to disable. Default: the cgroup
         /// v2 root.
@@ -213,6 +217,7 @@ fn main() -> Result<()> {
             interfaces,
             exclude_interfaces,
             xdp_interfaces,
+            xdp_mode,
             cgroup,
             poll_interval_ms,
             service_cidr,
@@ -259,6 +264,11 @@ fn main() -> Result<()> {
                 interfaces,
                 exclude_interfaces,
                 xdp_interfaces,
+                xdp_mode: match xdp_mode.as_str() {
+                    "native" => aya::programs::XdpMode::Driver,
+                    "generic" => aya::programs::XdpMode::Skb,
+                    _ => aya::programs::XdpMode::Default,
+                },
                 cgroup,
                 poll_interval: Duration::from_millis(poll_interval_ms),
                 service_cidrs: service_cidr,

@@ -37,10 +37,13 @@ pub enum Stat {
     /// Counted besides the packet's outcome: a translated external packet
     /// whose next hop the FIB could not give; handed to the stack instead.
     FibMiss = 15,
+    /// Counted besides the packet's outcome: sent back out of the
+    /// interface it came in on by XDP (XDP_TX).
+    XdpTx = 16,
 }
 
 /// Counters in use.
-pub const STAT_COUNT: u32 = 16;
+pub const STAT_COUNT: u32 = 17;
 /// Size of the stats map: room for counters later builds add, so adding
 /// one never changes the pinned layout.
 pub const STAT_SLOTS: u32 = 64;
@@ -65,4 +68,5 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "drop_no_local_backend",
     "drop_snat",
     "fib_miss",
+    "xdp_tx",
 ];

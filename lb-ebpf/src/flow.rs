@@ -9,6 +9,7 @@ use lb_common::{
 
 use crate::{
     conntrack::{self, Error, Existing, NewFlow},
+    fib::{self, Fib, NextHop},
     lb::{self, Frontend},
     nat::{Nat, Tuple},
     parse::Packet,
@@ -19,9 +20,16 @@ use crate::{
 pub enum Outcome {
     /// Let the packet go on, translated or not; the stat says which.
     Forward(Stat),
-    /// Translated; send it straight to its next hop (external flows,
-    /// whose packets may carry a node address as source).
-    Redirect(Stat),
+    /// Translated and routed: send it out of `ifindex` (external flows,
+    /// whose packets may carry a node address as source). `neigh`: the
+    /// next hop's MAC is unknown, the kernel resolves it.
+    Redirect {
+        stat: Stat,
+        ifindex: u32,
+        neigh: bool,
+    },
+    /// Translated, but the FIB gave no next hop: the stack routes it.
+    ToStack(Stat),
     /// Drop it.
     Drop(Stat),
     /// To a frontend without backends: the hook answers (or drops).
@@ -29,10 +37,11 @@ pub enum Outcome {
 }
 
 /// What a hook can do beyond rewriting.
-pub trait Hook: Nat {
-    /// The hook translates external flows (it can redirect, and SNAT).
-    /// One that cannot passes them untouched to the next hook (tc).
-    const EXTERNAL: bool;
+pub trait Hook: Nat + Fib {
+    /// External packets are sent on only out of the interface they came
+    /// in on (XDP_TX); any other next hop is left to the next hook (tc),
+    /// untranslated: it holds the same conntrack entries.
+    const SAME_INTERFACE_ONLY: bool;
 }
 
 #[inline(always)]
@@ -53,9 +62,6 @@ pub fn handle<C: Hook>(ctx: &C, p: &Packet) -> Outcome {
     // One lookup settles replies and packets of tracked flows, the bulk of
     // all traffic; only a miss goes on to the service lookup.
     if let Some(ct) = conntrack::lookup(p) {
-        if ct.flags & CT_FLAG_EXTERNAL != 0 && !C::EXTERNAL {
-            return Outcome::Forward(Stat::Pass);
-        }
         if ct.is_reverse() {
             return reverse(ctx, p, &ct);
         }
@@ -112,9 +118,6 @@ fn established<C: Hook>(ctx: &C, p: &Packet, ct: &CtValue) -> Outcome {
 
 #[inline(always)]
 fn syn_to_frontend<C: Hook>(ctx: &C, p: &Packet, fe: &Frontend) -> Outcome {
-    if fe.flags & SVC_FLAG_EXTERNAL != 0 && !C::EXTERNAL {
-        return Outcome::Forward(Stat::Pass);
-    }
     if let Some(done) = new_flow(ctx, p, fe, Existing::Keep) {
         return done;
     }
@@ -135,13 +138,8 @@ fn syn_to_frontend<C: Hook>(ctx: &C, p: &Packet, fe: &Frontend) -> Outcome {
 /// tuple tracked, for the caller to settle.
 #[inline(always)]
 fn new_flow<C: Hook>(ctx: &C, p: &Packet, fe: &Frontend, existing: Existing) -> Option<Outcome> {
-    if fe.flags & SVC_FLAG_EXTERNAL != 0 {
-        if !C::EXTERNAL {
-            return Some(Outcome::Forward(Stat::Pass));
-        }
-        if !lb::source_allowed(fe, p.daddr, p.saddr) {
-            return Some(Outcome::Drop(Stat::DropSourceRange));
-        }
+    if fe.flags & SVC_FLAG_EXTERNAL != 0 && !lb::source_allowed(fe, p.daddr, p.saddr) {
+        return Some(Outcome::Drop(Stat::DropSourceRange));
     }
     let Some((id, be)) = lb::select_backend(fe) else {
         if fe.flags & SVC_FLAG_LOCAL_ONLY != 0 {
@@ -203,9 +201,38 @@ fn open<C: Hook>(
 
 #[inline(always)]
 fn rewritten<C: Hook>(ctx: &C, p: &Packet, t: &Tuple, stat: Stat, ct_flags: u16) -> Outcome {
+    if ct_flags & CT_FLAG_EXTERNAL != 0 {
+        return routed(ctx, p, t, stat);
+    }
     match ctx.rewrite(p, t) {
-        Ok(()) if ct_flags & CT_FLAG_EXTERNAL != 0 => Outcome::Redirect(stat),
         Ok(()) => Outcome::Forward(stat),
         Err(()) => Outcome::Drop(Stat::DropInternal),
+    }
+}
+
+/// An external flow's packet: rewritten and sent to its next hop.
+#[inline(always)]
+fn routed<C: Hook>(ctx: &C, p: &Packet, t: &Tuple, stat: Stat) -> Outcome {
+    let (ifindex, macs, ttl) = match fib::lookup(ctx, t) {
+        NextHop::Found { ifindex, macs, ttl } => (ifindex, Some(macs), ttl),
+        NextHop::Unresolved { ifindex, ttl } if !C::SAME_INTERFACE_ONLY => (ifindex, None, ttl),
+        NextHop::Stack if !C::SAME_INTERFACE_ONLY => {
+            return match ctx.rewrite(p, t) {
+                Ok(()) => Outcome::ToStack(stat),
+                Err(()) => Outcome::Drop(Stat::DropInternal),
+            };
+        }
+        _ => return Outcome::Forward(Stat::Pass),
+    };
+    if C::SAME_INTERFACE_ONLY && ifindex != ctx.arrival_ifindex() {
+        return Outcome::Forward(Stat::Pass);
+    }
+    if ctx.rewrite(p, t).is_err() || ctx.route(p, ttl, macs.as_ref()).is_err() {
+        return Outcome::Drop(Stat::DropInternal);
+    }
+    Outcome::Redirect {
+        stat,
+        ifindex,
+        neigh: macs.is_none(),
     }
 }

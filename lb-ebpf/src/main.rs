@@ -8,13 +8,13 @@
 mod bench;
 mod checksum;
 mod conntrack;
+mod fib;
 mod flow;
 mod icmp;
 mod lb;
 mod maps;
 mod nat;
 mod parse;
-mod redirect;
 mod reject;
 mod snat;
 mod sock;

@@ -54,6 +54,21 @@ impl Tuple {
 /// Rewrites a parsed packet's addresses and ports to `to`.
 pub trait Nat: Frame {
     fn rewrite(&self, p: &Packet, to: &Tuple) -> Result<(), ()>;
+    /// What a router does before sending a packet on: TTL decremented
+    /// (`ttl` is the packet's), and the MACs of the next hop when known.
+    fn route(&self, p: &Packet, ttl: u8, macs: Option<&[u8; 12]>) -> Result<(), ()>;
+}
+
+const TTL_OFF: usize = L3_OFF + 8;
+
+/// The 16-bit word the TTL shares with the protocol, before and after the
+/// decrement (native order, as the checksum code takes it).
+#[inline(always)]
+fn ttl_words(p: &Packet, ttl: u8) -> (u16, u16) {
+    (
+        u16::from_ne_bytes([ttl, p.proto]),
+        u16::from_ne_bytes([ttl.wrapping_sub(1), p.proto]),
+    )
 }
 
 /// What a rewrite changes, worked out once for both hooks. The deltas are
@@ -160,6 +175,19 @@ impl Nat for TcContext {
         }
         Ok(())
     }
+
+    #[inline(always)]
+    fn route(&self, p: &Packet, ttl: u8, macs: Option<&[u8; 12]>) -> Result<(), ()> {
+        let (old, new) = ttl_words(p, ttl);
+        self.store(TTL_OFF, &ttl.wrapping_sub(1), 0)
+            .map_err(|_| ())?;
+        self.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 2)
+            .map_err(|_| ())?;
+        if let Some(m) = macs {
+            self.store(0, m, 0).map_err(|_| ())?;
+        }
+        Ok(())
+    }
 }
 
 /// XDP: direct writes and checksums computed here. Frames at XDP come
@@ -191,6 +219,21 @@ impl Nat for XdpContext {
         unsafe { ptr_at::<u32, _>(self, IP_SRC_OFF)?.write_unaligned(t.saddr) };
         unsafe { ptr_at::<u32, _>(self, IP_DST_OFF)?.write_unaligned(t.daddr) };
         unsafe { ip.write_unaligned(ip_csum) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn route(&self, p: &Packet, ttl: u8, macs: Option<&[u8; 12]>) -> Result<(), ()> {
+        let (old, new) = ttl_words(p, ttl);
+        let csum = ptr_at::<u16, _>(self, IP_CSUM_OFF)?;
+        let word = ptr_at::<u16, _>(self, TTL_OFF)?;
+        unsafe {
+            word.write_unaligned(new);
+            csum.write_unaligned(apply(csum.read_unaligned(), delta16(old, new)));
+        }
+        if let Some(m) = macs {
+            unsafe { ptr_at::<[u8; 12], _>(self, 0)?.write_unaligned(*m) };
+        }
         Ok(())
     }
 }

@@ -9,6 +9,7 @@
 //! an ingress hook.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::generated::{bpf_redirect, bpf_redirect_neigh},
     macros::classifier,
     programs::TcContext,
 };
@@ -18,13 +19,13 @@ use crate::{
     flow::{self, Hook, Outcome},
     icmp,
     parse::{self, IcmpError, Packet, Parsed, Skip},
-    redirect, reject,
+    reject,
     stats::count,
 };
 
-/// tc translates everything, external flows included: it can redirect.
+/// tc sends external packets to any next hop.
 impl Hook for TcContext {
-    const EXTERNAL: bool = true;
+    const SAME_INTERFACE_ONLY: bool = false;
 }
 
 // The bindings' type for these differs between the BPF and host targets.
@@ -74,13 +75,22 @@ fn icmp_error(ctx: &TcContext, e: &IcmpError) -> (i32, Stat) {
 fn process(ctx: &TcContext, p: &Packet) -> (i32, Stat) {
     match flow::handle(ctx, p) {
         Outcome::Forward(stat) => (OK, stat),
-        Outcome::Redirect(stat) => match redirect::to_next_hop(ctx) {
-            Some(verdict) => (verdict, stat),
-            None => {
-                count(Stat::FibMiss);
-                (OK, stat)
-            }
-        },
+        Outcome::Redirect {
+            stat,
+            ifindex,
+            neigh,
+        } => {
+            let verdict = if neigh {
+                unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) }
+            } else {
+                unsafe { bpf_redirect(ifindex, 0) }
+            };
+            (verdict as i32, stat)
+        }
+        Outcome::ToStack(stat) => {
+            count(Stat::FibMiss);
+            (OK, stat)
+        }
         Outcome::Drop(stat) => (SHOT, stat),
         Outcome::NoBackend => {
             let answer = if p.proto == IPPROTO_TCP {

@@ -13,7 +13,7 @@
 //! the pod side (egress), and a frontend without backends is dropped here
 //! (no reject is built at XDP).
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     macros::xdp,
     programs::XdpContext,
 };
@@ -25,17 +25,23 @@ use crate::{
     stats::count,
 };
 
-/// External flows (NodePort, externalIPs, LoadBalancer) are left to tc
-/// for now: they need SNAT port allocation and a redirect, which tc does.
+/// External flows whose next hop is out of the same interface (SNAT to
+/// another node, replies back to the client) leave by XDP_TX; those to
+/// local pods are left to tc (a redirect into a veth would need the pod
+/// side to run XDP too).
 impl Hook for XdpContext {
-    const EXTERNAL: bool = false;
+    const SAME_INTERFACE_ONLY: bool = true;
 }
 
 #[xdp]
 pub fn flb_xdp(ctx: XdpContext) -> u32 {
     let (verdict, stat) = match parse::parse(&ctx) {
         Ok(Parsed::Flow(p)) => match flow::handle(&ctx, &p) {
-            Outcome::Forward(stat) | Outcome::Redirect(stat) => (XDP_PASS, stat),
+            Outcome::Forward(stat) | Outcome::ToStack(stat) => (XDP_PASS, stat),
+            Outcome::Redirect { stat, .. } => {
+                count(Stat::XdpTx);
+                (XDP_TX, stat)
+            }
             Outcome::Drop(stat) => (XDP_DROP, stat),
             Outcome::NoBackend => (XDP_DROP, Stat::DropNoBackend),
         },

@@ -91,6 +91,30 @@ impl NetNs {
     }
 }
 
+impl NetNs {
+    /// The checksum errors this namespace's kernel counted (TCP and UDP
+    /// InCsumErrors): a wrong checksum written by a translation shows here.
+    pub fn csum_errors(&self) -> u64 {
+        let snmp = self
+            .run(|| std::fs::read_to_string("/proc/net/snmp").unwrap_or_default())
+            .unwrap_or_default();
+        let mut total = 0;
+        let lines: Vec<&str> = snmp.lines().collect();
+        for pair in lines.chunks(2) {
+            let [head, vals] = pair else { continue };
+            if !(head.starts_with("Tcp:") || head.starts_with("Udp:")) {
+                continue;
+            }
+            for (h, v) in head.split_whitespace().zip(vals.split_whitespace()) {
+                if h == "InCsumErrors" {
+                    total += v.parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+        total
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.name]);

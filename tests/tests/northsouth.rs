@@ -18,7 +18,7 @@ use ferrolb_tests::cluster::Cluster;
 use ferrolb_tests::fabric::Fabric;
 use ferrolb_tests::firewall;
 use ferrolb_tests::http::get_path_and_close;
-use ferrolb_tests::netns::NetNs;
+use ferrolb_tests::netns::{NetNs, sh};
 
 const NODE_A: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
 const NODE_B: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
@@ -123,8 +123,24 @@ fn node(subnet: u8, backends: usize, name: &str, ip: Ipv4Addr) -> Cluster {
 }
 
 fn topology() -> Topology {
-    let a = node(1, 2, "node-a", NODE_A);
-    let b = node(2, 1, "node-b", NODE_B);
+    topology_with(false)
+}
+
+/// With `xdp`, both nodes run the XDP program on their uplink too. Frames
+/// on the fabric then carry complete checksums, as from a NIC (XDP's own
+/// checksum updates are what the receivers verify).
+fn topology_with(xdp: bool) -> Topology {
+    let mut a = node(1, 2, "node-a", NODE_A);
+    let mut b = node(2, 1, "node-b", NODE_B);
+    if xdp {
+        for c in [&mut a, &mut b] {
+            // Generic XDP: native XDP on a veth runs only for frames the
+            // peer hands it through NAPI, and frames bridged from another
+            // node bypass it; a NIC driver runs it on every frame.
+            c.agent_args
+                .extend(["--xdp-interfaces", "uplink0", "--xdp-mode", "generic"].map(String::from));
+        }
+    }
     let fabric = Fabric::new(&format!("{}-net", a.id)).expect("fabric");
     fabric.plug(&a.node, "uplink0", NODE_A).unwrap();
     fabric.plug(&b.node, "uplink0", NODE_B).unwrap();
@@ -140,9 +156,25 @@ fn topology() -> Topology {
         let ns = NetNs::new(&format!("{}-c{i}", a.id)).expect("client namespace");
         fabric.plug(&ns, "eth0", ip).unwrap();
         // The load balancer's addresses lead to node-a.
-        ns.ip(&["route", "add", "192.168.60.0/24", "via", &NODE_A.to_string()])
-            .unwrap();
+        ns.ip(&[
+            "route",
+            "add",
+            "192.168.60.0/24",
+            "via",
+            &NODE_A.to_string(),
+        ])
+        .unwrap();
         clients.push(ns);
+    }
+    if xdp {
+        for ns in clients.iter().chain([&a.node, &b.node]) {
+            let ifname = if ns.name == a.node.name || ns.name == b.node.name {
+                "uplink0"
+            } else {
+                "eth0"
+            };
+            sh(ns.command("ethtool").args(["-K", ifname, "tx", "off"])).expect("ethtool tx off");
+        }
     }
     let fw_before = [&a, &b].map(|c| firewall::snapshot(Some(&c.node.name)).expect("snapshot"));
     let mut t = Topology {
@@ -163,6 +195,13 @@ fn topology() -> Topology {
 impl Topology {
     fn client(&self) -> &NetNs {
         &self.clients[0]
+    }
+
+    /// Both nodes' datapath counters, for failure messages.
+    fn stats(&self) -> String {
+        [&self.a, &self.b]
+            .map(|c| format!("{}:\n{}", c.node.name, c.cli("stats").unwrap_or_default()))
+            .join("")
     }
 
     /// Checks what every test must leave true, then tears down.
@@ -196,7 +235,11 @@ fn whoami(ns: &NetNs, to: Ipv4Addr, port: u16) -> std::io::Result<(String, Strin
 
 /// A `whoami` datagram: (pod name, address the pod saw, where the answer
 /// came from).
-fn whoami_udp(ns: &NetNs, to: Ipv4Addr, port: u16) -> std::io::Result<(String, String, SocketAddr)> {
+fn whoami_udp(
+    ns: &NetNs,
+    to: Ipv4Addr,
+    port: u16,
+) -> std::io::Result<(String, String, SocketAddr)> {
     ns.run(move || {
         let s = UdpSocket::bind("0.0.0.0:0")?;
         s.set_read_timeout(Some(TIMEOUT))?;
@@ -225,14 +268,50 @@ fn http_status(ns: &NetNs, to: Ipv4Addr, port: u16) -> (u16, String) {
 #[test]
 fn nodeport_with_cluster_policy_reaches_every_pod_and_snats_across_nodes() {
     let t = topology();
+    nodeport_cluster_policy(&t);
+    t.finish();
+}
+
+/// The same through XDP: what leaves by the interface it came in on
+/// (SNAT over to the other node, replies back to the client) is sent by
+/// XDP_TX; what goes to local pods is left to tc.
+#[test]
+fn xdp_sends_external_flows_back_out_of_the_uplink() {
+    let t = topology_with(true);
+    for c in [&t.a, &t.b] {
+        let log = c.agent_log_text();
+        assert!(log.contains("xdp attached"), "XDP on the uplink:\n{log}");
+    }
+    nodeport_cluster_policy(&t);
+    for c in [&t.a, &t.b] {
+        let tx = stat(&c.cli("stats").unwrap(), "xdp_tx");
+        assert!(
+            tx > 0,
+            "{}: no frame left by XDP_TX\n{}",
+            c.node.name,
+            t.stats()
+        );
+    }
+    for (what, ns) in [
+        ("client", t.client()),
+        ("pod-1-0", &t.a.pods[0].ns),
+        ("pod-2-0", &t.b.pods[0].ns),
+    ] {
+        assert_eq!(ns.csum_errors(), 0, "{what}: checksum errors");
+    }
+    t.finish();
+}
+
+fn nodeport_cluster_policy(t: &Topology) {
     for (via, other_node_pods, local_pods) in [
         (NODE_A, vec!["pod-2-0"], vec!["pod-1-0", "pod-1-1"]),
         (NODE_B, vec!["pod-1-0", "pod-1-1"], vec!["pod-2-0"]),
     ] {
         let mut seen = BTreeSet::new();
         for i in 0..60 {
-            let (name, peer) = whoami(t.client(), via, 30080)
-                .unwrap_or_else(|e| panic!("NodePort {via}:30080, request {i}: {e}"));
+            let (name, peer) = whoami(t.client(), via, 30080).unwrap_or_else(|e| {
+                panic!("NodePort {via}:30080, request {i}: {e}\n{}", t.stats())
+            });
             if other_node_pods.contains(&name.as_str()) {
                 // externalTrafficPolicy Cluster: SNATed to the ingress node.
                 assert_eq!(peer, via.to_string(), "{name} via {via}");
@@ -250,8 +329,9 @@ fn nodeport_with_cluster_policy_reaches_every_pod_and_snats_across_nodes() {
         // UDP: the answer comes from the NodePort the client asked.
         let mut seen = BTreeSet::new();
         for i in 0..60 {
-            let (name, peer, from) = whoami_udp(t.client(), via, 30080)
-                .unwrap_or_else(|e| panic!("UDP NodePort {via}:30080, datagram {i}: {e}"));
+            let (name, peer, from) = whoami_udp(t.client(), via, 30080).unwrap_or_else(|e| {
+                panic!("UDP NodePort {via}:30080, datagram {i}: {e}\n{}", t.stats())
+            });
             assert_eq!(from, SocketAddr::from((via, 30080)));
             if other_node_pods.contains(&name.as_str()) {
                 assert_eq!(peer, via.to_string(), "{name} via {via} (UDP)");
@@ -261,12 +341,15 @@ fn nodeport_with_cluster_policy_reaches_every_pod_and_snats_across_nodes() {
                 break;
             }
         }
-        assert_eq!(seen.len(), 3, "UDP NodePort via {via} reached only {seen:?}");
+        assert_eq!(
+            seen.len(),
+            3,
+            "UDP NodePort via {via} reached only {seen:?}"
+        );
     }
     let stats = t.b.cli("stats").unwrap();
     let snat: u64 = stat(&stats, "snat_new");
     assert!(snat > 0, "node-b counted no SNATed flow:\n{stats}");
-    t.finish();
 }
 
 fn stat(table: &str, name: &str) -> u64 {
@@ -289,8 +372,8 @@ fn local_policy_keeps_the_client_address_and_only_nodes_with_endpoints_answer() 
             (name.as_str(), peer.as_str()),
             ("pod-1-0", CLIENT.to_string().as_str())
         );
-        let (name, peer) =
-            whoami(t.client(), LB_LOCAL, 8080).unwrap_or_else(|e| panic!("LB IP, request {i}: {e}"));
+        let (name, peer) = whoami(t.client(), LB_LOCAL, 8080)
+            .unwrap_or_else(|e| panic!("LB IP, request {i}: {e}"));
         assert_eq!(
             (name.as_str(), peer.as_str()),
             ("pod-1-0", CLIENT.to_string().as_str())
@@ -348,3 +431,4 @@ fn external_ips_and_source_ranges() {
     assert_eq!(name, "pod-1-1");
     t.finish();
 }
+

@@ -147,27 +147,6 @@ fn udp(ns: &NetNs, to: Ipv4Addr) -> std::io::Result<(String, SocketAddr)> {
     .expect("namespace thread")
 }
 
-/// The checksum errors a namespace's kernel counted (TCP and UDP).
-fn csum_errors(ns: &NetNs) -> u64 {
-    let snmp = ns
-        .run(|| std::fs::read_to_string("/proc/net/snmp").expect("/proc/net/snmp"))
-        .unwrap();
-    let mut total = 0;
-    let lines: Vec<&str> = snmp.lines().collect();
-    for pair in lines.chunks(2) {
-        let [head, vals] = pair else { continue };
-        if !(head.starts_with("Tcp:") || head.starts_with("Udp:")) {
-            continue;
-        }
-        for (h, v) in head.split_whitespace().zip(vals.split_whitespace()) {
-            if h == "InCsumErrors" {
-                total += v.parse::<u64>().unwrap_or(0);
-            }
-        }
-    }
-    total
-}
-
 #[test]
 fn xdp_translates_traffic_on_the_uplink() {
     let mut c = Cluster::new(common::bins(), 1).expect("cluster");
@@ -228,7 +207,7 @@ fn xdp_translates_traffic_on_the_uplink() {
         ("client pod", client),
         ("outside", &out.ns),
     ] {
-        assert_eq!(csum_errors(ns), 0, "{what}: checksum errors");
+        assert_eq!(ns.csum_errors(), 0, "{what}: checksum errors");
     }
     c.stop_agent(libc::SIGTERM);
 }

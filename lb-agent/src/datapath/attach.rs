@@ -182,6 +182,7 @@ struct Group {
 pub struct Attachments {
     pin_dir: PathBuf,
     groups: [Group; 2],
+    xdp_mode: XdpMode,
 }
 
 impl Attachments {
@@ -201,7 +202,14 @@ impl Attachments {
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
             groups: [group("tc", TC_HOOKS, tc), group("xdp", XDP_HOOKS, xdp)],
+            xdp_mode: XdpMode::Default,
         })
+    }
+
+    /// How new XDP links attach (a pinned link keeps its mode).
+    pub fn with_xdp_mode(mut self, mode: XdpMode) -> Self {
+        self.xdp_mode = mode;
+        self
     }
 
     /// Interfaces with the tc programs.
@@ -221,6 +229,7 @@ impl Attachments {
     pub fn sync(&mut self, ebpf: &mut Ebpf) {
         let all = ifaces::list();
         let pin_dir = &self.pin_dir;
+        let xdp_mode = self.xdp_mode;
         let mut present: Vec<BTreeMap<u32, String>> = Vec::new();
         for g in &mut self.groups {
             let here: BTreeMap<u32, String> = all
@@ -242,7 +251,7 @@ impl Attachments {
                         Hook::Tc(dir) => tc_program(ebpf, prog_name)
                             .and_then(|prog| attach_tc(prog, &pin, dir, name)),
                         Hook::Xdp => xdp_program(ebpf, prog_name)
-                            .and_then(|prog| attach_xdp(prog, &pin, *index)),
+                            .and_then(|prog| attach_xdp(prog, &pin, *index, xdp_mode)),
                     };
                     match done {
                         Ok(how) => {
@@ -317,9 +326,9 @@ fn attach_tc(
     Ok("new pinned link")
 }
 
-/// Native (driver) XDP where the driver has it, generic otherwise: the
-/// kernel picks when no mode flag is given.
-fn attach_xdp(prog: &mut Xdp, pin: &Path, ifindex: u32) -> Result<&'static str> {
+/// `XdpMode::Default`: native (driver) XDP where the driver has it,
+/// generic otherwise, as the kernel picks.
+fn attach_xdp(prog: &mut Xdp, pin: &Path, ifindex: u32, mode: XdpMode) -> Result<&'static str> {
     if let Ok(old) = PinnedLink::from_pin(pin) {
         let link =
             XdpLink::try_from(FdLink::from(old)).context("pinned link is not an XDP link")?;
@@ -328,7 +337,7 @@ fn attach_xdp(prog: &mut Xdp, pin: &Path, ifindex: u32) -> Result<&'static str> 
         return Ok("program swapped into the pinned link");
     }
     let id = prog
-        .attach_to_if_index(ifindex, XdpMode::default())
+        .attach_to_if_index(ifindex, mode)
         .with_context(|| format!("attaching XDP to ifindex {ifindex}"))?;
     let link: FdLink = prog
         .take_link(id)?

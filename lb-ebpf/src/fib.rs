@@ -1,0 +1,105 @@
+//! The next hop of a translated packet, from the kernel's FIB: egress
+//! interface and MAC addresses, so that external flows are sent on
+//! without the stack. Needed, not only faster: after translation a
+//! NodePort reply or a SNATed request carries one of this node's
+//! addresses as source, which the stack drops on input as a martian.
+//! The lookup is made for the translated addresses before the packet is
+//! rewritten, so a hook that cannot use the answer can leave the packet
+//! as it was.
+use core::mem::{size_of, zeroed};
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    helpers::generated::bpf_fib_lookup as fib_lookup,
+    programs::{TcContext, XdpContext},
+};
+use network_types::ip::Ipv4Hdr;
+
+use crate::nat::Tuple;
+use crate::parse::{Frame, L3_OFF, ptr_at};
+
+const AF_INET: u8 = 2;
+
+/// Where a translated packet goes.
+pub enum NextHop {
+    /// Out of `ifindex` with these destination and source MACs.
+    Found {
+        ifindex: u32,
+        macs: [u8; 12],
+        ttl: u8,
+    },
+    /// Out of `ifindex`; the neighbour is not resolved yet.
+    Unresolved { ifindex: u32, ttl: u8 },
+    /// The stack must handle it: no forwarding route, a local
+    /// destination, a packet too big for the egress MTU (the stack answers
+    /// "fragmentation needed") or a TTL that expires here (it answers
+    /// "time exceeded").
+    Stack,
+}
+
+/// A hook's context the FIB can be asked from.
+pub trait Fib: EbpfContext + Frame {
+    /// The interface the packet arrived on.
+    fn arrival_ifindex(&self) -> u32;
+}
+
+impl Fib for TcContext {
+    #[inline(always)]
+    fn arrival_ifindex(&self) -> u32 {
+        unsafe { (*self.skb.skb).ifindex }
+    }
+}
+
+impl Fib for XdpContext {
+    #[inline(always)]
+    fn arrival_ifindex(&self) -> u32 {
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+}
+
+/// The next hop of the packet once rewritten to `t`.
+#[inline(always)]
+pub fn lookup<C: Fib>(ctx: &C, t: &Tuple) -> NextHop {
+    let Ok(ip) = ptr_at::<Ipv4Hdr, _>(ctx, L3_OFF) else {
+        return NextHop::Stack;
+    };
+    let (tos, ttl, proto) = unsafe { ((*ip).tos, (*ip).ttl, (*ip).proto) };
+    if ttl <= 1 {
+        return NextHop::Stack;
+    }
+    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = proto;
+    // tot_len stays 0: the kernel checks the packet against the egress
+    // MTU itself (GSO packets included, at tc).
+    fib.__bindgen_anon_2.tos = tos;
+    fib.__bindgen_anon_3.ipv4_src = t.saddr;
+    fib.__bindgen_anon_4.ipv4_dst = t.daddr;
+    fib.ifindex = ctx.arrival_ifindex();
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&fib.dmac);
+        macs[6..].copy_from_slice(&fib.smac);
+        NextHop::Found {
+            ifindex: fib.ifindex,
+            macs,
+            ttl,
+        }
+    } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        NextHop::Unresolved {
+            ifindex: fib.ifindex,
+            ttl,
+        }
+    } else {
+        NextHop::Stack
+    }
+}
