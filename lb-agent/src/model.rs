@@ -805,6 +805,188 @@ impl std::str::FromStr for Cidr {
 }
 
 #[cfg(test)]
+mod external_tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::source::manifest::parse_str;
+
+    fn store(yaml: &str) -> ObjectStore {
+        let mut s = ObjectStore::default();
+        for d in parse_str(Path::new("t.yaml"), yaml).unwrap() {
+            s.upsert(d.result.unwrap());
+        }
+        s
+    }
+
+    fn node(name: &str) -> ModelConfig {
+        ModelConfig {
+            node_name: Some(name.into()),
+            ..Default::default()
+        }
+    }
+
+    const ENDPOINTS: &str = "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{port: 9376}]\nendpoints:\n- {addresses: [10.244.1.5], nodeName: node-a}\n- {addresses: [10.244.2.5], nodeName: node-b}\n";
+
+    fn web(spec_extra: &str, status: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  clusterIP: 10.0.0.20\n  ports: [{{port: 80, targetPort: 9376, nodePort: 30080}}]\n{spec_extra}{status}{ENDPOINTS}"
+        )
+    }
+
+    fn fe(addr: &str, port: u16) -> FrontendKey {
+        FrontendKey {
+            addr: addr.parse().unwrap(),
+            port,
+            proto: Proto::Tcp,
+        }
+    }
+
+    #[test]
+    fn nodeport_load_balancer_and_external_ips_are_external_frontends() {
+        let st = store(&web(
+            "  type: LoadBalancer\n  externalIPs: [192.168.60.20]\n  loadBalancerSourceRanges: [192.168.50.0/24]\n",
+            "status: {loadBalancer: {ingress: [{ip: 192.168.60.10}]}}\n",
+        ));
+        let d = desired_with(&st, node("node-a"));
+        let kinds: Vec<(String, FrontendKind)> = d
+            .frontends
+            .iter()
+            .map(|(k, s)| (k.to_string(), s.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("0.0.0.0:30080/TCP".to_string(), FrontendKind::NodePort),
+                ("10.0.0.20:80/TCP".to_string(), FrontendKind::ClusterIp),
+                (
+                    "192.168.60.10:80/TCP".to_string(),
+                    FrontendKind::LoadBalancer
+                ),
+                ("192.168.60.20:80/TCP".to_string(), FrontendKind::ExternalIp),
+            ]
+        );
+        let lb = &d.frontends[&fe("192.168.60.10", 80)];
+        assert_eq!(
+            lb.flags,
+            lb_common::SVC_FLAG_EXTERNAL | lb_common::SVC_FLAG_SOURCE_RANGES
+        );
+        assert_eq!(lb.source_ranges, ["192.168.50.0/24".parse().unwrap()]);
+        // Source ranges guard the load balancer's address only.
+        assert!(d.frontends[&fe("0.0.0.0", 30080)].source_ranges.is_empty());
+        assert_eq!(d.frontends[&fe("10.0.0.20", 80)].flags, 0);
+        // Cluster policy: every endpoint, those on this node marked local.
+        let np = &d.frontends[&fe("0.0.0.0", 30080)];
+        let locals: Vec<bool> = np.backends.iter().map(|b| b.local).collect();
+        assert_eq!(locals, [true, false]);
+    }
+
+    #[test]
+    fn local_traffic_policies_keep_this_nodes_endpoints() {
+        let st = store(&web(
+            "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 30500\n",
+            "status: {loadBalancer: {ingress: [{ip: 192.168.60.10}]}}\n",
+        ));
+        for (node_name, want, count) in [
+            ("node-a", vec!["10.244.1.5:9376"], 1),
+            ("node-c", vec![], 0),
+        ] {
+            let d = desired_with(&st, node(node_name));
+            for k in [fe("0.0.0.0", 30080), fe("192.168.60.10", 80)] {
+                let s = &d.frontends[&k];
+                let got: Vec<String> = s.backends.iter().map(|b| b.to_string()).collect();
+                assert_eq!(got, want, "{k} on {node_name}");
+                assert_ne!(s.flags & lb_common::SVC_FLAG_LOCAL_ONLY, 0);
+            }
+            // The cluster IP still balances over every endpoint.
+            assert_eq!(d.frontends[&fe("10.0.0.20", 80)].backends.len(), 2);
+            assert_eq!(d.health_checks[&30500].local_endpoints, count);
+        }
+        let st = store(&web("  internalTrafficPolicy: Local\n", ""));
+        let d = desired_with(&st, node("node-b"));
+        let s = &d.frontends[&fe("10.0.0.20", 80)];
+        assert_eq!(s.backends.len(), 1);
+        assert_eq!(s.backends[0].addr, Ipv4Addr::new(10, 244, 2, 5));
+        assert_eq!(s.flags, lb_common::SVC_FLAG_LOCAL_ONLY);
+    }
+
+    #[test]
+    fn bad_node_ports_are_refused_by_name_and_the_rest_is_programmed() {
+        let svc = |name: &str, ip: &str, np: u16| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{type: NodePort, clusterIP: {ip}, ports: [{{port: 80, nodePort: {np}}}]}}\n---\n"
+            )
+        };
+        let st = store(&format!(
+            "{}{}{}",
+            svc("a", "10.0.0.1", 30080),
+            svc("b", "10.0.0.2", 30080),
+            svc("c", "10.0.0.3", 40000)
+        ));
+        let mut cache = ModelCache::default();
+        let all: BTreeSet<NsName> = st.services.keys().cloned().collect();
+        let up = cache.update(&st, &all);
+        assert_eq!(
+            up.refused,
+            [
+                "Service default/b:80: field spec.ports[0].nodePort: nodePort 30080/TCP is already used by Service default/a; not programmed",
+                "Service default/c:80: field spec.ports[0].nodePort: 40000 is outside --service-node-port-range 30000-32767; not programmed",
+            ]
+        );
+        // Every cluster IP is programmed, and a's NodePort.
+        let d = cache.desired();
+        assert_eq!(d.frontends.len(), 4);
+        assert_eq!(d.frontends[&fe("0.0.0.0", 30080)].name, "default/a:80");
+        // When a goes, b gets the port.
+        let mut st = st;
+        st.remove(&crate::store::ObjectId {
+            kind: crate::store::Kind::Service,
+            key: NsName {
+                namespace: "default".into(),
+                name: "a".into(),
+            },
+        });
+        let dirty = st.take_dirty();
+        let up = cache.update(&st, &dirty);
+        assert!(
+            up.refused.iter().all(|m| !m.contains("default/b")),
+            "{:?}",
+            up.refused
+        );
+        assert_eq!(
+            cache.desired().frontends[&fe("0.0.0.0", 30080)].name,
+            "default/b:80"
+        );
+    }
+
+    #[test]
+    fn an_external_ip_that_is_not_an_ip_names_the_service_and_field() {
+        let docs = parse_str(
+            Path::new("svc.yaml"),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: my-service}\nspec: {clusterIP: 10.0.0.9, externalIPs: [not-an-ip], ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: fine}\nspec: {clusterIP: 10.0.0.8, loadBalancerSourceRanges: [10.0.0.0/33], ports: [{port: 80}]}\n",
+        )
+        .unwrap();
+        let errs: Vec<String> = docs
+            .iter()
+            .filter_map(|d| d.result.as_ref().err().map(|e| e.to_string()))
+            .collect();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].contains("Service default/my-service")
+                && errs[0].contains("spec.externalIPs[0]")
+                && errs[0].contains("not-an-ip"),
+            "{}",
+            errs[0]
+        );
+        assert!(
+            errs[1].contains("spec.loadBalancerSourceRanges[0]"),
+            "{}",
+            errs[1]
+        );
+    }
+}
+
+#[cfg(test)]
 mod cidr_tests {
     use super::*;
 

@@ -6,7 +6,7 @@ use aya_ebpf::{
     EbpfContext, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use lb_common::{IPPROTO_UDP, SockKey, SockValue, Stat};
+use lb_common::{IPPROTO_UDP, SVC_FLAG_LOCAL_ONLY, SockKey, SockValue, Stat};
 
 use crate::{lb, maps::SOCK_REVNAT, stats::count};
 
@@ -46,9 +46,17 @@ fn translate_forward(ctx: &SockAddrContext, remember: bool) -> i32 {
     if family != AF_INET {
         return ALLOW;
     }
-    let Some(fe) = lb::lookup_frontend(vip, vport, proto) else {
+    // NodePorts too: the node (or a pod) reaching a node address's
+    // NodePort is translated here, as kube-proxy serves it locally.
+    let Some(fe) = lb::lookup(vip, vport, proto) else {
         return ALLOW;
     };
+    if fe.count == 0 && fe.flags & SVC_FLAG_LOCAL_ONLY != 0 {
+        // externalTrafficPolicy Local without an endpoint here: not
+        // refused at the socket; the packet goes its way (tc drops it if
+        // it is to this node).
+        return ALLOW;
+    }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // An unconnected UDP socket keeps talking to the backend it was given.
     // Only UDP sends (sendmsg4 is a UDP hook) leave such a choice: a TCP

@@ -350,6 +350,31 @@ fn nodeport_cluster_policy(t: &Topology) {
     let stats = t.b.cli("stats").unwrap();
     let snat: u64 = stat(&stats, "snat_new");
     assert!(snat > 0, "node-b counted no SNATed flow:\n{stats}");
+    // From node-a itself (its socket hooks), to its own address's NodePort.
+    let mut seen = BTreeSet::new();
+    for i in 0..60 {
+        let out =
+            t.a.node_command("curl")
+                .args(["-s", "-m", "2"])
+                .arg(format!("http://{NODE_A}:30080/whoami"))
+                .output()
+                .expect("curl");
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        let name = body
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            !name.is_empty(),
+            "node-a to its own NodePort, request {i}: no answer"
+        );
+        seen.insert(name);
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 3, "node-a's own NodePort reached only {seen:?}");
 }
 
 fn stat(table: &str, name: &str) -> u64 {
@@ -431,4 +456,3 @@ fn external_ips_and_source_ranges() {
     assert_eq!(name, "pod-1-1");
     t.finish();
 }
-
