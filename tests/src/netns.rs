@@ -92,6 +92,20 @@ impl NetNs {
 }
 
 impl NetNs {
+    /// Moves the calling thread into this namespace for the rest of its
+    /// life (a test's own thread: BPF_PROG_TEST_RUN then resolves FIB
+    /// lookups and interfaces here, not in the machine's namespace).
+    pub fn enter(&self) -> Result<()> {
+        let path = self.path();
+        let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid namespace fd; setns only affects this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// The checksum errors this namespace's kernel counted (TCP and UDP
     /// InCsumErrors): a wrong checksum written by a translation shows here.
     pub fn csum_errors(&self) -> u64 {

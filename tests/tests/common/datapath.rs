@@ -3,7 +3,10 @@
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use ferrolb_tests::bpffs::Bpffs;
 use lb_agent::{
-    datapath::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, attach, loader, maps::ServiceMaps},
+    datapath::{
+        PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, attach, external::ExternalMaps, loader,
+        maps::ServiceMaps,
+    },
     model::{BackendAddr, Desired, FrontendKey, FrontendState},
     reconcile,
 };
@@ -39,6 +42,8 @@ pub enum Verdict {
     Drop,
     /// TC_ACT_REDIRECT.
     Redirect,
+    /// XDP_TX.
+    Tx,
     Other(u32),
 }
 
@@ -48,6 +53,7 @@ impl Verdict {
             (Hook::Tc, 0) | (Hook::Xdp, 2) => Verdict::Pass,
             (Hook::Tc, 2) | (Hook::Xdp, 1) => Verdict::Drop,
             (Hook::Tc, 7) => Verdict::Redirect,
+            (Hook::Xdp, 3) => Verdict::Tx,
             (_, v) => Verdict::Other(v),
         }
     }
@@ -55,9 +61,12 @@ impl Verdict {
 
 pub struct Datapath {
     _fs: Bpffs,
-    ebpf: aya::Ebpf,
+    pub ebpf: aya::Ebpf,
     maps: ServiceMaps,
+    pub ext: ExternalMaps,
     rec: reconcile::Reconciler,
+    /// XDP runs as if received on this interface (0: loopback).
+    pub xdp_ifindex: u32,
 }
 
 impl Datapath {
@@ -67,12 +76,15 @@ impl Datapath {
         let mut ebpf = loader::load(&small_maps(&fs)).expect("load object");
         attach::load_programs(&mut ebpf, false).expect("verifier accepts the tc program");
         let maps = ServiceMaps::from_ebpf(&mut ebpf).unwrap();
+        let ext = ExternalMaps::from_ebpf(&mut ebpf).unwrap();
         let rec = reconcile::Reconciler::new(maps.read().unwrap());
         let mut dp = Datapath {
             _fs: fs,
             ebpf,
             maps,
+            ext,
             rec,
+            xdp_ifindex: 0,
         };
         dp.program(frontends);
         dp
@@ -80,20 +92,37 @@ impl Datapath {
 
     /// Makes the maps hold exactly `frontends`, through reconcile.
     pub fn program(&mut self, frontends: &[(FrontendKey, Vec<BackendAddr>)]) {
+        let states: Vec<(FrontendKey, FrontendState)> = frontends
+            .iter()
+            .map(|(k, b)| {
+                (
+                    *k,
+                    FrontendState {
+                        name: format!("default/{}", k.addr),
+                        backends: b.clone(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        self.program_states(&states);
+    }
+
+    /// Like `program`, with whole frontend states (kind, flags, ranges).
+    pub fn program_states(&mut self, frontends: &[(FrontendKey, FrontendState)]) {
         let mut desired = Desired::default();
-        for (k, b) in frontends {
-            desired.frontends.insert(
-                *k,
-                FrontendState {
-                    name: format!("default/{}", k.addr),
-                    backends: b.clone(),
-                    ..Default::default()
-                },
-            );
-        }
+        desired.frontends.extend(frontends.iter().cloned());
+        self.ext.sync_source_ranges(&desired, true).unwrap();
         let ops = self.rec.plan_all(&desired);
         let errs = self.maps.apply(&ops, self.rec.mirror_mut());
         assert!(errs.is_empty(), "{errs:?}");
+    }
+
+    /// The datapath counters by name.
+    pub fn stats(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let values =
+            lb_agent::datapath::maps::read_stats(&self._fs.dir.join("ferrolb")).expect("stats");
+        lb_common::STAT_NAMES.iter().copied().zip(values).collect()
     }
 
     pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -126,8 +155,13 @@ impl Datapath {
         let (v, out) = match hook {
             Hook::Tc => self.try_run_prog(PROG_TC_INGRESS, frame),
             Hook::Xdp => {
+                let ifindex = self.xdp_ifindex;
                 let prog: &mut Xdp = self.ebpf.program_mut(PROG_XDP).unwrap().try_into().unwrap();
-                test_run(prog, frame)
+                if ifindex == 0 {
+                    test_run(prog, frame)
+                } else {
+                    test_run_xdp_on(prog, frame, ifindex)
+                }
             }
         }?;
         Ok((Verdict::of(hook, v), out))
@@ -141,6 +175,26 @@ impl Datapath {
         let prog: &mut SchedClassifier = self.ebpf.program_mut(name).unwrap().try_into().unwrap();
         test_run(prog, frame)
     }
+}
+
+/// XDP as if received on `ifindex` (struct xdp_md as the context).
+fn test_run_xdp_on(
+    prog: &Xdp,
+    frame: &[u8],
+    ifindex: u32,
+) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
+    // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+    let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let mut out = vec![0u8; 512];
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        ..Default::default()
+    })?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
 }
 
 fn test_run<P>(prog: &P, frame: &[u8]) -> Result<(u32, Vec<u8>), aya::programs::ProgramError>

@@ -1,0 +1,311 @@
+//! North-south through BPF_PROG_TEST_RUN, tc and XDP: NodePort DNAT and
+//! SNAT, the reverse translation of replies, the next hop written from
+//! the FIB (MACs, TTL), checksums recomputed exactly, and the drops
+//! (externalTrafficPolicy Local without endpoints, loadBalancerSourceRanges).
+//!
+//! The test's thread enters a namespace of its own, shaped like node-b of
+//! the end-to-end test: `wire0` on 192.168.50.0/24 (node address
+//! 192.168.50.2, node-a at .1 with node-a's pods 10.244.1.0/24 behind it,
+//! the client at .100) and `pod0` towards a local pod 10.244.2.5. The FIB
+//! lookups the programs make resolve there, not in the machine's namespace.
+mod common;
+
+use std::net::Ipv4Addr;
+
+use aya::programs::{Xdp, XdpMode};
+use common::datapath::{Datapath, Hook, Verdict};
+use ferrolb_tests::netns::{NetNs, sh};
+use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_SYN};
+use lb_agent::datapath::PROG_XDP_PASS;
+use lb_agent::model::{BackendAddr, FrontendKey, FrontendKind, FrontendState, Proto};
+use lb_common::{SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_SOURCE_RANGES};
+
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
+const NODE_A: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);
+const OUTSIDER: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 101);
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
+const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 30);
+const WIRE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const NODE_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x64];
+const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
+
+/// The namespace the test's thread lives in; `wire0`'s ifindex.
+fn enter_node(tag: &str) -> (NetNs, u32) {
+    let ns = NetNs::new(&format!("flbdp{}-{tag}", std::process::id() % 100_000)).unwrap();
+    ns.enter().unwrap();
+    let ip = |args: &[&str]| ns.ip(args).unwrap();
+    ip(&[
+        "link", "add", "wire0", "type", "veth", "peer", "name", "wire1",
+    ]);
+    ip(&[
+        "link", "add", "pod0", "type", "veth", "peer", "name", "pod1",
+    ]);
+    ip(&["link", "set", "wire0", "address", "02:00:00:00:00:02"]);
+    for l in ["wire0", "wire1", "pod0", "pod1"] {
+        ip(&["link", "set", l, "up"]);
+    }
+    ip(&["addr", "add", "192.168.50.2/24", "dev", "wire0"]);
+    ip(&["addr", "add", "10.244.2.1/32", "dev", "pod0"]);
+    ip(&["route", "add", "10.244.1.0/24", "via", "192.168.50.1"]);
+    ip(&["route", "add", "10.244.2.5/32", "dev", "pod0"]);
+    for (addr, mac, dev) in [
+        ("192.168.50.1", "02:00:00:00:00:0a", "wire0"),
+        ("192.168.50.100", "02:00:00:00:00:64", "wire0"),
+        ("192.168.50.101", "02:00:00:00:00:65", "wire0"),
+        ("10.244.2.5", "02:00:00:00:00:05", "pod0"),
+    ] {
+        ip(&[
+            "neigh",
+            "add",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+    let line = ns.ip(&["-o", "link", "show", "wire0"]).unwrap();
+    let ifindex = line.split(':').next().unwrap().trim().parse().unwrap();
+    (ns, ifindex)
+}
+
+fn be(addr: Ipv4Addr, local: bool) -> BackendAddr {
+    BackendAddr {
+        addr,
+        port: 9376,
+        local,
+    }
+}
+
+fn frontend(
+    addr: Ipv4Addr,
+    port: u16,
+    proto: Proto,
+    kind: FrontendKind,
+    flags: u16,
+    backends: Vec<BackendAddr>,
+) -> (FrontendKey, FrontendState) {
+    (
+        FrontendKey { addr, port, proto },
+        FrontendState {
+            name: format!("default/{kind}-{port}"),
+            backends,
+            kind,
+            flags,
+            source_ranges: if flags & SVC_FLAG_SOURCE_RANGES != 0 {
+                vec!["192.168.50.100/32".parse().unwrap()]
+            } else {
+                Vec::new()
+            },
+        },
+    )
+}
+
+/// The node's datapath: NodePort 30080 (TCP and UDP) to node-a's pod,
+/// 30081 to this node's pod, 30082 ETP Local without a local endpoint,
+/// and a LoadBalancer IP admitting 192.168.50.100/32 only.
+fn node_datapath(tag: &str, ifindex: u32) -> Datapath {
+    let ext = SVC_FLAG_EXTERNAL;
+    let any = Ipv4Addr::UNSPECIFIED;
+    let mut dp = Datapath::new(tag, &[]);
+    dp.program_states(&[
+        frontend(
+            any,
+            30080,
+            Proto::Tcp,
+            FrontendKind::NodePort,
+            ext,
+            vec![be(REMOTE_POD, false)],
+        ),
+        frontend(
+            any,
+            30080,
+            Proto::Udp,
+            FrontendKind::NodePort,
+            ext,
+            vec![be(REMOTE_POD, false)],
+        ),
+        frontend(
+            any,
+            30081,
+            Proto::Tcp,
+            FrontendKind::NodePort,
+            ext,
+            vec![be(LOCAL_POD, true)],
+        ),
+        frontend(
+            any,
+            30082,
+            Proto::Tcp,
+            FrontendKind::NodePort,
+            ext | SVC_FLAG_LOCAL_ONLY,
+            vec![],
+        ),
+        frontend(
+            LB_IP,
+            80,
+            Proto::Tcp,
+            FrontendKind::LoadBalancer,
+            ext | SVC_FLAG_SOURCE_RANGES,
+            vec![be(LOCAL_POD, true)],
+        ),
+    ]);
+    dp.ext.sync_node_addrs(&[NODE].into()).unwrap();
+    dp.ext
+        .set_config(&lb_common::Config {
+            nodeport_min: 30000,
+            nodeport_max: 32767,
+            snat_port_min: 61000,
+            snat_port_max: 65535,
+            snat_v4: u32::from_ne_bytes(NODE.octets()),
+            flags: 0,
+            snat_v6: [0; 4],
+        })
+        .unwrap();
+    dp.xdp_ifindex = ifindex;
+    dp
+}
+
+/// XDP test runs on `wire0` need its receive queue registered, which a
+/// veth does once an XDP program is attached: the pass program is.
+fn register_xdp_rxq(dp: &mut Datapath) {
+    let prog: &mut Xdp = dp
+        .ebpf
+        .program_mut(PROG_XDP_PASS)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    prog.load().unwrap();
+    prog.attach("wire0", XdpMode::default()).unwrap();
+}
+
+fn macs(f: &[u8]) -> ([u8; 6], [u8; 6]) {
+    (f[0..6].try_into().unwrap(), f[6..12].try_into().unwrap())
+}
+
+fn ttl(f: &[u8]) -> u8 {
+    f[packet::ETH + 8]
+}
+
+/// Where the translated packet went, in both hooks' terms.
+fn sent(hook: Hook) -> Verdict {
+    match hook {
+        Hook::Tc => Verdict::Redirect,
+        Hook::Xdp => Verdict::Tx,
+    }
+}
+
+#[test]
+fn nodeport_to_another_node_is_snated_and_replies_are_translated_back() {
+    for (hook, tag) in [(Hook::Tc, "tc"), (Hook::Xdp, "xdp")] {
+        let (_ns, wire) = enter_node(tag);
+        let mut dp = node_datapath(&format!("np-snat-{tag}"), wire);
+        if hook == Hook::Xdp {
+            register_xdp_rxq(&mut dp);
+        }
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let sport = 40000 + proto as u16;
+            let request = |flags: u8| match proto {
+                Proto::Udp => Frame::udp((CLIENT, sport), (NODE, 30080), b"whoami").build(),
+                _ => Frame::tcp((CLIENT, sport), (NODE, 30080), flags).build(),
+            };
+            let (v, out) = dp.run_on(hook, &request(TCP_SYN));
+            assert_eq!(v, sent(hook), "{hook:?} {proto}: first packet");
+            let (src, dst) = (packet::src(&out), packet::dst(&out));
+            assert_eq!(dst, (REMOTE_POD, 9376), "{hook:?} {proto}: DNAT");
+            assert_eq!(src.0, NODE, "{hook:?} {proto}: SNAT to the node");
+            assert!((61000..=65535).contains(&src.1), "SNAT port {}", src.1);
+            assert!(packet::checksums_valid(&out), "{hook:?} {proto}: checksums");
+            assert_eq!(macs(&out), (NODE_A_MAC, WIRE_MAC), "next hop node-a");
+            assert_eq!(ttl(&out), 63);
+            // The flow keeps its translation.
+            let (v, again) = dp.run_on(hook, &request(TCP_ACK));
+            assert_eq!(v, sent(hook));
+            assert_eq!((packet::src(&again), packet::dst(&again)), (src, dst));
+            assert!(packet::checksums_valid(&again));
+            // The pod's reply goes back to the client from the NodePort.
+            let reply = match proto {
+                Proto::Udp => Frame::udp((REMOTE_POD, 9376), src, b"pod-1-0").build(),
+                _ => Frame::tcp((REMOTE_POD, 9376), src, TCP_SYN | TCP_ACK).build(),
+            };
+            let (v, back) = dp.run_on(hook, &reply);
+            assert_eq!(v, sent(hook), "{hook:?} {proto}: reply");
+            assert_eq!(packet::src(&back), (NODE, 30080));
+            assert_eq!(packet::dst(&back), (CLIENT, sport));
+            assert!(
+                packet::checksums_valid(&back),
+                "{hook:?} {proto}: reply checksums"
+            );
+            assert_eq!(macs(&back), (CLIENT_MAC, WIRE_MAC));
+        }
+    }
+}
+
+#[test]
+fn nodeport_to_a_local_pod_keeps_the_client_and_xdp_leaves_it_to_tc() {
+    let (_ns, wire) = enter_node("local");
+    let mut dp = node_datapath("np-local", wire);
+    register_xdp_rxq(&mut dp);
+    let syn = Frame::tcp((CLIENT, 41000), (NODE, 30081), TCP_SYN).build();
+    // XDP: the next hop is another interface: untouched, for tc.
+    let (v, out) = dp.run_on(Hook::Xdp, &syn);
+    assert_eq!(v, Verdict::Pass);
+    assert_eq!(out, syn);
+    // tc: translated (the entries XDP made) and redirected to the pod.
+    let (v, out) = dp.run_on(Hook::Tc, &syn);
+    assert_eq!(v, Verdict::Redirect);
+    assert_eq!(
+        packet::src(&out),
+        (CLIENT, 41000),
+        "the client address is kept"
+    );
+    assert_eq!(packet::dst(&out), (LOCAL_POD, 9376));
+    assert_eq!(macs(&out).0, POD_MAC);
+    assert!(packet::checksums_valid(&out));
+    // Not a node address: not a NodePort.
+    let other = Frame::tcp(
+        (CLIENT, 41001),
+        (Ipv4Addr::new(192, 168, 50, 9), 30081),
+        TCP_SYN,
+    )
+    .build();
+    for hook in [Hook::Tc, Hook::Xdp] {
+        let (v, out) = dp.run_on(hook, &other);
+        assert_eq!((v, out), (Verdict::Pass, other.clone()), "{hook:?}");
+    }
+}
+
+#[test]
+fn local_policy_without_endpoints_and_source_ranges_drop() {
+    let (_ns, wire) = enter_node("drops");
+    let mut dp = node_datapath("np-drops", wire);
+    register_xdp_rxq(&mut dp);
+    for hook in [Hook::Tc, Hook::Xdp] {
+        let syn = Frame::tcp((CLIENT, 42000), (NODE, 30082), TCP_SYN).build();
+        assert_eq!(
+            dp.run_on(hook, &syn).0,
+            Verdict::Drop,
+            "{hook:?}: ETP Local, no endpoint"
+        );
+        let outsider = Frame::tcp((OUTSIDER, 42001), (LB_IP, 80), TCP_SYN).build();
+        assert_eq!(
+            dp.run_on(hook, &outsider).0,
+            Verdict::Drop,
+            "{hook:?}: outside the ranges"
+        );
+    }
+    // Inside the ranges: to the local pod (tc; XDP leaves it to tc).
+    let inside = Frame::tcp((CLIENT, 42002), (LB_IP, 80), TCP_SYN).build();
+    let (v, out) = dp.run_on(Hook::Tc, &inside);
+    assert_eq!(v, Verdict::Redirect);
+    assert_eq!(packet::dst(&out), (LOCAL_POD, 9376));
+    let stats = dp.stats();
+    assert_eq!(stats["drop_no_local_backend"], 2);
+    assert_eq!(stats["drop_source_range"], 2);
+}
