@@ -282,6 +282,8 @@ fn a_million_mutated_packets_keep_the_invariants() {
                     ctx()
                 );
             }
+            // Only external frontends (none here) are sent back out.
+            Verdict::Tx => panic!("XDP_TX without an external frontend: {}", ctx()),
             Verdict::Other(v) => panic!("verdict {v}: {}", ctx()),
         }
     }
