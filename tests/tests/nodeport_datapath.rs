@@ -14,14 +14,13 @@ use std::net::Ipv4Addr;
 
 use aya::programs::{Xdp, XdpMode};
 use common::datapath::{Datapath, Hook, Verdict};
-use ferrolb_tests::netns::{NetNs, sh};
+use ferrolb_tests::netns::NetNs;
 use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_SYN};
 use lb_agent::datapath::PROG_XDP_PASS;
 use lb_agent::model::{BackendAddr, FrontendKey, FrontendKind, FrontendState, Proto};
 use lb_common::{SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_SOURCE_RANGES};
 
 const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
-const NODE_A: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);
 const OUTSIDER: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 101);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
