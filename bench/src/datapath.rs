@@ -37,17 +37,30 @@ use crate::{Opts, synth};
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 100);
 /// New flows in the warm loop come from here up (the harness adds its
 /// run count); the cold ones from 10.250.0.0 up.
-const WARM_CLIENTS: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
+pub(crate) const WARM_CLIENTS: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
 
 /// A program BPF_PROG_TEST_RUN can run on a frame (tc or XDP).
-trait Runnable: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult> {}
+pub(crate) trait Runnable:
+    for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>
+{
+}
 impl<T: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>> Runnable for T {}
 
 fn run_once(prog: &impl Runnable, frame: &[u8]) -> Result<(u32, f64, Vec<u8>)> {
+    run_once_on(prog, frame, None)
+}
+
+/// Like `run_once`, with a context (XDP: the receiving interface).
+pub(crate) fn run_once_on(
+    prog: &impl Runnable,
+    frame: &[u8],
+    ctx: Option<&[u8]>,
+) -> Result<(u32, f64, Vec<u8>)> {
     let mut out = vec![0u8; 256];
     let r = prog.test_run(TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
+        ctx_in: ctx,
         ..Default::default()
     })?;
     out.truncate(r.data_size_out as usize);
@@ -70,22 +83,24 @@ fn central_ns(
 }
 
 /// The harness of one hook and its maps.
-struct Harness<'a, P> {
-    prog: &'a P,
-    frame: &'a mut Array<MapData, BenchFrame>,
-    next: &'a mut ProgramArray<MapData>,
+pub(crate) struct Harness<'a, P> {
+    pub prog: &'a P,
+    pub frame: &'a mut Array<MapData, BenchFrame>,
+    pub next: &'a mut ProgramArray<MapData>,
     /// Runs per loop, and loops per figure.
-    repeat: u32,
-    loops: usize,
+    pub repeat: u32,
+    pub loops: usize,
     /// The verdict of a forwarded packet: anything else means the harness
     /// or the program did not run the path measured.
-    forward: u32,
+    pub forward: u32,
+    /// The context of each run (XDP: the receiving interface), if any.
+    pub ctx: Option<Vec<u8>>,
 }
 
 impl<P: Runnable> Harness<'_, P> {
     /// ns per packet of `target` on `frame` in the kernel's loop (the
     /// median of `loops` loops), each run a new flow when `fresh`.
-    fn warm_ns(&mut self, target: &ProgramFd, frame: &[u8], fresh: bool) -> Result<f64> {
+    pub fn warm_ns(&mut self, target: &ProgramFd, frame: &[u8], fresh: bool) -> Result<f64> {
         let mut bytes = [0u8; BENCH_FRAME_LEN];
         bytes.copy_from_slice(&frame[..BENCH_FRAME_LEN]);
         self.next.set(0, target, 0)?;
@@ -103,6 +118,7 @@ impl<P: Runnable> Harness<'_, P> {
             let r = self.prog.test_run(TestRunOptions {
                 data_in: Some(frame),
                 repeat: self.repeat,
+                ctx_in: self.ctx.as_deref(),
                 ..Default::default()
             })?;
             anyhow::ensure!(
@@ -126,7 +142,7 @@ const CASES: [&str; 4] = [
 
 /// The hooks measured: (name, program, its pass-only baseline, harness,
 /// the harness's program array).
-const HOOKS: [(&str, &str, &str, &str, &str); 2] = [
+pub(crate) const HOOKS: [(&str, &str, &str, &str, &str); 2] = [
     (
         "tc",
         PROG_TC_INGRESS,
@@ -247,6 +263,7 @@ fn measure_hook<P: Runnable>(
         repeat: plan.repeat,
         loops: plan.loops,
         forward,
+        ctx: None,
     };
     let mut got = CaseSamples::default();
     for _ in 0..plan.reps {
@@ -262,7 +279,7 @@ fn measure_hook<P: Runnable>(
     Ok(got)
 }
 
-fn program<'a>(ebpf: &'a aya::Ebpf, name: &str) -> Result<&'a Program> {
+pub(crate) fn program<'a>(ebpf: &'a aya::Ebpf, name: &str) -> Result<&'a Program> {
     ebpf.program(name)
         .with_context(|| format!("program {name} missing"))
 }
@@ -325,10 +342,10 @@ const COLUMNS: [&str; 7] = [
 /// Keeps the calling thread on one CPU until dropped: the conntrack LRU
 /// keeps free entries per CPU, and a run that migrates midway would
 /// measure another CPU's lists.
-struct Pinned(libc::cpu_set_t);
+pub(crate) struct Pinned(libc::cpu_set_t);
 
 impl Pinned {
-    fn to_current_cpu() -> Result<Self> {
+    pub fn to_current_cpu() -> Result<Self> {
         // SAFETY: plain syscalls on this thread's own affinity mask.
         unsafe {
             let mut old: libc::cpu_set_t = std::mem::zeroed();
@@ -365,17 +382,17 @@ impl Drop for Pinned {
 
 /// The datapath as the bench drives it: our programs with their
 /// baselines and harnesses loaded, and the maps the bench writes.
-struct Loaded {
-    ebpf: aya::Ebpf,
-    frame: Array<MapData, BenchFrame>,
+pub(crate) struct Loaded {
+    pub ebpf: aya::Ebpf,
+    pub frame: Array<MapData, BenchFrame>,
     /// Per hook (as `HOOKS`), the program array its harness tail-calls.
-    next: Vec<ProgramArray<MapData>>,
-    maps: ServiceMaps,
-    conntrack: Conntrack,
+    pub next: Vec<ProgramArray<MapData>>,
+    pub maps: ServiceMaps,
+    pub conntrack: Conntrack,
 }
 
 impl Loaded {
-    fn new(opts: &loader::LoadOptions) -> Result<Self> {
+    pub fn new(opts: &loader::LoadOptions) -> Result<Self> {
         let mut ebpf = loader::load(opts)?;
         attach::load_programs(&mut ebpf, false)?;
         for name in [PROG_TC_PASS, PROG_XDP_PASS, PROG_BENCH_TC, PROG_BENCH_XDP] {
@@ -420,6 +437,7 @@ impl Loaded {
             repeat: flows,
             loops: 1,
             forward: XDP_PASS,
+            ctx: None,
         };
         let syn = Frame::tcp((WARM_CLIENTS, 40000), (vip, synth::SERVICE_PORT), TCP_SYN).build();
         harness.warm_ns(prog.fd()?, &syn, true)?;
@@ -498,6 +516,7 @@ fn new_flow_by_table_size(o: &Opts) -> Result<Vec<Vec<String>>> {
                         repeat,
                         loops,
                         forward: TC_ACT_OK,
+                        ctx: None,
                     };
                     new_flow_added(&mut h, fds, &mut l.conntrack, &syn, reps)?
                 }
@@ -509,6 +528,7 @@ fn new_flow_by_table_size(o: &Opts) -> Result<Vec<Vec<String>>> {
                         repeat,
                         loops,
                         forward: XDP_PASS,
+                        ctx: None,
                     };
                     new_flow_added(&mut h, fds, &mut l.conntrack, &syn, reps)?
                 }
@@ -723,5 +743,5 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
 }
 
 /// The verdicts of a forwarded packet as the test run reports them.
-const TC_ACT_OK: u32 = 0;
-const XDP_PASS: u32 = 2;
+pub(crate) const TC_ACT_OK: u32 = 0;
+pub(crate) const XDP_PASS: u32 = 2;

@@ -2,6 +2,7 @@
 //! kube-proxy-shaped baselines in one run, and writes BENCHMARKS.md.
 mod control;
 mod datapath;
+mod northsouth;
 mod plot;
 mod report;
 mod stats;
@@ -28,7 +29,7 @@ pub struct Opts {
     /// The pod server binary.
     #[arg(long)]
     pub podserver: PathBuf,
-    /// Run only these sections (datapath, control, traffic).
+    /// Run only these sections (datapath, northsouth, traffic, control).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -40,7 +41,7 @@ impl Opts {
 }
 
 /// The sections `--only` takes, in the order they run.
-const SECTIONS: [&str; 3] = ["datapath", "traffic", "control"];
+const SECTIONS: [&str; 4] = ["datapath", "northsouth", "traffic", "control"];
 
 /// Bad flags are named before anything is set up.
 fn check(o: &Opts) -> Result<()> {
@@ -76,6 +77,10 @@ fn main() -> Result<()> {
     if o.wants("datapath") {
         eprintln!("==> 1. per-packet datapath cost");
         datapath::run(&o, &mut r)?;
+    }
+    if o.wants("northsouth") {
+        eprintln!("==> 1e. north-south per-packet cost");
+        northsouth::run(&o, &mut r)?;
     }
     if o.wants("traffic") {
         eprintln!("==> 2. end-to-end traffic");

@@ -67,7 +67,7 @@ enum Command {
         snat_port_range: (u16, u16),
         /// The address external flows to other nodes' backends are SNATed
         /// to. Default: the first address of the default route's interface.
-        #[arg(long)]
+        #[arg(long, env = "FERROLB_NODE_IP")]
         node_ip: Option<std::net::Ipv4Addr>,
         /// Least time between two syncs in milliseconds: changes arriving
         /// closer together are programmed in one pass (kube-proxy's

@@ -14,63 +14,23 @@ use std::net::Ipv4Addr;
 
 use aya::programs::{Xdp, XdpMode};
 use common::datapath::{Datapath, Hook, Verdict};
+use ferrolb_tests::fabric::static_node::{
+    self, CLIENT, CLIENT_MAC, LOCAL_POD, NODE, OUTSIDER, PEER_NODE_MAC as NODE_A_MAC, POD_MAC,
+    REMOTE_POD, WIRE_MAC,
+};
 use ferrolb_tests::netns::NetNs;
 use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_SYN};
 use lb_agent::datapath::PROG_XDP_PASS;
 use lb_agent::model::{BackendAddr, FrontendKey, FrontendKind, FrontendState, Proto};
 use lb_common::{SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_SOURCE_RANGES};
 
-const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);
-const OUTSIDER: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 101);
-const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
-const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 30);
-const WIRE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const NODE_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x64];
-const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
 
 /// The namespace the test's thread lives in; `wire0`'s ifindex.
 fn enter_node(tag: &str) -> (NetNs, u32) {
-    let ns = NetNs::new(&format!("flbdp{}-{tag}", std::process::id() % 100_000)).unwrap();
+    let (ns, ifindex) =
+        static_node::create(&format!("flbdp{}-{tag}", std::process::id() % 100_000)).unwrap();
     ns.enter().unwrap();
-    let ip = |args: &[&str]| ns.ip(args).unwrap();
-    ip(&[
-        "link", "add", "wire0", "type", "veth", "peer", "name", "wire1",
-    ]);
-    ip(&[
-        "link", "add", "pod0", "type", "veth", "peer", "name", "pod1",
-    ]);
-    ip(&["link", "set", "wire0", "address", "02:00:00:00:00:02"]);
-    for l in ["wire0", "wire1", "pod0", "pod1"] {
-        ip(&["link", "set", l, "up"]);
-    }
-    ip(&["addr", "add", "192.168.50.2/24", "dev", "wire0"]);
-    ip(&["addr", "add", "10.244.2.1/32", "dev", "pod0"]);
-    ip(&["route", "add", "10.244.1.0/24", "via", "192.168.50.1"]);
-    ip(&["route", "add", "10.244.2.5/32", "dev", "pod0"]);
-    for (addr, mac, dev) in [
-        ("192.168.50.1", "02:00:00:00:00:0a", "wire0"),
-        ("192.168.50.100", "02:00:00:00:00:64", "wire0"),
-        ("192.168.50.101", "02:00:00:00:00:65", "wire0"),
-        ("10.244.2.5", "02:00:00:00:00:05", "pod0"),
-    ] {
-        ip(&[
-            "neigh",
-            "add",
-            addr,
-            "lladdr",
-            mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
-    }
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
-    let line = ns.ip(&["-o", "link", "show", "wire0"]).unwrap();
-    let ifindex = line.split(':').next().unwrap().trim().parse().unwrap();
     (ns, ifindex)
 }
 
