@@ -233,15 +233,32 @@ pub struct SvcInfo {
     pub name: [u8; SVC_NAME_LEN],
 }
 
-/// The other end's translation of a SNATed flow ([`CT_FLAG_SNAT`]).
+/// The other end's translation of a SNATed flow ([`CT_FLAG_SNAT`]), and
+/// the next hop its packets in this direction take, as the FIB last said
+/// (so that established packets skip the FIB lookup).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct NatValue {
     /// Network order.
     pub addr: u32,
     pub port: u16,
-    pub _pad: u16,
+    /// Cached next hop: the egress MTU (0: unknown) ...
+    pub hop_mtu: u16,
+    /// ... egress interface (0: none cached yet) ...
+    pub hop_ifindex: u32,
+    /// ... destination then source MAC ...
+    pub hop_macs: [u8; 12],
+    /// ... and when the FIB gave it, in [`HOP_CLOCK_SHIFT`] units of
+    /// monotonic ns: older than [`HOP_CACHE_TICKS`], it is asked again.
+    pub hop_checked: u32,
+    pub _pad1: u32,
 }
+
+/// A cached next hop is trusted for this many ticks of 2^20 ns (about a
+/// second): a neighbour's new MAC or a route change reaches established
+/// flows within that.
+pub const HOP_CLOCK_SHIFT: u32 = 20;
+pub const HOP_CACHE_TICKS: u32 = 1000;
 
 /// An address of either family: IPv4 as v4-mapped IPv6 (`::ffff:a.b.c.d`),
 /// so one key serves both and v6 needs no new layout.
@@ -329,7 +346,7 @@ const _: () = {
     assert!(core::mem::size_of::<SockKey>() == 16);
     assert!(core::mem::size_of::<SockValue>() == 8);
     assert!(core::mem::size_of::<SvcInfo>() == SVC_NAME_LEN);
-    assert!(core::mem::size_of::<NatValue>() == 8);
+    assert!(core::mem::size_of::<NatValue>() == 32);
     assert!(core::mem::size_of::<NodeAddrKey>() == 16);
     assert!(core::mem::size_of::<SourceRangeKey>() == 36);
     assert!(core::mem::size_of::<Config>() == 32);

@@ -18,6 +18,8 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::nat::Tuple;
 use crate::parse::{Frame, L3_OFF, ptr_at};
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use lb_common::{HOP_CACHE_TICKS, HOP_CLOCK_SHIFT, NatValue};
 
 const AF_INET: u8 = 2;
 
@@ -28,6 +30,8 @@ pub enum NextHop {
         ifindex: u32,
         macs: [u8; 12],
         ttl: u8,
+        /// The egress MTU, when the FIB said (0: not known).
+        mtu: u16,
     },
     /// Out of `ifindex`; the neighbour is not resolved yet.
     Unresolved { ifindex: u32, ttl: u8 },
@@ -93,6 +97,7 @@ pub fn lookup<C: Fib>(ctx: &C, t: &Tuple) -> NextHop {
             ifindex: fib.ifindex,
             macs,
             ttl,
+            mtu: unsafe { fib.__bindgen_anon_1.mtu_result },
         }
     } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         NextHop::Unresolved {
@@ -102,4 +107,39 @@ pub fn lookup<C: Fib>(ctx: &C, t: &Tuple) -> NextHop {
     } else {
         NextHop::Stack
     }
+}
+
+/// The next hop from a flow's cache while it is fresh, else from the FIB
+/// (and then cached): an established flow's packets skip the FIB lookup,
+/// the costliest step of their path. A packet longer than the cached
+/// egress MTU (a GSO packet at tc, say) asks the FIB, which checks it.
+#[inline(always)]
+pub fn lookup_cached<C: Fib>(ctx: &C, t: &Tuple, cache: *mut NatValue) -> NextHop {
+    let now = (unsafe { bpf_ktime_get_coarse_ns() } >> HOP_CLOCK_SHIFT) as u32;
+    let c = unsafe { &mut *cache };
+    if c.hop_ifindex != 0 && now.wrapping_sub(c.hop_checked) < HOP_CACHE_TICKS {
+        let Ok(ip) = ptr_at::<Ipv4Hdr, _>(ctx, L3_OFF) else {
+            return NextHop::Stack;
+        };
+        let (ttl, len) = unsafe { ((*ip).ttl, u16::from_be_bytes((*ip).tot_len)) };
+        if ttl > 1 && (c.hop_mtu == 0 || len <= c.hop_mtu) {
+            return NextHop::Found {
+                ifindex: c.hop_ifindex,
+                macs: c.hop_macs,
+                ttl,
+                mtu: c.hop_mtu,
+            };
+        }
+    }
+    let hop = lookup(ctx, t);
+    if let NextHop::Found {
+        ifindex, macs, mtu, ..
+    } = hop
+    {
+        c.hop_ifindex = ifindex;
+        c.hop_macs = macs;
+        c.hop_mtu = mtu;
+        c.hop_checked = now;
+    }
+    hop
 }

@@ -3,8 +3,8 @@
 //! entry (and SNAT, for external flows to other nodes) -> NAT. The hook
 //! decides only how to act on the outcome.
 use lb_common::{
-    BACKEND_FLAG_LOCAL, Backend, CT_FLAG_EXTERNAL, CT_FLAG_SNAT, CtValue, SVC_FLAG_EXTERNAL,
-    SVC_FLAG_LOCAL_ONLY, Stat,
+    BACKEND_FLAG_LOCAL, Backend, CT_FLAG_EXTERNAL, CT_FLAG_SNAT, CtValue, NatValue,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, Stat,
 };
 
 use crate::{
@@ -79,14 +79,15 @@ pub fn handle<C: Hook>(ctx: &C, p: &Packet) -> Outcome {
     new_flow(ctx, p, &fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
 }
 
-/// The translation a SNATed flow's entry points to.
+/// The translation a SNATed flow's entry points to (in the map: its
+/// next-hop cache is kept there).
 #[inline(always)]
-fn snat_of(p: &Packet, ct: &CtValue) -> Result<Option<(u32, u16)>, Outcome> {
+fn snat_of(p: &Packet, ct: &CtValue) -> Result<Option<*mut NatValue>, Outcome> {
     if ct.flags & CT_FLAG_SNAT == 0 {
         return Ok(None);
     }
     match snat::lookup(&conntrack::key_of(p)) {
-        Some(n) => Ok(Some((n.addr, n.port))),
+        Some(n) => Ok(Some(n)),
         // Evicted apart from its conntrack entry: nothing to answer with.
         None => Err(Outcome::Drop(Stat::DropSnat)),
     }
@@ -97,23 +98,29 @@ fn snat_of(p: &Packet, ct: &CtValue) -> Result<Option<(u32, u16)>, Outcome> {
 #[inline(always)]
 fn reverse<C: Hook>(ctx: &C, p: &Packet, ct: &CtValue) -> Outcome {
     let mut t = Tuple::of(p).src(ct.addr, ct.port);
-    match snat_of(p, ct) {
-        Ok(Some((addr, port))) => t = t.dst(addr, port),
-        Ok(None) => {}
+    let nat = match snat_of(p, ct) {
+        Ok(n) => n,
         Err(o) => return o,
+    };
+    if let Some(n) = nat {
+        let (addr, port) = unsafe { ((*n).addr, (*n).port) };
+        t = t.dst(addr, port);
     }
-    rewritten(ctx, p, &t, Stat::RevNat, ct.flags)
+    translated(ctx, p, &t, Stat::RevNat, ct.flags, nat)
 }
 
 #[inline(always)]
 fn established<C: Hook>(ctx: &C, p: &Packet, ct: &CtValue) -> Outcome {
     let mut t = Tuple::of(p).dst(ct.addr, ct.port);
-    match snat_of(p, ct) {
-        Ok(Some((addr, port))) => t = t.src(addr, port),
-        Ok(None) => {}
+    let nat = match snat_of(p, ct) {
+        Ok(n) => n,
         Err(o) => return o,
+    };
+    if let Some(n) = nat {
+        let (addr, port) = unsafe { ((*n).addr, (*n).port) };
+        t = t.src(addr, port);
     }
-    rewritten(ctx, p, &t, Stat::DnatEstablished, ct.flags)
+    translated(ctx, p, &t, Stat::DnatEstablished, ct.flags, nat)
 }
 
 #[inline(always)]
@@ -201,8 +208,26 @@ fn open<C: Hook>(
 
 #[inline(always)]
 fn rewritten<C: Hook>(ctx: &C, p: &Packet, t: &Tuple, stat: Stat, ct_flags: u16) -> Outcome {
+    translated(ctx, p, t, stat, ct_flags, None)
+}
+
+/// A tracked flow's packet rewritten to `t`; external ones are routed,
+/// through the next hop cached in `nat` when the flow has one.
+#[inline(always)]
+fn translated<C: Hook>(
+    ctx: &C,
+    p: &Packet,
+    t: &Tuple,
+    stat: Stat,
+    ct_flags: u16,
+    nat: Option<*mut NatValue>,
+) -> Outcome {
     if ct_flags & CT_FLAG_EXTERNAL != 0 {
-        return routed(ctx, p, t, stat);
+        let hop = match nat {
+            Some(n) => fib::lookup_cached(ctx, t, n),
+            None => fib::lookup(ctx, t),
+        };
+        return routed(ctx, p, t, stat, hop);
     }
     match ctx.rewrite(p, t) {
         Ok(()) => Outcome::Forward(stat),
@@ -212,9 +237,11 @@ fn rewritten<C: Hook>(ctx: &C, p: &Packet, t: &Tuple, stat: Stat, ct_flags: u16)
 
 /// An external flow's packet: rewritten and sent to its next hop.
 #[inline(always)]
-fn routed<C: Hook>(ctx: &C, p: &Packet, t: &Tuple, stat: Stat) -> Outcome {
-    let (ifindex, macs, ttl) = match fib::lookup(ctx, t) {
-        NextHop::Found { ifindex, macs, ttl } => (ifindex, Some(macs), ttl),
+fn routed<C: Hook>(ctx: &C, p: &Packet, t: &Tuple, stat: Stat, hop: NextHop) -> Outcome {
+    let (ifindex, macs, ttl) = match hop {
+        NextHop::Found {
+            ifindex, macs, ttl, ..
+        } => (ifindex, Some(macs), ttl),
         NextHop::Unresolved { ifindex, ttl } if !C::SAME_INTERFACE_ONLY => (ifindex, None, ttl),
         NextHop::Stack if !C::SAME_INTERFACE_ONLY => {
             return match ctx.rewrite(p, t) {

@@ -64,10 +64,11 @@ pub fn record(
         .map_err(|_| ())
 }
 
-/// The translation kept for a SNATed flow's conntrack key.
+/// The translation kept for a SNATed flow's conntrack key, in the map:
+/// its next-hop cache is refreshed in place.
 #[inline(always)]
-pub fn lookup(key: &CtKey) -> Option<NatValue> {
-    unsafe { SNAT.get(key) }.copied()
+pub fn lookup(key: &CtKey) -> Option<*mut NatValue> {
+    SNAT.get_ptr_mut(key)
 }
 
 #[inline(always)]
@@ -75,6 +76,10 @@ fn nat(addr: u32, port: u16) -> NatValue {
     NatValue {
         addr,
         port,
-        _pad: 0,
+        hop_mtu: 0,
+        hop_ifindex: 0,
+        hop_macs: [0; 12],
+        hop_checked: 0,
+        _pad1: 0,
     }
 }

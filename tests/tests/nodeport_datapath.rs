@@ -268,3 +268,53 @@ fn local_policy_without_endpoints_and_source_ranges_drop() {
     assert_eq!(stats["drop_no_local_backend"], 2);
     assert_eq!(stats["drop_source_range"], 2);
 }
+
+/// Established flows take their next hop from a cache in their SNAT
+/// entry, trusted about a second: a neighbour's new MAC reaches them
+/// within that, without a FIB lookup per packet meanwhile.
+#[test]
+fn a_changed_next_hop_reaches_established_flows_within_a_second() {
+    for (hook, tag) in [(Hook::Tc, "tc"), (Hook::Xdp, "xdp")] {
+        let (ns, wire) = enter_node(&format!("hop{tag}"));
+        let mut dp = node_datapath(&format!("np-hop-{tag}"), wire);
+        if hook == Hook::Xdp {
+            register_xdp_rxq(&mut dp);
+        }
+        let syn = Frame::tcp((CLIENT, 43000), (NODE, 30080), TCP_SYN).build();
+        let ack = Frame::tcp((CLIENT, 43000), (NODE, 30080), TCP_ACK).build();
+        assert_eq!(dp.run_on(hook, &syn).0, sent(hook));
+        let (_, out) = dp.run_on(hook, &ack);
+        assert_eq!(macs(&out).0, NODE_A_MAC);
+        let moved = [0x02, 0, 0, 0, 0, 0x0b];
+        ns.ip(&[
+            "neigh",
+            "replace",
+            "192.168.50.1",
+            "lladdr",
+            "02:00:00:00:00:0b",
+            "dev",
+            "wire0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+        let start = std::time::Instant::now();
+        loop {
+            let (v, out) = dp.run_on(hook, &ack);
+            assert_eq!(v, sent(hook));
+            if macs(&out).0 == moved {
+                break;
+            }
+            assert_eq!(macs(&out).0, NODE_A_MAC, "{hook:?}: the cached next hop");
+            assert!(
+                start.elapsed() < std::time::Duration::from_millis(1500),
+                "{hook:?}: the new MAC was not used within 1.5 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            start.elapsed() > std::time::Duration::from_millis(100),
+            "{hook:?}: the next hop was looked up again at once (no cache)"
+        );
+    }
+}
