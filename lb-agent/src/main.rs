@@ -89,11 +89,12 @@ enum Command {
         /// Interfaces (glob patterns) never attached to.
         #[arg(long, value_delimiter = ',', default_value = "lo")]
         exclude_interfaces: Vec<String>,
-        /// Wire-facing interfaces (glob patterns) that get the XDP program,
-        /// which translates traffic arriving from outside the node (to
-        /// frontends, and replies from backends on other nodes) before the
-        /// stack sees it. Default: none.
-        #[arg(long, value_delimiter = ',')]
+        /// The node's external devices (glob patterns; `auto`: the default
+        /// route's interface) that get the XDP program, which translates
+        /// traffic arriving from outside the node (to frontends, and
+        /// replies from backends on other nodes) before the stack sees it.
+        /// Default: none.
+        #[arg(long, alias = "devices", value_delimiter = ',')]
         xdp_interfaces: Vec<String>,
         /// XDP attach mode: auto (native where the driver has it, generic
         /// otherwise), native, or generic.

@@ -126,19 +126,30 @@ fn topology() -> Topology {
     topology_with(false)
 }
 
-/// With `xdp`, both nodes run the XDP program on their uplink too. Frames
-/// on the fabric then carry complete checksums, as from a NIC (XDP's own
-/// checksum updates are what the receivers verify).
+/// With `xdp`, both nodes run the XDP program on their uplink too, found
+/// as the default route's interface (`--devices auto`), whose address is
+/// also the SNAT address (no `--node-ip`). Frames on the fabric then
+/// carry complete checksums, as from a NIC (XDP's own checksum updates
+/// are what the receivers verify).
 fn topology_with(xdp: bool) -> Topology {
     let mut a = node(1, 2, "node-a", NODE_A);
     let mut b = node(2, 1, "node-b", NODE_B);
     if xdp {
         for c in [&mut a, &mut b] {
+            let name = c.agent_args[1].clone();
             // Generic XDP: native XDP on a veth runs only for frames the
             // peer hands it through NAPI, and frames bridged from another
             // node bypass it; a NIC driver runs it on every frame.
-            c.agent_args
-                .extend(["--xdp-interfaces", "uplink0", "--xdp-mode", "generic"].map(String::from));
+            c.agent_args = [
+                "--node-name",
+                &name,
+                "--devices",
+                "auto",
+                "--xdp-mode",
+                "generic",
+            ]
+            .map(String::from)
+            .to_vec();
         }
     }
     let fabric = Fabric::new(&format!("{}-net", a.id)).expect("fabric");
@@ -151,6 +162,15 @@ fn topology_with(xdp: bool) -> Topology {
     b.node
         .ip(&["route", "add", "10.244.1.0/24", "via", &NODE_A.to_string()])
         .unwrap();
+    if xdp {
+        // A default route on the fabric (to the first client; no traffic
+        // takes it) makes uplink0 the devices `auto` finds.
+        for c in [&a, &b] {
+            c.node
+                .ip(&["route", "add", "default", "via", &CLIENT.to_string()])
+                .unwrap();
+        }
+    }
     let mut clients = Vec::new();
     for (i, ip) in [CLIENT, OUTSIDER].into_iter().enumerate() {
         let ns = NetNs::new(&format!("{}-c{i}", a.id)).expect("client namespace");
@@ -278,9 +298,18 @@ fn nodeport_with_cluster_policy_reaches_every_pod_and_snats_across_nodes() {
 #[test]
 fn xdp_sends_external_flows_back_out_of_the_uplink() {
     let t = topology_with(true);
-    for c in [&t.a, &t.b] {
+    for (c, ip) in [(&t.a, NODE_A), (&t.b, NODE_B)] {
         let log = c.agent_log_text();
-        assert!(log.contains("xdp attached"), "XDP on the uplink:\n{log}");
+        assert!(
+            log.contains("xdp attached interface=uplink0"),
+            "XDP on the default route's interface:\n{log}"
+        );
+        assert!(
+            log.contains(&format!(
+                "SNAT address for external traffic to other nodes address={ip}"
+            )),
+            "SNAT address from the default route's interface:\n{log}"
+        );
     }
     nodeport_cluster_policy(&t);
     for c in [&t.a, &t.b] {

@@ -228,13 +228,17 @@ impl Attachments {
     /// no longer selected are unpinned.
     pub fn sync(&mut self, ebpf: &mut Ebpf) {
         let all = ifaces::list();
+        let default_route = crate::node_addrs::default_route_interface();
         let pin_dir = &self.pin_dir;
         let xdp_mode = self.xdp_mode;
         let mut present: Vec<BTreeMap<u32, String>> = Vec::new();
         for g in &mut self.groups {
             let here: BTreeMap<u32, String> = all
                 .iter()
-                .filter(|i| g.selector.matches(&i.name))
+                .filter(|i| {
+                    g.selector
+                        .matches_with_default(&i.name, default_route.as_deref())
+                })
                 .map(|i| (i.index, i.name.clone()))
                 .collect();
             g.attached.retain(|idx, _| here.contains_key(idx));
