@@ -2,6 +2,7 @@
 //! kube-proxy-shaped baselines in one run, and writes BENCHMARKS.md.
 mod control;
 mod datapath;
+mod nodeport_traffic;
 mod northsouth;
 mod plot;
 mod report;
@@ -85,6 +86,8 @@ fn main() -> Result<()> {
     if o.wants("traffic") {
         eprintln!("==> 2. end-to-end traffic");
         traffic::run(&o, &mut r)?;
+        eprintln!("==> 2b. north-south traffic");
+        nodeport_traffic::run(&o, &mut r)?;
     }
     if o.wants("control") {
         eprintln!("==> 3. control plane");

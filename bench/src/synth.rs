@@ -123,9 +123,18 @@ fn tag(kind: &str, i: usize, j: usize) -> String {
 /// random` -> KUBE-SEP-* DNAT. `extra` holds real Services (VIP, port,
 /// backends) placed in the middle of the synthetic ones.
 pub fn iptables_rules(n: usize, extra: &[Svc]) -> String {
+    iptables_rules_with_nodeport(n, extra, None)
+}
+
+/// Like [`iptables_rules`], with `nodeport` leading to the first real
+/// Service as kube-proxy sets up `type: NodePort` with
+/// `externalTrafficPolicy: Cluster`: KUBE-SERVICES -> (destination a
+/// local address) KUBE-NODEPORTS -> KUBE-EXT-* (mark for masquerade) ->
+/// the Service's KUBE-SVC-*; POSTROUTING masquerades marked packets.
+pub fn iptables_rules_with_nodeport(n: usize, extra: &[Svc], nodeport: Option<u16>) -> String {
     let services = with_real(n, extra);
     let mut chains = String::from(
-        "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n",
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n",
     );
     let mut rules = String::from("-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n");
     for (i, (vip, port, eps)) in services.iter().enumerate() {
@@ -154,6 +163,24 @@ pub fn iptables_rules(n: usize, extra: &[Svc]) -> String {
             );
         }
     }
+    if let Some(np) = nodeport {
+        // with_real puts the first real Service in the middle.
+        let svc = tag("KUBE-SVC", n / 2, 0);
+        chains.push_str(
+            ":KUBE-NODEPORTS - [0:0]\n:KUBE-EXT-REAL - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n",
+        );
+        let _ = write!(
+            rules,
+            "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
+             -A KUBE-NODEPORTS -p tcp -m tcp --dport {np} -j KUBE-EXT-REAL\n\
+             -A KUBE-EXT-REAL -j KUBE-MARK-MASQ\n-A KUBE-EXT-REAL -j {svc}\n\
+             -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n\
+             -A POSTROUTING -j KUBE-POSTROUTING\n\
+             -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+             -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
+             -A KUBE-POSTROUTING -j MASQUERADE\n"
+        );
+    }
     format!("{chains}{rules}COMMIT\n")
 }
 
@@ -161,6 +188,15 @@ pub fn iptables_rules(n: usize, extra: &[Svc]) -> String {
 /// map from VIP . protocol . port to a per-service chain, which picks an
 /// endpoint chain with `numgen random mod N vmap`, which DNATs.
 pub fn nft_rules(n: usize, extra: &[Svc]) -> String {
+    nft_rules_with_nodeport(n, extra, None)
+}
+
+/// Like [`nft_rules`], with `nodeport` leading to the first real Service
+/// as kube-proxy's nftables mode sets it up (externalTrafficPolicy
+/// Cluster): a destination of local type goes through the nodeport map
+/// to an external chain that marks for masquerade and goes to the
+/// Service's chain; postrouting masquerades marked packets.
+pub fn nft_rules_with_nodeport(n: usize, extra: &[Svc], nodeport: Option<u16>) -> String {
     let services = with_real(n, extra);
     let mut s = String::from("table ip kube-proxy {\n");
     let mut elems = Vec::new();
@@ -188,10 +224,25 @@ pub fn nft_rules(n: usize, extra: &[Svc]) -> String {
         "  map service-ips {{\n    type ipv4_addr . inet_proto . inet_service : verdict\n    elements = {{ {} }}\n  }}",
         elems.join(",\n      ")
     );
-    s.push_str(
-        "  chain services {\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }\n\
-         chain prerouting {\n    type nat hook prerouting priority -100; policy accept;\n    jump services\n  }\n\
-         chain output {\n    type nat hook output priority -100; policy accept;\n    jump services\n  }\n}\n",
+    let nodeports = match nodeport {
+        Some(np) => {
+            let _ = writeln!(
+                s,
+                "  chain external-real {{\n    meta mark set meta mark | 0x4000\n    goto service-{}\n  }}\n\
+                 \x20 map service-nodeports {{\n    type inet_proto . inet_service : verdict\n    elements = {{ tcp . {np} : goto external-real }}\n  }}\n\
+                 \x20 chain nodeports {{\n    meta l4proto . th dport vmap @service-nodeports\n  }}\n\
+                 \x20 chain postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    meta mark & 0x4000 != 0 masquerade\n  }}",
+                n / 2
+            );
+            "    fib daddr type local jump nodeports\n"
+        }
+        None => "",
+    };
+    let _ = write!(
+        s,
+        "  chain services {{\n    ip daddr . meta l4proto . th dport vmap @service-ips\n{nodeports}  }}\n\
+         \x20 chain prerouting {{\n    type nat hook prerouting priority -100; policy accept;\n    jump services\n  }}\n\
+         \x20 chain output {{\n    type nat hook output priority -100; policy accept;\n    jump services\n  }}\n}}\n",
     );
     s
 }

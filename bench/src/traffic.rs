@@ -75,7 +75,10 @@ fn cpu_jiffies() -> (u64, u64) {
 }
 
 /// Requests on one kept-alive connection for `dur`: (rate, latencies us).
-fn request_response(addr: SocketAddr, dur: Duration) -> std::io::Result<(f64, Vec<f64>)> {
+pub(crate) fn request_response(
+    addr: SocketAddr,
+    dur: Duration,
+) -> std::io::Result<(f64, Vec<f64>)> {
     let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     conn.set_nodelay(true)?;
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -91,7 +94,7 @@ fn request_response(addr: SocketAddr, dur: Duration) -> std::io::Result<(f64, Ve
 }
 
 /// Connect, one request, close, for `dur`: (rate, latencies us).
-fn new_connections(addr: SocketAddr, dur: Duration) -> std::io::Result<(f64, Vec<f64>)> {
+pub(crate) fn new_connections(addr: SocketAddr, dur: Duration) -> std::io::Result<(f64, Vec<f64>)> {
     let mut lat = Vec::new();
     let start = Instant::now();
     while start.elapsed() < dur {

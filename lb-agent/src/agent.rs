@@ -74,6 +74,8 @@ pub struct ExternalOptions {
     pub nodeport_addresses: Vec<model::Cidr>,
     pub node_port_range: (u16, u16),
     pub snat_port_range: (u16, u16),
+    /// How long a closed SNATed flow keeps its port (datapath ticks).
+    pub snat_closed_ticks: u32,
     /// The address SNATed flows leave with (default: the default route's
     /// interface's).
     pub node_ip: Option<Ipv4Addr>,
@@ -92,6 +94,7 @@ impl Default for ExternalOptions {
                 lb_common::DEFAULT_SNAT_PORT_MIN,
                 lb_common::DEFAULT_SNAT_PORT_MAX,
             ),
+            snat_closed_ticks: 0,
             node_ip: None,
         }
     }
@@ -130,7 +133,7 @@ impl ExternalOptions {
             snat_port_min: self.snat_port_range.0,
             snat_port_max: self.snat_port_range.1,
             snat_v4: snat.map_or(0, |a| lb_common::ipv4_to_net(a.octets())),
-            flags: 0,
+            snat_closed_ticks: self.snat_closed_ticks,
             snat_v6: [0; 4],
         };
         if let Err(e) = ext.set_config(&cfg) {

@@ -63,8 +63,12 @@ enum Command {
         /// Source ports of external flows SNATed to another node's backend.
         /// Keep it outside net.ipv4.ip_local_port_range (default
         /// 32768-60999), or a flow may collide with a node's own connection.
-        #[arg(long, default_value = "61000-65535", value_parser = port_range)]
+        #[arg(long, default_value = "1024-29999", value_parser = port_range)]
         snat_port_range: (u16, u16),
+        /// Seconds a closed SNATed flow keeps its source port before a new
+        /// flow may take it (the backend's TIME_WAIT lasts 60 s).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=86_400))]
+        snat_closed_timeout_secs: u32,
         /// The address external flows to other nodes' backends are SNATed
         /// to. Default: the first address of the default route's interface.
         #[arg(long, env = "FERROLB_NODE_IP")]
@@ -211,6 +215,7 @@ fn main() -> Result<()> {
             nodeport_addresses,
             service_node_port_range,
             snat_port_range,
+            snat_closed_timeout_secs,
             node_ip,
             min_sync_interval_ms,
             service_proxy_name,
@@ -280,6 +285,9 @@ fn main() -> Result<()> {
                     nodeport_addresses,
                     node_port_range: service_node_port_range,
                     snat_port_range,
+                    // Datapath ticks are 2^20 ns; at least one.
+                    snat_closed_ticks: ((snat_closed_timeout_secs as u64 * 1_000_000_000) >> 20)
+                        .max(1) as u32,
                     node_ip,
                 },
             };

@@ -60,11 +60,12 @@ pub const SOURCE_RANGES_MAX: u32 = 65_536;
 /// kube-proxy's default `--service-node-port-range`.
 pub const DEFAULT_NODEPORT_MIN: u16 = 30_000;
 pub const DEFAULT_NODEPORT_MAX: u16 = 32_767;
-/// Ports SNATed flows leave a node with: above Linux's default
+/// Ports SNATed flows leave a node with: below Linux's default
 /// `ip_local_port_range` (32768-60999), so they never collide with a
-/// connection the node itself opened.
-pub const DEFAULT_SNAT_PORT_MIN: u16 = 61_000;
-pub const DEFAULT_SNAT_PORT_MAX: u16 = 65_535;
+/// connection the node itself opened, and above the privileged ports
+/// some clients bind (NFS); 29k ports per backend address and port.
+pub const DEFAULT_SNAT_PORT_MIN: u16 = 1_024;
+pub const DEFAULT_SNAT_PORT_MAX: u16 = 29_999;
 /// Free source ports tried for one new SNATed flow before giving up.
 pub const SNAT_PORT_TRIES: u32 = 16;
 
@@ -251,8 +252,27 @@ pub struct NatValue {
     /// ... and when the FIB gave it, in [`HOP_CLOCK_SHIFT`] units of
     /// monotonic ns: older than [`HOP_CACHE_TICKS`], it is asked again.
     pub hop_checked: u32,
-    pub _pad1: u32,
+    /// When this direction last carried a packet (same clock, refreshed
+    /// at most every [`SNAT_TOUCH_TICKS`]): an idle flow's port can be
+    /// given to another flow.
+    pub seen: u32,
+    /// [`NAT_CLOSING`]: a FIN or RST passed in this direction.
+    pub state: u32,
 }
+
+/// [`NatValue::state`]: the flow is being closed.
+pub const NAT_CLOSING: u32 = 1;
+/// `seen` is rewritten at most this often (writes dirty a shared line).
+pub const SNAT_TOUCH_TICKS: u32 = 1000;
+/// A SNAT port is given to a new flow when the flow holding it was closed
+/// this long ago (about 60 s: the backend's TIME_WAIT for the tuple has
+/// ended, so the new flow's SYN is not taken for an old segment; the
+/// agent's `--snat-closed-timeout-secs` sets another) ...
+pub const SNAT_CLOSED_TICKS: u32 = 60 * 954;
+/// ... or has been idle this long: TCP about 6 hours, others about 60 s
+/// (Cilium's conntrack lifetimes).
+pub const SNAT_IDLE_TCP_TICKS: u32 = 6 * 3600 * 954;
+pub const SNAT_IDLE_OTHER_TICKS: u32 = 60 * 954;
 
 /// A cached next hop is trusted for this many ticks of 2^20 ns (about a
 /// second): a neighbour's new MAC or a route change reaches established
@@ -310,7 +330,9 @@ pub struct Config {
     /// The address SNATed IPv4 flows leave with (network order); 0: none
     /// known, such flows go to local backends only.
     pub snat_v4: u32,
-    pub flags: u32,
+    /// How long a closed SNATed flow keeps its port, in clock ticks; 0:
+    /// [`SNAT_CLOSED_TICKS`].
+    pub snat_closed_ticks: u32,
     /// Reserved for IPv6 SNAT, so that v6 needs no new layout.
     pub snat_v6: [u32; 4],
 }
@@ -346,7 +368,7 @@ const _: () = {
     assert!(core::mem::size_of::<SockKey>() == 16);
     assert!(core::mem::size_of::<SockValue>() == 8);
     assert!(core::mem::size_of::<SvcInfo>() == SVC_NAME_LEN);
-    assert!(core::mem::size_of::<NatValue>() == 32);
+    assert!(core::mem::size_of::<NatValue>() == 36);
     assert!(core::mem::size_of::<NodeAddrKey>() == 16);
     assert!(core::mem::size_of::<SourceRangeKey>() == 36);
     assert!(core::mem::size_of::<Config>() == 32);

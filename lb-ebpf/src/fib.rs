@@ -18,8 +18,7 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::nat::Tuple;
 use crate::parse::{Frame, L3_OFF, ptr_at};
-use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
-use lb_common::{HOP_CACHE_TICKS, HOP_CLOCK_SHIFT, NatValue};
+use lb_common::{HOP_CACHE_TICKS, NatValue};
 
 const AF_INET: u8 = 2;
 
@@ -114,8 +113,7 @@ pub fn lookup<C: Fib>(ctx: &C, t: &Tuple) -> NextHop {
 /// the costliest step of their path. A packet longer than the cached
 /// egress MTU (a GSO packet at tc, say) asks the FIB, which checks it.
 #[inline(always)]
-pub fn lookup_cached<C: Fib>(ctx: &C, t: &Tuple, cache: *mut NatValue) -> NextHop {
-    let now = (unsafe { bpf_ktime_get_coarse_ns() } >> HOP_CLOCK_SHIFT) as u32;
+pub fn lookup_cached<C: Fib>(ctx: &C, t: &Tuple, cache: *mut NatValue, now: u32) -> NextHop {
     let c = unsafe { &mut *cache };
     if c.hop_ifindex != 0 && now.wrapping_sub(c.hop_checked) < HOP_CACHE_TICKS {
         let Ok(ip) = ptr_at::<Ipv4Hdr, _>(ctx, L3_OFF) else {

@@ -8,6 +8,7 @@ use lb_common::{
 };
 
 use crate::{
+    clock,
     conntrack::{self, Error, Existing, NewFlow},
     fib::{self, Fib, NextHop},
     lb::{self, Frontend},
@@ -224,7 +225,11 @@ fn translated<C: Hook>(
 ) -> Outcome {
     if ct_flags & CT_FLAG_EXTERNAL != 0 {
         let hop = match nat {
-            Some(n) => fib::lookup_cached(ctx, t, n),
+            Some(n) => {
+                let now = clock::ticks();
+                snat::touch(n, p, now);
+                fib::lookup_cached(ctx, t, n, now)
+            }
             None => fib::lookup(ctx, t),
         };
         return routed(ctx, p, t, stat, hop);

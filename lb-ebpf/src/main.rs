@@ -7,6 +7,7 @@
 
 mod bench;
 mod checksum;
+mod clock;
 mod conntrack;
 mod fib;
 mod flow;

@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 
 pub const ETH: usize = 14;
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_RST: u8 = 0x04;

@@ -123,7 +123,7 @@ fn node_datapath(tag: &str, ifindex: u32) -> Datapath {
             snat_port_min: 61000,
             snat_port_max: 65535,
             snat_v4: u32::from_ne_bytes(NODE.octets()),
-            flags: 0,
+            snat_closed_ticks: 0,
             snat_v6: [0; 4],
         })
         .unwrap();
@@ -316,5 +316,62 @@ fn a_changed_next_hop_reaches_established_flows_within_a_second() {
             start.elapsed() > std::time::Duration::from_millis(100),
             "{hook:?}: the next hop was looked up again at once (no cache)"
         );
+    }
+}
+
+/// SNAT ports come back once their flow is over: with two ports, a third
+/// concurrent flow is dropped (counted), and once one flow has closed (a
+/// FIN from the backend) and its closed period passed, a new flow takes
+/// its port while the other flow keeps its own.
+#[test]
+fn snat_ports_of_closed_flows_are_given_to_new_flows() {
+    for (hook, tag) in [(Hook::Tc, "tc"), (Hook::Xdp, "xdp")] {
+        let (_ns, wire) = enter_node(&format!("ports{tag}"));
+        let mut dp = node_datapath(&format!("np-ports-{tag}"), wire);
+        if hook == Hook::Xdp {
+            register_xdp_rxq(&mut dp);
+        }
+        dp.ext
+            .set_config(&lb_common::Config {
+                nodeport_min: 30000,
+                nodeport_max: 32767,
+                snat_port_min: 61000,
+                snat_port_max: 61001,
+                snat_v4: u32::from_ne_bytes(NODE.octets()),
+                // One tick: the closed period passes at once.
+                snat_closed_ticks: 1,
+                snat_v6: [0; 4],
+            })
+            .unwrap();
+        let syn = |sport: u16| Frame::tcp((CLIENT, sport), (NODE, 30080), TCP_SYN).build();
+        let (v, a) = dp.run_on(hook, &syn(44000));
+        assert_eq!(v, sent(hook));
+        let (v, b) = dp.run_on(hook, &syn(44001));
+        assert_eq!(v, sent(hook));
+        let (pa, pb) = (packet::src(&a).1, packet::src(&b).1);
+        assert_ne!(pa, pb);
+        assert_eq!(
+            dp.run_on(hook, &syn(44002)).0,
+            Verdict::Drop,
+            "{hook:?}: no free port"
+        );
+        assert_eq!(dp.stats()["drop_snat"], 1);
+        // The backend closes flow a.
+        let fin = Frame::tcp((REMOTE_POD, 9376), (NODE, pa), packet::TCP_FIN | TCP_ACK).build();
+        assert_eq!(dp.run_on(hook, &fin).0, sent(hook));
+        // The coarse clock moves once per jiffy.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (v, c) = dp.run_on(hook, &syn(44002));
+        assert_eq!(
+            v,
+            sent(hook),
+            "{hook:?}: the closed flow's port is given again"
+        );
+        assert_eq!(packet::src(&c), (NODE, pa));
+        // Flow b is untouched.
+        let ack = Frame::tcp((CLIENT, 44001), (NODE, 30080), TCP_ACK).build();
+        let (v, b2) = dp.run_on(hook, &ack);
+        assert_eq!(v, sent(hook));
+        assert_eq!(packet::src(&b2), (NODE, pb));
     }
 }
