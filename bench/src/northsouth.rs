@@ -182,6 +182,7 @@ fn measure(quick: bool) -> Result<(Vec<Case>, Vec<[Figures; 2]>)> {
         snat_port_max: lb_common::DEFAULT_SNAT_PORT_MAX,
         snat_v4: u32::from_ne_bytes(NODE.octets()),
         snat_closed_ticks: 0,
+        flags: 0,
         snat_v6: [0; 4],
     })?;
     // A veth registers the receive queue XDP test runs name only once an

@@ -76,9 +76,33 @@ pub struct ExternalOptions {
     pub snat_port_range: (u16, u16),
     /// How long a closed SNATed flow keeps its port (datapath ticks).
     pub snat_closed_ticks: u32,
+    /// SNAT or direct server return for flows to other nodes' backends.
+    pub lb_mode: LbMode,
     /// The address SNATed flows leave with (default: the default route's
     /// interface's).
     pub node_ip: Option<Ipv4Addr>,
+}
+
+/// How external flows reach backends on other nodes (`--lb-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbMode {
+    /// SNAT to this node: replies come back through it (kube-proxy's way).
+    Snat,
+    /// Direct server return for TCP and UDP: encapsulated (IPIP) to the
+    /// backend, whose node answers the client itself.
+    Dsr,
+    /// DSR for TCP, SNAT for UDP.
+    Hybrid,
+}
+
+impl LbMode {
+    pub fn flags(self) -> u32 {
+        match self {
+            LbMode::Snat => 0,
+            LbMode::Dsr => lb_common::CFG_DSR_TCP | lb_common::CFG_DSR_UDP,
+            LbMode::Hybrid => lb_common::CFG_DSR_TCP,
+        }
+    }
 }
 
 impl Default for ExternalOptions {
@@ -95,6 +119,7 @@ impl Default for ExternalOptions {
                 lb_common::DEFAULT_SNAT_PORT_MAX,
             ),
             snat_closed_ticks: 0,
+            lb_mode: LbMode::Snat,
             node_ip: None,
         }
     }
@@ -134,6 +159,7 @@ impl ExternalOptions {
             snat_port_max: self.snat_port_range.1,
             snat_v4: snat.map_or(0, |a| lb_common::ipv4_to_net(a.octets())),
             snat_closed_ticks: self.snat_closed_ticks,
+            flags: self.lb_mode.flags(),
             snat_v6: [0; 4],
         };
         if let Err(e) = ext.set_config(&cfg) {

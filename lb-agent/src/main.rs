@@ -65,6 +65,15 @@ enum Command {
         /// 32768-60999), or a flow may collide with a node's own connection.
         #[arg(long, default_value = "1024-29999", value_parser = port_range)]
         snat_port_range: (u16, u16),
+        /// How external flows reach backends on other nodes
+        /// (externalTrafficPolicy Cluster): snat (kube-proxy's way: replies
+        /// come back through this node), dsr (direct server return:
+        /// encapsulated in IPIP to the backend, whose node answers the
+        /// client itself, keeping its address; every node must run the
+        /// same mode, and the network must carry 20 more bytes per
+        /// packet), or hybrid (DSR for TCP, SNAT for UDP).
+        #[arg(long, default_value = "snat", value_parser = ["snat", "dsr", "hybrid"])]
+        lb_mode: String,
         /// Seconds a closed SNATed flow keeps its source port before a new
         /// flow may take it (the backend's TIME_WAIT lasts 60 s).
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=86_400))]
@@ -216,6 +225,7 @@ fn main() -> Result<()> {
             service_node_port_range,
             snat_port_range,
             snat_closed_timeout_secs,
+            lb_mode,
             node_ip,
             min_sync_interval_ms,
             service_proxy_name,
@@ -288,6 +298,11 @@ fn main() -> Result<()> {
                     // Datapath ticks are 2^20 ns; at least one.
                     snat_closed_ticks: ((snat_closed_timeout_secs as u64 * 1_000_000_000) >> 20)
                         .max(1) as u32,
+                    lb_mode: match lb_mode.as_str() {
+                        "dsr" => agent::LbMode::Dsr,
+                        "hybrid" => agent::LbMode::Hybrid,
+                        _ => agent::LbMode::Snat,
+                    },
                     node_ip,
                 },
             };

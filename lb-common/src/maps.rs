@@ -101,6 +101,19 @@ pub const CT_FLAG_SNAT: u16 = 2;
 /// next hop after translation (a NodePort reply's source is a node
 /// address, which the stack would drop as martian on input).
 pub const CT_FLAG_EXTERNAL: u16 = 4;
+/// Direct server return: on the ingress node, a forward entry whose
+/// packets go encapsulated (IPIP) to the backend, which answers the client
+/// itself; on the backend's node, a reverse entry made on decapsulation.
+pub const CT_FLAG_DSR: u16 = 8;
+
+/// [`Config::flags`]: external TCP (UDP) flows to backends on other nodes
+/// use direct server return instead of SNAT (`--lb-mode dsr`, `hybrid`
+/// sets TCP only).
+pub const CFG_DSR_TCP: u32 = 1;
+pub const CFG_DSR_UDP: u32 = 2;
+
+/// Protocol number of IPv4-in-IPv4, the DSR encapsulation.
+pub const IPPROTO_IPIP: u8 = 4;
 
 /// Length of the service name stored for the CLI.
 pub const SVC_NAME_LEN: usize = 64;
@@ -333,6 +346,8 @@ pub struct Config {
     /// How long a closed SNATed flow keeps its port, in clock ticks; 0:
     /// [`SNAT_CLOSED_TICKS`].
     pub snat_closed_ticks: u32,
+    /// [`CFG_DSR_TCP`], [`CFG_DSR_UDP`].
+    pub flags: u32,
     /// Reserved for IPv6 SNAT, so that v6 needs no new layout.
     pub snat_v6: [u32; 4],
 }
@@ -371,7 +386,7 @@ const _: () = {
     assert!(core::mem::size_of::<NatValue>() == 36);
     assert!(core::mem::size_of::<NodeAddrKey>() == 16);
     assert!(core::mem::size_of::<SourceRangeKey>() == 36);
-    assert!(core::mem::size_of::<Config>() == 32);
+    assert!(core::mem::size_of::<Config>() == 36);
 };
 
 #[cfg(feature = "user")]

@@ -40,10 +40,16 @@ pub enum Stat {
     /// Counted besides the packet's outcome: sent back out of the
     /// interface it came in on by XDP (XDP_TX).
     XdpTx = 16,
+    /// New external flow sent by direct server return: encapsulated to the
+    /// backend's node, which answers the client itself.
+    DsrNew = 17,
+    /// Counted besides the packet's outcome: a DSR packet decapsulated on
+    /// the backend's node.
+    DsrDecap = 18,
 }
 
 /// Counters in use.
-pub const STAT_COUNT: u32 = 17;
+pub const STAT_COUNT: u32 = 19;
 /// Size of the stats map: room for counters later builds add, so adding
 /// one never changes the pinned layout.
 pub const STAT_SLOTS: u32 = 64;
@@ -69,4 +75,6 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "drop_snat",
     "fib_miss",
     "xdp_tx",
+    "dsr_new",
+    "dsr_decap",
 ];

@@ -5,7 +5,7 @@
 //! either, it is. A SNATed flow's entries are flagged and point to its
 //! `snat` entries, which hold what the conntrack value has no room for.
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
-use lb_common::{CT_FLAG_REVERSE, CT_FLAG_SNAT, CtKey, CtValue};
+use lb_common::{CT_FLAG_DSR, CT_FLAG_EXTERNAL, CT_FLAG_REVERSE, CT_FLAG_SNAT, CtKey, CtValue};
 
 use crate::maps::CONNTRACK;
 use crate::parse::Packet;
@@ -94,10 +94,13 @@ pub fn create(p: &Packet, f: &NewFlow, existing: Existing) -> Result<Option<(u32
             Err(e) if e as i64 == -EEXIST => return Ok(None),
             Err(_) => return Err(Error::Internal),
         }
-        let rev = CtKey::new(f.be_addr, p.saddr, f.be_port, p.sport, p.proto);
-        CONNTRACK
-            .insert(rev, rev_v, 0)
-            .map_err(|_| Error::Internal)?;
+        // A DSR flow's replies never come back here: no reverse entry.
+        if f.flags & CT_FLAG_DSR == 0 {
+            let rev = CtKey::new(f.be_addr, p.saddr, f.be_port, p.sport, p.proto);
+            CONNTRACK
+                .insert(rev, rev_v, 0)
+                .map_err(|_| Error::Internal)?;
+        }
         return Ok(Some((p.saddr, p.sport)));
     };
     // SNAT: the reply tuple (backend -> node address:port) must be unique
@@ -113,7 +116,19 @@ pub fn create(p: &Packet, f: &NewFlow, existing: Existing) -> Result<Option<(u32
         flags: rev_v.flags | CT_FLAG_SNAT,
         ..rev_v
     };
-    let (rev, port) = snat::claim_reverse(p, f.be_addr, f.be_port, snat_addr, &rev_v)?;
+    let claim = snat::Claim {
+        be_addr: f.be_addr,
+        be_port: f.be_port,
+        proto: p.proto,
+        snat_addr,
+        rev_v,
+    };
+    let rev_of = |port| CtKey::new(f.be_addr, snat_addr, f.be_port, port, p.proto);
+    let port = match snat::claim_reverse(claim) {
+        0 => return Err(Error::SnatPorts),
+        port => port as u16,
+    };
+    let rev = rev_of(port);
     fwd_v.flags |= CT_FLAG_SNAT;
     if snat::record(&fwd, snat_addr, port, &rev, p.saddr, p.sport).is_err()
         || CONNTRACK.insert(fwd, fwd_v, BPF_ANY as u64).is_err()
@@ -122,4 +137,23 @@ pub fn create(p: &Packet, f: &NewFlow, existing: Existing) -> Result<Option<(u32
         return Err(Error::Internal);
     }
     Ok(Some((snat_addr, port)))
+}
+
+/// On the backend's node, for a DSR packet `p` (client -> frontend) that
+/// goes to the backend `be_addr:be_port`: the reverse entry its replies
+/// take back to the frontend address, written once per flow.
+#[inline(always)]
+pub fn track_dsr_reply(p: &Packet, be_addr: u32, be_port: u16, svc_id: u32) -> Result<(), ()> {
+    let rev = CtKey::new(be_addr, p.saddr, be_port, p.sport, p.proto);
+    if unsafe { CONNTRACK.get(rev) }.is_some_and(|v| v.addr == p.daddr && v.port == p.dport) {
+        return Ok(());
+    }
+    let v = CtValue {
+        addr: p.daddr,
+        port: p.dport,
+        flags: CT_FLAG_REVERSE | CT_FLAG_EXTERNAL | CT_FLAG_DSR,
+        svc_id,
+        backend_id: 0,
+    };
+    CONNTRACK.insert(rev, v, 0).map_err(|_| ())
 }

@@ -61,8 +61,9 @@ impl Fib for XdpContext {
     }
 }
 
-/// The next hop of the packet once rewritten to `t`.
-#[inline(always)]
+/// The next hop of the packet once rewritten to `t`. Not inlined: its
+/// 64-byte parameter block would otherwise sit in every caller's frame.
+#[inline(never)]
 pub fn lookup<C: Fib>(ctx: &C, t: &Tuple) -> NextHop {
     let Ok(ip) = ptr_at::<Ipv4Hdr, _>(ctx, L3_OFF) else {
         return NextHop::Stack;

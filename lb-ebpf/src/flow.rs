@@ -3,13 +3,14 @@
 //! entry (and SNAT, for external flows to other nodes) -> NAT. The hook
 //! decides only how to act on the outcome.
 use lb_common::{
-    BACKEND_FLAG_LOCAL, Backend, CT_FLAG_EXTERNAL, CT_FLAG_SNAT, CtValue, NatValue,
+    BACKEND_FLAG_LOCAL, Backend, CT_FLAG_DSR, CT_FLAG_EXTERNAL, CT_FLAG_SNAT, CtValue, NatValue,
     SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, Stat,
 };
 
 use crate::{
     clock,
     conntrack::{self, Error, Existing, NewFlow},
+    dsr,
     fib::{self, Fib, NextHop},
     lb::{self, Frontend},
     nat::{Nat, Tuple},
@@ -43,6 +44,10 @@ pub trait Hook: Nat + Fib {
     /// in on (XDP_TX); any other next hop is left to the next hook (tc),
     /// untranslated: it holds the same conntrack entries.
     const SAME_INTERFACE_ONLY: bool;
+
+    /// Sends a DSR flow's packet to its backend, encapsulated; a hook that
+    /// cannot leaves it untranslated to the next one (tc).
+    fn dsr(&self, p: &Packet, be_addr: u32, be_port: u16, stat: Stat) -> Outcome;
 }
 
 #[inline(always)]
@@ -112,6 +117,9 @@ fn reverse<C: Hook>(ctx: &C, p: &Packet, ct: &CtValue) -> Outcome {
 
 #[inline(always)]
 fn established<C: Hook>(ctx: &C, p: &Packet, ct: &CtValue) -> Outcome {
+    if ct.flags & CT_FLAG_DSR != 0 {
+        return ctx.dsr(p, ct.addr, ct.port, Stat::DnatEstablished);
+    }
     let mut t = Tuple::of(p).dst(ct.addr, ct.port);
     let nat = match snat_of(p, ct) {
         Ok(n) => n,
@@ -172,26 +180,34 @@ fn open<C: Hook>(
     existing: Existing,
 ) -> Option<Outcome> {
     let external = fe.flags & SVC_FLAG_EXTERNAL != 0;
-    // externalTrafficPolicy Cluster to a backend elsewhere: SNAT, so the
-    // reply returns through this node (kube-proxy masquerades too).
-    let snat =
-        if external && fe.flags & SVC_FLAG_LOCAL_ONLY == 0 && be.flags & BACKEND_FLAG_LOCAL == 0 {
-            match lb::config() {
-                Some(c) if c.snat_v4 != 0 => Some(c.snat_v4),
-                _ => return Some(Outcome::Drop(Stat::DropSnat)),
-            }
-        } else {
-            None
-        };
+    let elsewhere =
+        external && fe.flags & SVC_FLAG_LOCAL_ONLY == 0 && be.flags & BACKEND_FLAG_LOCAL == 0;
+    // externalTrafficPolicy Cluster to a backend elsewhere: direct server
+    // return where configured, else SNAT, so the reply returns through
+    // this node (kube-proxy masquerades too).
+    let direct = elsewhere && dsr::enabled_for(p.proto);
+    let snat = if elsewhere && !direct {
+        match lb::config() {
+            Some(c) if c.snat_v4 != 0 => Some(c.snat_v4),
+            _ => return Some(Outcome::Drop(Stat::DropSnat)),
+        }
+    } else {
+        None
+    };
     let flow = NewFlow {
         be_addr: be.addr,
         be_port: be.port,
         svc_id: fe.svc_id,
         backend_id: id,
-        flags: if external { CT_FLAG_EXTERNAL } else { 0 },
+        flags: match (external, direct) {
+            (true, true) => CT_FLAG_EXTERNAL | CT_FLAG_DSR,
+            (true, false) => CT_FLAG_EXTERNAL,
+            _ => 0,
+        },
         snat,
     };
     match conntrack::create(p, &flow, existing) {
+        Ok(Some(_)) if direct => Some(ctx.dsr(p, be.addr, be.port, Stat::DsrNew)),
         Ok(Some((saddr, sport))) => {
             let t = Tuple::of(p).src(saddr, sport).dst(be.addr, be.port);
             let stat = if snat.is_some() {
@@ -267,4 +283,24 @@ fn routed<C: Hook>(ctx: &C, p: &Packet, t: &Tuple, stat: Stat, hop: NextHop) -> 
         ifindex,
         neigh: macs.is_none(),
     }
+}
+
+/// On the backend's node, a DSR packet taken out of its tunnel: `p` is
+/// client -> frontend as the client sent it, for backend
+/// `be_addr:be_port`. It is DNATed to the backend and sent there, and the
+/// reverse entry lets the replies leave from here as the frontend.
+#[inline(always)]
+pub fn deliver_dsr<C: Hook>(ctx: &C, p: &Packet, be_addr: u32, be_port: u16) -> Outcome {
+    // The frontend as the ingress node knew it: a VIP, or a NodePort of
+    // another node's address.
+    let fe = lb::lookup_frontend(p.daddr, p.dport, p.proto)
+        .or_else(|| lb::lookup_frontend(0, p.dport, p.proto));
+    let Some(fe) = fe else {
+        return Outcome::Drop(Stat::DropMalformed);
+    };
+    if conntrack::track_dsr_reply(p, be_addr, be_port, fe.svc_id).is_err() {
+        return Outcome::Drop(Stat::DropInternal);
+    }
+    let t = Tuple::of(p).dst(be_addr, be_port);
+    translated(ctx, p, &t, Stat::DnatEstablished, CT_FLAG_EXTERNAL, None)
 }

@@ -9,6 +9,7 @@ mod bench;
 mod checksum;
 mod clock;
 mod conntrack;
+mod dsr;
 mod fib;
 mod flow;
 mod icmp;

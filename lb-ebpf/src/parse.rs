@@ -4,7 +4,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use lb_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -155,6 +155,12 @@ pub struct IcmpError {
 pub enum Parsed {
     Flow(Packet),
     IcmpError(IcmpError),
+    /// IPv4 in IPv4 (a DSR packet, if it is to a backend here): the outer
+    /// destination (the backend) and identification field (its port).
+    Ipip {
+        outer_dst: u32,
+        id: u16,
+    },
 }
 
 /// The fixed part of an IPv4 header at `off`, checked.
@@ -164,6 +170,7 @@ struct Ip {
     daddr: u32,
     ihl: usize,
     frags: u16,
+    id: u16,
 }
 
 #[inline(always)]
@@ -183,6 +190,7 @@ fn ipv4_at<C: Frame>(ctx: &C, off: usize) -> Result<Ip, Skip> {
         daddr: u32::from_ne_bytes(ip.dst_addr),
         ihl,
         frags: u16::from_be_bytes(ip.frags),
+        id: u16::from_ne_bytes(ip.id),
     })
 }
 
@@ -202,6 +210,12 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Skip> {
             return Err(Skip::NotOurs);
         }
         return icmp_error(ctx, &ip, l4_off).map(Parsed::IcmpError);
+    }
+    if ip.proto == IPPROTO_IPIP && !fragment && ip.ihl == Ipv4Hdr::LEN {
+        return Ok(Parsed::Ipip {
+            outer_dst: ip.daddr,
+            id: ip.id,
+        });
     }
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return Err(Skip::NotOurs);

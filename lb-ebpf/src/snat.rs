@@ -10,7 +10,7 @@
 //! under pressure, so without this a busy backend would run out of ports.
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_get_prandom_u32,
+    helpers::{bpf_get_prandom_u32, generated::bpf_loop},
 };
 use lb_common::{
     CT_FLAG_REVERSE, CT_FLAG_SNAT, CtKey, CtValue, IPPROTO_TCP, NAT_CLOSING, NatValue,
@@ -19,51 +19,102 @@ use lb_common::{
 };
 
 use crate::clock;
-use crate::conntrack::Error;
 use crate::lb;
 use crate::maps::{CONNTRACK, SNAT};
 use crate::parse::{Packet, TCP_FIN, TCP_RST};
 
+/// A port claim: the reply tuple's fixed parts and the reverse entry to
+/// insert under it.
+pub struct Claim {
+    pub be_addr: u32,
+    pub be_port: u16,
+    pub proto: u8,
+    pub snat_addr: u32,
+    pub rev_v: CtValue,
+}
+
+impl Claim {
+    /// The reply tuple with SNAT port `port` (network order).
+    #[inline(always)]
+    pub fn key(&self, port: u16) -> CtKey {
+        CtKey::new(self.be_addr, self.snat_addr, self.be_port, port, self.proto)
+    }
+}
+
+/// The probing loop's state, for `bpf_loop`'s callback.
+#[repr(C)]
+struct Probe {
+    claim: Claim,
+    /// The port to try next (host order), and the range it wraps in.
+    port: u32,
+    min: u32,
+    max: u32,
+    now: u32,
+    closed: u32,
+    /// The port claimed (network order), 0 while none.
+    found: u32,
+}
+
+/// One probe: claims `s.port` if free or reclaimable. Run through
+/// `bpf_loop`, so the verifier checks the body once, not once per try.
+extern "C" fn probe(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    let s = unsafe { &mut *(ctx as *mut Probe) };
+    let nport = (s.port as u16).to_be();
+    let rev = s.claim.key(nport);
+    if CONNTRACK
+        .insert(rev, s.claim.rev_v, BPF_NOEXIST as u64)
+        .is_ok()
+        || (reclaimable(&rev, s.now, s.closed)
+            && CONNTRACK.insert(rev, s.claim.rev_v, BPF_ANY as u64).is_ok())
+    {
+        s.found = nport as u32;
+        return 1;
+    }
+    // Taken (or the insert failed): the next port, wrapping.
+    s.port = if s.port >= s.max { s.min } else { s.port + 1 };
+    0
+}
+
 /// Claims a free source port on `snat_addr` towards the backend and
-/// inserts the flow's reverse entry under it.
+/// inserts the flow's reverse entry under it; returns the port (network
+/// order), 0 when none is free.
 #[inline(always)]
-pub fn claim_reverse(
-    p: &Packet,
-    be_addr: u32,
-    be_port: u16,
-    snat_addr: u32,
-    rev_v: &CtValue,
-) -> Result<(CtKey, u16), Error> {
-    let cfg = lb::config().ok_or(Error::SnatPorts)?;
+pub fn claim_reverse(claim: Claim) -> u32 {
+    let Some(cfg) = lb::config() else {
+        return 0;
+    };
     let (min, max) = (cfg.snat_port_min as u32, cfg.snat_port_max as u32);
     if min == 0 || max < min {
-        return Err(Error::SnatPorts);
+        return 0;
     }
     // checked_rem: a `%` the compiler cannot prove safe would leave a
     // panic branch the verifier refuses.
     let span = max - min + 1;
-    let mut port = min
+    let port = min
         + unsafe { bpf_get_prandom_u32() }
             .checked_rem(span)
             .unwrap_or(0);
-    let now = clock::ticks();
-    let closed = match cfg.snat_closed_ticks {
-        0 => SNAT_CLOSED_TICKS,
-        t => t,
+    let mut s = Probe {
+        claim,
+        port,
+        min,
+        max,
+        now: clock::ticks(),
+        closed: match cfg.snat_closed_ticks {
+            0 => SNAT_CLOSED_TICKS,
+            t => t,
+        },
+        found: 0,
     };
-    for _ in 0..SNAT_PORT_TRIES {
-        let nport = (port as u16).to_be();
-        let rev = CtKey::new(be_addr, snat_addr, be_port, nport, p.proto);
-        if CONNTRACK.insert(rev, *rev_v, BPF_NOEXIST as u64).is_ok()
-            || (reclaimable(&rev, now, closed)
-                && CONNTRACK.insert(rev, *rev_v, BPF_ANY as u64).is_ok())
-        {
-            return Ok((rev, nport));
-        }
-        // Taken (or the insert failed): the next port, wrapping.
-        port = if port >= max { min } else { port + 1 };
-    }
-    Err(Error::SnatPorts)
+    unsafe {
+        bpf_loop(
+            SNAT_PORT_TRIES,
+            probe as *mut core::ffi::c_void,
+            &mut s as *mut Probe as *mut core::ffi::c_void,
+            0,
+        )
+    };
+    s.found
 }
 
 /// True when the reply tuple `rev` is held by a SNATed flow that is

@@ -16,8 +16,11 @@ use aya_ebpf::{
 use lb_common::{IPPROTO_TCP, Stat};
 
 use crate::{
+    dsr,
+    fib::{self, NextHop},
     flow::{self, Hook, Outcome},
     icmp,
+    nat::Tuple,
     parse::{self, IcmpError, Packet, Parsed, Skip},
     reject,
     stats::count,
@@ -26,6 +29,43 @@ use crate::{
 /// tc sends external packets to any next hop.
 impl Hook for TcContext {
     const SAME_INTERFACE_ONLY: bool = false;
+
+    #[inline(always)]
+    fn dsr(&self, p: &Packet, be_addr: u32, be_port: u16, stat: Stat) -> Outcome {
+        let node = match crate::lb::config() {
+            Some(c) if c.snat_v4 != 0 => c.snat_v4,
+            // No address of ours to send from.
+            _ => return Outcome::Drop(Stat::DropSnat),
+        };
+        if dsr::encapsulate(self, node, be_addr, be_port).is_err() {
+            return Outcome::Drop(Stat::DropInternal);
+        }
+        // The outer packet's next hop: towards the backend's node.
+        let outer = Tuple {
+            saddr: node,
+            daddr: be_addr,
+            sport: p.sport,
+            dport: p.dport,
+        };
+        match fib::lookup(self, &outer) {
+            NextHop::Found { ifindex, macs, .. } => {
+                if self.store(0, &macs, 0).is_err() {
+                    return Outcome::Drop(Stat::DropInternal);
+                }
+                Outcome::Redirect {
+                    stat,
+                    ifindex,
+                    neigh: false,
+                }
+            }
+            NextHop::Unresolved { ifindex, .. } => Outcome::Redirect {
+                stat,
+                ifindex,
+                neigh: true,
+            },
+            NextHop::Stack => Outcome::ToStack(stat),
+        }
+    }
 }
 
 // The bindings' type for these differs between the BPF and host targets.
@@ -41,6 +81,7 @@ pub fn flb_tc_ingress(ctx: TcContext) -> i32 {
     let (verdict, stat) = match parse::parse(&ctx) {
         Ok(Parsed::Flow(p)) => process(&ctx, &p),
         Ok(Parsed::IcmpError(e)) => icmp_error(&ctx, &e),
+        Ok(Parsed::Ipip { outer_dst, id }) => dsr_in(&ctx, outer_dst, id),
         Err(Skip::NotOurs) | Err(Skip::Malformed) => (OK, Stat::Pass),
     };
     count(stat);
@@ -71,9 +112,32 @@ fn icmp_error(ctx: &TcContext, e: &IcmpError) -> (i32, Stat) {
     }
 }
 
+/// An IPIP packet: if it is DSR traffic for a backend behind this node,
+/// out of its tunnel and on to the backend; else untouched.
+#[inline(always)]
+fn dsr_in(ctx: &TcContext, outer_dst: u32, id: u16) -> (i32, Stat) {
+    if !dsr::ours(outer_dst) {
+        return (OK, Stat::Pass);
+    }
+    if dsr::decapsulate(ctx).is_err() {
+        return (SHOT, Stat::DropInternal);
+    }
+    count(Stat::DsrDecap);
+    match parse::parse(ctx) {
+        Ok(Parsed::Flow(p)) => act(ctx, &p, flow::deliver_dsr(ctx, &p, outer_dst, id)),
+        _ => (SHOT, Stat::DropMalformed),
+    }
+}
+
 #[inline(always)]
 fn process(ctx: &TcContext, p: &Packet) -> (i32, Stat) {
-    match flow::handle(ctx, p) {
+    act(ctx, p, flow::handle(ctx, p))
+}
+
+/// The verdict for a flow's outcome.
+#[inline(always)]
+fn act(ctx: &TcContext, p: &Packet, outcome: Outcome) -> (i32, Stat) {
+    match outcome {
         Outcome::Forward(stat) => (OK, stat),
         Outcome::Redirect {
             stat,

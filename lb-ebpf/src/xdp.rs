@@ -21,7 +21,7 @@ use lb_common::Stat;
 
 use crate::{
     flow::{self, Hook, Outcome},
-    parse::{self, Parsed},
+    parse::{self, Packet, Parsed},
     stats::count,
 };
 
@@ -31,6 +31,12 @@ use crate::{
 /// side to run XDP too).
 impl Hook for XdpContext {
     const SAME_INTERFACE_ONLY: bool = true;
+
+    /// Encapsulation is tc's (it grows the packet): left untranslated.
+    #[inline(always)]
+    fn dsr(&self, _p: &Packet, _be_addr: u32, _be_port: u16, _stat: Stat) -> Outcome {
+        Outcome::Forward(Stat::Pass)
+    }
 }
 
 #[xdp]

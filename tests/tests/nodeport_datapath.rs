@@ -124,6 +124,7 @@ fn node_datapath(tag: &str, ifindex: u32) -> Datapath {
             snat_port_max: 65535,
             snat_v4: u32::from_ne_bytes(NODE.octets()),
             snat_closed_ticks: 0,
+            flags: 0,
             snat_v6: [0; 4],
         })
         .unwrap();
@@ -340,6 +341,7 @@ fn snat_ports_of_closed_flows_are_given_to_new_flows() {
                 snat_v4: u32::from_ne_bytes(NODE.octets()),
                 // One tick: the closed period passes at once.
                 snat_closed_ticks: 1,
+                flags: 0,
                 snat_v6: [0; 4],
             })
             .unwrap();

@@ -77,13 +77,15 @@ metadata: {name: my-service}
 spec:
   clusterIP: 10.0.2.12
   externalIPs: [192.168.60.20]
-  ports: [{protocol: TCP, port: 80, targetPort: 9376}]
+  ports:
+  - {name: http, protocol: TCP, port: 80, targetPort: 9376}
+  - {name: udp, protocol: UDP, port: 80, targetPort: 9376}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: my-service-1, labels: {kubernetes.io/service-name: my-service}}
 addressType: IPv4
-ports: [{protocol: TCP, port: 9376}]
+ports: [{name: http, protocol: TCP, port: 9376}, {name: udp, protocol: UDP, port: 9376}]
 endpoints: [{addresses: ["10.244.2.5"], nodeName: node-b}]
 ---
 apiVersion: v1
@@ -123,7 +125,7 @@ fn node(subnet: u8, backends: usize, name: &str, ip: Ipv4Addr) -> Cluster {
 }
 
 fn topology() -> Topology {
-    topology_with(false)
+    topology_with(false, &[])
 }
 
 /// With `xdp`, both nodes run the XDP program on their uplink too, found
@@ -131,9 +133,12 @@ fn topology() -> Topology {
 /// also the SNAT address (no `--node-ip`). Frames on the fabric then
 /// carry complete checksums, as from a NIC (XDP's own checksum updates
 /// are what the receivers verify).
-fn topology_with(xdp: bool) -> Topology {
+fn topology_with(xdp: bool, extra: &[&str]) -> Topology {
     let mut a = node(1, 2, "node-a", NODE_A);
     let mut b = node(2, 1, "node-b", NODE_B);
+    for c in [&mut a, &mut b] {
+        c.agent_args.extend(extra.iter().map(|s| s.to_string()));
+    }
     if xdp {
         for c in [&mut a, &mut b] {
             let name = c.agent_args[1].clone();
@@ -297,7 +302,7 @@ fn nodeport_with_cluster_policy_reaches_every_pod_and_snats_across_nodes() {
 /// XDP_TX; what goes to local pods is left to tc.
 #[test]
 fn xdp_sends_external_flows_back_out_of_the_uplink() {
-    let t = topology_with(true);
+    let t = topology_with(true, &[]);
     for (c, ip) in [(&t.a, NODE_A), (&t.b, NODE_B)] {
         let log = c.agent_log_text();
         assert!(
@@ -483,5 +488,71 @@ fn external_ips_and_source_ranges() {
     // NodePort (as with kube-proxy).
     let (name, _) = whoami(outsider, NODE_A, 30082).expect("NodePort of lb-ranges");
     assert_eq!(name, "pod-1-1");
+    t.finish();
+}
+
+/// Packets an interface sent (its kernel's counter, from `ip -s link` in
+/// its namespace).
+fn tx_packets(ns: &NetNs, ifname: &str) -> u64 {
+    let out = ns
+        .ip(&["-s", "-o", "link", "show", ifname])
+        .expect("ip -s link");
+    // "... TX: bytes packets ... \    <bytes> <packets> ..."
+    let tx = out.split("TX:").nth(1).expect("TX counters");
+    tx.split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok())
+        .nth(1)
+        .expect("TX packets")
+}
+
+/// Direct server return (`--lb-mode hybrid`: DSR for TCP, SNAT for
+/// UDP). my-service's pod runs on node-b and its external IP leads to
+/// node-a: node-a sends TCP flows to node-b in IPIP, node-b answers the
+/// client itself (the pod sees the client's address); node-a carries no
+/// reply. UDP stays SNATed through node-a.
+#[test]
+fn dsr_replies_leave_the_backends_node_and_keep_the_client_address() {
+    let t = topology_with(false, &["--lb-mode", "hybrid"]);
+    let counts = || {
+        (
+            tx_packets(&t.a.node, "uplink0"),
+            tx_packets(&t.b.node, "uplink0"),
+            tx_packets(t.client(), "eth0"),
+        )
+    };
+    let before = counts();
+    for i in 0..10 {
+        let (name, peer) = whoami(t.client(), EXTERNAL_IP, 80)
+            .unwrap_or_else(|e| panic!("request {i}: {e}\n{}", t.stats()));
+        assert_eq!(
+            (name.as_str(), peer.as_str()),
+            ("pod-2-0", CLIENT.to_string().as_str()),
+            "DSR keeps the client's address"
+        );
+    }
+    let after = counts();
+    let (a_tx, b_tx, client_tx) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    // node-a forwarded what the client sent (and perhaps an ARP), no reply.
+    assert!(
+        a_tx <= client_tx + 2,
+        "node-a sent {a_tx} packets for the client's {client_tx}: replies went through it"
+    );
+    // The replies (at least one per request) left node-b.
+    assert!(b_tx >= 10, "node-b sent only {b_tx} packets");
+    let (a, b) = (t.a.cli("stats").unwrap(), t.b.cli("stats").unwrap());
+    assert!(stat(&a, "dsr_new") >= 10, "node-a:\n{a}");
+    assert_eq!(stat(&a, "revnat"), 0, "node-a translated replies:\n{a}");
+    assert!(stat(&b, "dsr_decap") > 0, "node-b:\n{b}");
+    assert!(stat(&b, "revnat") > 0, "node-b:\n{b}");
+    // UDP: SNAT through node-a, as hybrid says.
+    for i in 0..3 {
+        let (name, peer, from) = whoami_udp(t.client(), EXTERNAL_IP, 80)
+            .unwrap_or_else(|e| panic!("UDP datagram {i}: {e}\n{}", t.stats()));
+        assert_eq!(
+            (name.as_str(), peer.as_str()),
+            ("pod-2-0", NODE_A.to_string().as_str())
+        );
+        assert_eq!(from, SocketAddr::from((EXTERNAL_IP, 80)));
+    }
     t.finish();
 }
