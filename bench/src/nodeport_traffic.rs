@@ -10,6 +10,8 @@
 //! - ferrolb with tc on node-b's uplink;
 //! - ferrolb with XDP on node-b's uplink too (XDP_TX both ways; generic
 //!   mode, the only one veth runs for bridged frames);
+//! - ferrolb with direct server return (tc): node-b sends the flows to
+//!   node-a in IPIP, node-a answers the client itself;
 //! - kube-proxy-shaped iptables and nftables NodePort rules on node-b
 //!   (mark, DNAT, masquerade), built only in the bench's namespaces.
 use std::net::{Ipv4Addr, SocketAddr};
@@ -37,6 +39,7 @@ enum Mode {
     Direct,
     Tc,
     Xdp,
+    Dsr,
     Iptables,
     Nftables,
 }
@@ -47,6 +50,7 @@ impl Mode {
             Mode::Direct => "direct (pod IP routed, no LB)",
             Mode::Tc => "ferrolb, tc",
             Mode::Xdp => "ferrolb, XDP (generic) + tc",
+            Mode::Dsr => "ferrolb, DSR (tc)",
             Mode::Iptables => "kube-proxy-shaped iptables",
             Mode::Nftables => "kube-proxy-shaped nftables",
         }
@@ -79,7 +83,7 @@ fn setup(o: &Opts, mode: Mode, n: usize) -> Result<Setup> {
         agent: o.agent.clone(),
         podserver: o.podserver.clone(),
     };
-    let a = Cluster::with_subnet(bins.clone(), 3, 1)?;
+    let mut a = Cluster::with_subnet(bins.clone(), 3, 1)?;
     let mut b = Cluster::with_subnet(bins, 0, 2)?;
     let fabric = Fabric::new(&format!("{}-net", a.id))?;
     fabric.plug(&a.node, "uplink0", NODE_A)?;
@@ -99,7 +103,7 @@ fn setup(o: &Opts, mode: Mode, n: usize) -> Result<Setup> {
     client.ip(&["route", "add", "10.244.1.0/24", "via", &NODE_B.to_string()])?;
     let pods: Vec<Ipv4Addr> = a.pods.iter().map(|p| p.ip).collect();
     match mode {
-        Mode::Tc | Mode::Xdp => {
+        Mode::Tc | Mode::Xdp | Mode::Dsr => {
             let dir = b.workdir.join("manifests");
             std::fs::create_dir_all(&dir)?;
             std::fs::write(dir.join("my-nginx.yaml"), manifest(&pods))?;
@@ -107,6 +111,15 @@ fn setup(o: &Opts, mode: Mode, n: usize) -> Result<Setup> {
             b.agent_args = ["--node-name", "node-b", "--node-ip", &NODE_B.to_string()]
                 .map(String::from)
                 .to_vec();
+            if mode == Mode::Dsr {
+                // node-a takes the flows out of their tunnel: its agent runs too.
+                b.agent_args.extend(["--lb-mode", "dsr"].map(String::from));
+                a.agent_args = ["--node-name", "node-a", "--node-ip", &NODE_A.to_string()]
+                    .map(String::from)
+                    .to_vec();
+                a.agent_args.extend(["--lb-mode", "dsr"].map(String::from));
+                a.start_agent(&dir)?;
+            }
             if mode == Mode::Xdp {
                 b.agent_args
                     .extend(["--devices", "uplink0", "--xdp-mode", "generic"].map(String::from));
@@ -168,15 +181,16 @@ type Figures = [f64; 4];
 impl Setup {
     fn once(&self, secs: u64) -> Result<Figures> {
         let (addr, dur) = (self.addr, Duration::from_secs(secs));
-        let before = self.snat_flows()?;
+        let before = self.crossed()?;
         let (rr, lat) = self.client.run(move || request_response(addr, dur))??;
         let (cps, conn) = self.client.run(move || new_connections(addr, dur))??;
-        if matches!(self.mode, Mode::Tc | Mode::Xdp) {
-            // Every connection crossed nodes: node-b SNATed each one.
-            let snat = self.snat_flows()? - before;
+        if matches!(self.mode, Mode::Tc | Mode::Xdp | Mode::Dsr) {
+            // Every connection crossed nodes: node-b SNATed (or sent by
+            // DSR) each one.
+            let crossed = self.crossed()? - before;
             ensure!(
-                snat >= conn.len() as u64 / 2,
-                "{}: {} connections but {snat} SNATed flows: the traffic took another path",
+                crossed >= conn.len() as u64 / 2,
+                "{}: {} connections but {crossed} flows sent to node-a: the traffic took another path",
                 self.mode.name(),
                 conn.len()
             );
@@ -184,15 +198,18 @@ impl Setup {
         Ok([rr, percentile(&lat, 99.0), cps, percentile(&conn, 99.0)])
     }
 
-    fn snat_flows(&self) -> Result<u64> {
-        if !matches!(self.mode, Mode::Tc | Mode::Xdp) {
-            return Ok(0);
-        }
+    /// New flows node-b sent over to node-a (SNAT, or DSR).
+    fn crossed(&self) -> Result<u64> {
+        let outcome = match self.mode {
+            Mode::Tc | Mode::Xdp => "snat_new",
+            Mode::Dsr => "dsr_new",
+            _ => return Ok(0),
+        };
         let text = self.b.metrics()?;
-        let want = "ferrolb_datapath_packets_total{outcome=\"snat_new\"} ";
+        let want = format!("ferrolb_datapath_packets_total{{outcome=\"{outcome}\"}} ");
         text.lines()
-            .find_map(|l| l.strip_prefix(want)?.trim().parse().ok())
-            .context("no snat_new counter in the agent's metrics")
+            .find_map(|l| l.strip_prefix(&want)?.trim().parse().ok())
+            .with_context(|| format!("no {outcome} counter in the agent's metrics"))
     }
 }
 
@@ -204,6 +221,7 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         Mode::Direct,
         Mode::Tc,
         Mode::Xdp,
+        Mode::Dsr,
         Mode::Iptables,
         Mode::Nftables,
     ];
@@ -244,7 +262,8 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         &format!(
             "A client outside the cluster -> NodePort {NODEPORT} on node-b -> one of 3 pods on node-a, over \
              a bridge between namespaces (the north-south tests' bed). Every connection crosses nodes: \
-             node-b DNATs and SNATs it, the pods answer node-b, node-b translates back. {n} Services \
+             node-b DNATs and SNATs it, the pods answer node-b, node-b translates back (with DSR: node-b \
+             sends it to node-a in IPIP, node-a answers the client). {n} Services \
              programmed (the measured one in the middle of the rule sets). Request/response: one kept-alive \
              HTTP connection; new connections: connect, one request, close, one at a time. {secs} s per \
              figure, {reps} round(s) across all datapaths: median (min-max). XDP runs in generic mode (veth \
@@ -262,7 +281,7 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     );
     let cps = |m: Mode| med(modes.iter().position(|x| *x == m).expect("mode"), 2).median;
     let direct = cps(Mode::Direct);
-    for (m, tag) in [(Mode::Tc, "tc"), (Mode::Xdp, "XDP")] {
+    for (m, tag) in [(Mode::Tc, "tc"), (Mode::Xdp, "XDP"), (Mode::Dsr, "DSR")] {
         let f = cps(m);
         r.target(
             &format!("north-south {tag}: NodePort new conn/s no worse than iptables"),
