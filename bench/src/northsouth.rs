@@ -208,30 +208,20 @@ fn measure(quick: bool) -> Result<(Vec<Case>, Vec<[Figures; 2]>)> {
             let fds = (prog.fd()?, pass.fd()?);
             let ctx = (h == 1).then(|| xdp_ctx.clone());
             let baseline = [TC_ACT_OK, XDP_PASS][h];
+            let run = Run {
+                fds,
+                case: c,
+                hook: h,
+                baseline,
+                reps,
+            };
+            let (frame, next) = (&mut l.frame, &mut l.next[h]);
             let warm = match program(&l.ebpf, harness_name)? {
                 Program::SchedClassifier(hp) => {
-                    let mut harness = Harness {
-                        prog: hp,
-                        frame: &mut l.frame,
-                        next: &mut l.next[h],
-                        repeat: 1000,
-                        loops: if c.fresh { 1 } else { 5 },
-                        forward: baseline,
-                        ctx,
-                    };
-                    warm(&mut harness, fds, c, h, baseline, reps, &mut l.conntrack)?
+                    run.warm(harness(hp, frame, next, c, baseline, ctx), &mut l.conntrack)?
                 }
                 Program::Xdp(hp) => {
-                    let mut harness = Harness {
-                        prog: hp,
-                        frame: &mut l.frame,
-                        next: &mut l.next[h],
-                        repeat: 1000,
-                        loops: if c.fresh { 1 } else { 5 },
-                        forward: baseline,
-                        ctx,
-                    };
-                    warm(&mut harness, fds, c, h, baseline, reps, &mut l.conntrack)?
+                    run.warm(harness(hp, frame, next, c, baseline, ctx), &mut l.conntrack)?
                 }
                 _ => anyhow::bail!("{harness_name}: unexpected program type"),
             };
@@ -314,32 +304,60 @@ fn flows(l: &Loaded) -> Result<Vec<Case>> {
     ])
 }
 
-/// Warm figures of one case on one hook: (added, total) ns per repetition.
-fn warm<P: Runnable>(
-    harness: &mut Harness<'_, P>,
-    (prog_fd, pass_fd): (&ProgramFd, &ProgramFd),
+/// The bench harness of one hook, set for case `c`.
+fn harness<'a, P>(
+    prog: &'a P,
+    frame: &'a mut aya::maps::Array<aya::maps::MapData, lb_common::BenchFrame>,
+    next: &'a mut aya::maps::ProgramArray<aya::maps::MapData>,
     c: &Case,
+    baseline: u32,
+    ctx: Option<Vec<u8>>,
+) -> Harness<'a, P> {
+    Harness {
+        prog,
+        frame,
+        next,
+        repeat: 1000,
+        loops: if c.fresh { 1 } else { 5 },
+        forward: baseline,
+        ctx,
+    }
+}
+
+/// What one case's warm figures on one hook need besides the harness.
+struct Run<'a> {
+    fds: (&'a ProgramFd, &'a ProgramFd),
+    case: &'a Case,
     hook: usize,
     baseline: u32,
     reps: usize,
-    conntrack: &mut lb_agent::datapath::conntrack::Conntrack,
-) -> Result<(Vec<f64>, Vec<f64>)> {
-    let (mut added, mut total) = (Vec::new(), Vec::new());
-    for _ in 0..reps {
-        harness.forward = baseline;
-        let b0 = harness.warm_ns(pass_fd, &c.frame, c.fresh)?;
-        if c.fresh {
-            // 1000 new flows a loop, each claiming a SNAT port: from empty.
-            conntrack.purge(&Default::default(), &Default::default())?;
+}
+
+impl Run<'_> {
+    /// Warm figures: (added, total) ns per repetition.
+    fn warm<P: Runnable>(
+        &self,
+        mut harness: Harness<'_, P>,
+        conntrack: &mut lb_agent::datapath::conntrack::Conntrack,
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        let (c, (prog_fd, pass_fd)) = (self.case, self.fds);
+        let (mut added, mut total) = (Vec::new(), Vec::new());
+        for _ in 0..self.reps {
+            harness.forward = self.baseline;
+            let b0 = harness.warm_ns(pass_fd, &c.frame, c.fresh)?;
+            if c.fresh {
+                // 1000 new flows a loop, each claiming a SNAT port: from empty.
+                conntrack.purge(&Default::default(), &Default::default())?;
+            }
+            harness.forward = c.verdict[self.hook];
+            let v = harness.warm_ns(prog_fd, &c.frame, c.fresh)?;
+            harness.forward = self.baseline;
+            let b1 = harness.warm_ns(pass_fd, &c.frame, c.fresh)?;
+            added.push(v - (b0 + b1) / 2.0);
+            total.push(v);
         }
-        harness.forward = c.verdict[hook];
-        let v = harness.warm_ns(prog_fd, &c.frame, c.fresh)?;
-        harness.forward = baseline;
-        let b1 = harness.warm_ns(pass_fd, &c.frame, c.fresh)?;
-        added.push(v - (b0 + b1) / 2.0);
-        total.push(v);
+        Ok((added, total))
     }
-    Ok((added, total))
 }
 
 /// Cold added ns: interquartile means of single runs, ours minus the

@@ -116,20 +116,24 @@ fn node_datapath(tag: &str, ifindex: u32) -> Datapath {
         ),
     ]);
     dp.ext.sync_node_addrs(&[NODE].into()).unwrap();
-    dp.ext
-        .set_config(&lb_common::Config {
-            nodeport_min: 30000,
-            nodeport_max: 32767,
-            snat_port_min: 61000,
-            snat_port_max: 65535,
-            snat_v4: u32::from_ne_bytes(NODE.octets()),
-            snat_closed_ticks: 0,
-            flags: 0,
-            snat_v6: [0; 4],
-        })
-        .unwrap();
+    dp.ext.set_config(&config((61000, 65535), 0)).unwrap();
     dp.xdp_ifindex = ifindex;
     dp
+}
+
+/// The node's settings: SNAT to [`NODE`] from `ports`, closed flows
+/// keeping theirs `closed_ticks` (0: the default).
+fn config(ports: (u16, u16), closed_ticks: u32) -> lb_common::Config {
+    lb_common::Config {
+        nodeport_min: 30000,
+        nodeport_max: 32767,
+        snat_port_min: ports.0,
+        snat_port_max: ports.1,
+        snat_v4: u32::from_ne_bytes(NODE.octets()),
+        snat_closed_ticks: closed_ticks,
+        flags: 0,
+        snat_v6: [0; 4],
+    }
 }
 
 /// XDP test runs on `wire0` need its receive queue registered, which a
@@ -332,19 +336,8 @@ fn snat_ports_of_closed_flows_are_given_to_new_flows() {
         if hook == Hook::Xdp {
             register_xdp_rxq(&mut dp);
         }
-        dp.ext
-            .set_config(&lb_common::Config {
-                nodeport_min: 30000,
-                nodeport_max: 32767,
-                snat_port_min: 61000,
-                snat_port_max: 61001,
-                snat_v4: u32::from_ne_bytes(NODE.octets()),
-                // One tick: the closed period passes at once.
-                snat_closed_ticks: 1,
-                flags: 0,
-                snat_v6: [0; 4],
-            })
-            .unwrap();
+        // Two ports; one tick: the closed period passes at once.
+        dp.ext.set_config(&config((61000, 61001), 1)).unwrap();
         let syn = |sport: u16| Frame::tcp((CLIENT, sport), (NODE, 30080), TCP_SYN).build();
         let (v, a) = dp.run_on(hook, &syn(44000));
         assert_eq!(v, sent(hook));

@@ -46,9 +46,15 @@ enum Cmd {
     },
 }
 
-/// The standalone build of the kernel programs (nightly, build-std).
+/// The standalone build of the kernel programs (nightly, build-std), with
+/// BTF as lb-agent's build.rs makes it: the verifier needs BTF function
+/// info for bpf_loop callbacks.
 fn ebpf_build() -> Command {
     let mut c = Command::new("rustup");
+    c.env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\u{1f}"),
+    );
     c.args([
         "run",
         "nightly",
