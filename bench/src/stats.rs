@@ -9,6 +9,14 @@ pub struct Spread {
 }
 
 pub fn spread(values: &[f64]) -> Spread {
+    if values.is_empty() {
+        // No figure (every run failed): shown as NaN, not a panic.
+        return Spread {
+            min: f64::NAN,
+            median: f64::NAN,
+            max: f64::NAN,
+        };
+    }
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     Spread {
