@@ -56,10 +56,9 @@ pub fn lookup(addr: u32, port: u16, proto: u8) -> Option<Frontend> {
         return None;
     }
     unsafe { NODE_ADDRS.get(NodeAddrKey::v4(addr)) }?;
-    let mut fe = lookup_frontend(0, port, proto)?;
-    // Replies and SNAT use the address the client asked for.
-    fe.addr = 0;
-    Some(fe)
+    // The wildcard entry (address 0); replies use the address the client
+    // asked for, from the packet.
+    lookup_frontend(0, port, proto)
 }
 
 /// True when `saddr` may reach `fe` under its `loadBalancerSourceRanges`
