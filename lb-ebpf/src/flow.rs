@@ -139,12 +139,17 @@ fn syn_to_frontend<C: Hook>(ctx: &C, p: &Packet, fe: &Frontend) -> Outcome {
     }
     // The tuple is tracked. A retransmitted SYN keeps its backend, but only
     // while that backend still serves the frontend: a new connection
-    // reusing a closed flow's tuple must not follow it to a pod that is gone.
+    // reusing a closed flow's tuple must not follow it to a pod that is
+    // gone, nor to a SNAT port another flow has taken since.
     if let Some(ct) = conntrack::lookup(p)
         && !ct.is_reverse()
-        && lb::still_serves(fe, &ct)
     {
-        return established(ctx, p, &ct);
+        let key = conntrack::key_of(p);
+        if lb::still_serves(fe, &ct) && snat::holds_port(&key, &ct) {
+            return established(ctx, p, &ct);
+        }
+        // Replaced: its SNAT port, if it still has one, is free now.
+        snat::release(&key, &ct);
     }
     new_flow(ctx, p, fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
 }

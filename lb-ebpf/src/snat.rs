@@ -8,6 +8,10 @@
 //! the flow holding it was closed a while ago or has been idle long
 //! (`reclaimable`): conntrack entries themselves only leave the LRU map
 //! under pressure, so without this a busy backend would run out of ports.
+//! The old flow's forward entries leave with its port, and a SYN on a
+//! tracked tuple checks that its flow still holds one (`holds_port`):
+//! otherwise a client reusing the tuple would send into the flow that
+//! took the port over.
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, generated::bpf_loop},
@@ -61,12 +65,24 @@ extern "C" fn probe(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let s = unsafe { &mut *(ctx as *mut Probe) };
     let nport = (s.port as u16).to_be();
     let rev = s.claim.key(nport);
-    if CONNTRACK
+    let claimed = CONNTRACK
         .insert(rev, s.claim.rev_v, BPF_NOEXIST as u64)
         .is_ok()
-        || (reclaimable(&rev, s.now, s.closed)
-            && CONNTRACK.insert(rev, s.claim.rev_v, BPF_ANY as u64).is_ok())
-    {
+        || match reclaimable(&rev, s.now, s.closed) {
+            Reclaim::No => false,
+            Reclaim::Yes { holder } => {
+                let ok = CONNTRACK.insert(rev, s.claim.rev_v, BPF_ANY as u64).is_ok();
+                // The old flow's forward entries go with its port: a
+                // client reusing that tuple starts a new flow instead of
+                // sending into the one that holds the port now.
+                if ok && let Some(fwd) = holder {
+                    let _ = CONNTRACK.remove(fwd);
+                    let _ = SNAT.remove(fwd);
+                }
+                ok
+            }
+        };
+    if claimed {
         s.found = nport as u32;
         return 1;
     }
@@ -117,30 +133,87 @@ pub fn claim_reverse(claim: Claim) -> u32 {
     s.found
 }
 
-/// True when the reply tuple `rev` is held by a SNATed flow that is
-/// over: closed long enough ago for the backend's TIME_WAIT to have
-/// ended, or idle past its protocol's lifetime, or whose translation the
-/// LRU already evicted. A tuple of any other flow is never taken.
+/// Whether a reply tuple's port may be taken, and the forward key of the
+/// flow that held it, to remove with it.
+enum Reclaim {
+    No,
+    Yes { holder: Option<CtKey> },
+}
+
+/// Whether the reply tuple `rev` is free to claim: held by a SNATed flow
+/// that is over, i.e. closed (a FIN or RST either way) long enough ago
+/// for the backend's TIME_WAIT to have ended, or idle both ways past its
+/// protocol's lifetime, or whose translation the LRU already evicted. A
+/// tuple of any other flow is never taken.
 #[inline(always)]
-fn reclaimable(rev: &CtKey, now: u32, closed: u32) -> bool {
+fn reclaimable(rev: &CtKey, now: u32, closed: u32) -> Reclaim {
     let Some(ct) = (unsafe { CONNTRACK.get(rev) }) else {
         // Gone since the insert failed: free.
-        return true;
+        return Reclaim::Yes { holder: None };
     };
     let snat_reverse = CT_FLAG_REVERSE | CT_FLAG_SNAT;
     if ct.flags & snat_reverse != snat_reverse {
-        return false;
+        return Reclaim::No;
     }
-    let Some(n) = (unsafe { SNAT.get(rev) }) else {
-        return true;
+    let Some(r) = (unsafe { SNAT.get(rev) }) else {
+        return Reclaim::Yes { holder: None };
     };
-    let idle = now.wrapping_sub(n.seen);
+    // The forward side: client -> frontend, if it still uses this port
+    // (a replaced flow's forward entry may have moved on to another).
+    let fwd = CtKey::new(r.addr, ct.addr, r.port, ct.port, rev.proto);
+    let f = unsafe { SNAT.get(fwd) }.filter(|f| f.addr == rev.daddr && f.port == rev.dport);
+    let (mut state, mut idle) = (r.state, now.wrapping_sub(r.seen));
+    if let Some(f) = f {
+        state |= f.state;
+        idle = idle.min(now.wrapping_sub(f.seen));
+    }
     let lifetime = if rev.proto == IPPROTO_TCP {
         SNAT_IDLE_TCP_TICKS
     } else {
         SNAT_IDLE_OTHER_TICKS
     };
-    (n.state & NAT_CLOSING != 0 && idle >= closed) || idle >= lifetime
+    if (state & NAT_CLOSING != 0 && idle >= closed) || idle >= lifetime {
+        Reclaim::Yes {
+            holder: f.map(|_| fwd),
+        }
+    } else {
+        Reclaim::No
+    }
+}
+
+/// False when the tracked flow `fwd` (entry `ct`) is SNATed and has lost
+/// its port: its translation or reverse entry is gone, or the reverse
+/// entry translates to another client now. A new connection on such a
+/// tuple must start over rather than send into another flow.
+#[inline(always)]
+pub fn holds_port(fwd: &CtKey, ct: &CtValue) -> bool {
+    ct.flags & CT_FLAG_SNAT == 0 || held_reverse(fwd, ct).is_some()
+}
+
+/// Frees the port of the tracked flow `fwd` (entry `ct`) before a new
+/// flow replaces it on the same tuple, so that it does not wait out its
+/// lifetime held by nothing.
+#[inline(always)]
+pub fn release(fwd: &CtKey, ct: &CtValue) {
+    if ct.flags & CT_FLAG_SNAT != 0
+        && let Some(rev) = held_reverse(fwd, ct)
+    {
+        let _ = CONNTRACK.remove(rev);
+        let _ = SNAT.remove(rev);
+    }
+}
+
+/// The reverse key of SNATed flow `fwd`, if that entry and its
+/// translation are still this flow's.
+#[inline(always)]
+fn held_reverse(fwd: &CtKey, ct: &CtValue) -> Option<CtKey> {
+    let n = unsafe { SNAT.get(fwd) }?;
+    let rev = CtKey::new(ct.addr, n.addr, ct.port, n.port, fwd.proto);
+    let snat_reverse = CT_FLAG_REVERSE | CT_FLAG_SNAT;
+    let ours = unsafe { CONNTRACK.get(rev) }
+        .is_some_and(|c| c.flags & snat_reverse == snat_reverse)
+        && unsafe { SNAT.get(rev) }.is_some_and(|r| r.addr == fwd.saddr && r.port == fwd.sport);
+    ours.then_some(rev)
 }
 
 /// Notes a packet of a SNATed flow on its translation: when it was last

@@ -36,6 +36,11 @@ impl Conn {
         })
     }
 
+    /// The socket, to close it in a way of the caller's choosing.
+    pub fn into_stream(self) -> TcpStream {
+        self.w
+    }
+
     /// Sends `GET /` and returns the response body.
     pub fn get(&mut self) -> std::io::Result<Vec<u8>> {
         self.w.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;

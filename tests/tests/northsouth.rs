@@ -17,8 +17,9 @@ use std::time::Duration;
 use ferrolb_tests::cluster::Cluster;
 use ferrolb_tests::fabric::Fabric;
 use ferrolb_tests::firewall;
-use ferrolb_tests::http::get_path_and_close;
+use ferrolb_tests::http::{Conn, get_path_and_close};
 use ferrolb_tests::netns::{NetNs, sh};
+use socket2::{Domain, Protocol, Socket, Type};
 
 const NODE_A: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
 const NODE_B: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
@@ -554,5 +555,79 @@ fn dsr_replies_leave_the_backends_node_and_keep_the_client_address() {
         );
         assert_eq!(from, SocketAddr::from((EXTERNAL_IP, 80)));
     }
+    t.finish();
+}
+
+/// A kept-alive connection from `client:sport` (the port reusable at
+/// once, as a client that reuses its tuples does).
+fn conn_from(ns: &NetNs, sport: u16, to: Ipv4Addr, port: u16) -> std::io::Result<Conn> {
+    ns.run(move || {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.bind(&SocketAddr::from((CLIENT, sport)).into())?;
+        s.connect_timeout(&SocketAddr::from((to, port)).into(), TIMEOUT)?;
+        let s: TcpStream = s.into();
+        s.set_read_timeout(Some(TIMEOUT))?;
+        Conn::new(s)
+    })
+    .expect("namespace thread")
+}
+
+/// Closes `c` with a RST: no TIME_WAIT on either end, so the same client
+/// tuple can connect again at once.
+fn reset(c: Conn) {
+    let s = Socket::from(c.into_stream());
+    s.set_linger(Some(Duration::ZERO)).unwrap();
+}
+
+/// SNAT source ports come back from closed flows, and a client reusing an
+/// old tuple never lands on a port another flow holds by then (bench 2b
+/// found connections timing out once ports were recycled). Two ports,
+/// free again 1 s after their flow closed; my-service's pod is on
+/// node-b, so every flow through node-a is SNATed.
+#[test]
+fn recycled_snat_ports_never_collide_with_live_flows() {
+    let t = topology_with(
+        false,
+        &[
+            "--snat-port-range",
+            "40000-40001",
+            "--snat-closed-timeout-secs",
+            "1",
+        ],
+    );
+    let client = t.client();
+    let get = |c: &mut Conn, what: &str| {
+        let body = c
+            .get()
+            .unwrap_or_else(|e| panic!("{what}: {e}\n{}", t.stats()));
+        assert_eq!(String::from_utf8_lossy(&body).trim(), "pod-2-0", "{what}");
+    };
+    let once = |sport: u16, what: &str| {
+        let mut c = conn_from(client, sport, EXTERNAL_IP, 80)
+            .unwrap_or_else(|e| panic!("{what}: connect: {e}\n{}", t.stats()));
+        get(&mut c, what);
+        reset(c);
+    };
+    // Both ports taken by flows that then close.
+    once(41001, "first flow");
+    once(41002, "second flow");
+    std::thread::sleep(Duration::from_millis(1500));
+    // A live flow takes one of them back.
+    let mut live = conn_from(client, 41003, EXTERNAL_IP, 80)
+        .unwrap_or_else(|e| panic!("live flow: connect: {e}\n{}", t.stats()));
+    get(&mut live, "live flow");
+    // The old tuples again: neither may land on the live flow's port.
+    for (sport, what) in [(41001, "first tuple again"), (41002, "second tuple again")] {
+        std::thread::sleep(Duration::from_millis(1500));
+        once(sport, what);
+    }
+    get(&mut live, "live flow, after the others");
+    let stats = t.a.cli("stats").unwrap();
+    assert_eq!(stat(&stats, "drop_snat"), 0, "node-a:\n{stats}");
+    // Three flows, then at least the tuple whose port the live flow took
+    // starts over (the other may keep its own port).
+    assert!(stat(&stats, "snat_new") >= 4, "node-a:\n{stats}");
+    drop(live);
     t.finish();
 }
