@@ -192,6 +192,16 @@ fn agent_follows_the_api_server() {
         api.apply(hostnames_slice(c, pods));
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Settled: no sync for 600 ms (three sync intervals). Before that, an
+    // intermediate state of the burst may still be applied after the
+    // final one was seen once.
+    let mut last = syncs(c);
+    wait_until(CONVERGE, || {
+        std::thread::sleep(Duration::from_millis(600));
+        let now = syncs(c);
+        std::mem::replace(&mut last, now) == now
+    })
+    .expect("syncs settle after the burst");
     expect_backends(c, &[1, 2], "after the burst");
     let burst = syncs(c) - before;
     assert!(
