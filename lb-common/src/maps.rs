@@ -33,8 +33,18 @@ pub const MAP_CONFIG: &str = "flb_cfg_v1";
 /// [`SourceRangeKey`]), family independent.
 pub const MAP_SOURCE_RANGES: &str = "flb_srcrange_v1";
 
+/// The IPv6 maps: the same layouts over [`In6`] addresses ([`ServiceKey6`],
+/// [`Backend6`], [`CtKey6`], ...), beside the IPv4 ones so that IPv4 keys
+/// stay small (a conntrack key is 16 bytes, not 40). Service ids, backend
+/// ids, counters, node addresses, source ranges and settings are shared.
+pub const MAP_SERVICES6: &str = "flb_svc6_v1";
+pub const MAP_BACKENDS6: &str = "flb_be6_v1";
+pub const MAP_CONNTRACK6: &str = "flb_ct6_v1";
+pub const MAP_SOCK_REVNAT6: &str = "flb_sock6_v1";
+pub const MAP_SNAT6: &str = "flb_snat6_v1";
+
 /// Every map the programs declare, for pinning and cleanup.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -45,6 +55,11 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_SNAT,
     MAP_CONFIG,
     MAP_SOURCE_RANGES,
+    MAP_SERVICES6,
+    MAP_BACKENDS6,
+    MAP_CONNTRACK6,
+    MAP_SOCK_REVNAT6,
+    MAP_SNAT6,
 ];
 
 /// Default map sizes; the agent can override each with a flag.
@@ -118,11 +133,19 @@ pub const IPPROTO_IPIP: u8 = 4;
 /// Length of the service name stored for the CLI.
 pub const SVC_NAME_LEN: usize = 64;
 
+/// An IPv6 address as the datapath loads it: four words in network
+/// order (the bytes as on the wire).
+pub type In6 = [u32; 4];
+
+/// The layouts below that hold an address are generic over it: `u32` for
+/// IPv4, [`In6`] for IPv6, one definition for both families. Every field
+/// after the address is 2-byte aligned or smaller and padded to a
+/// multiple of 4, so neither instance has implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
+pub struct ServiceKeyOf<A> {
     /// VIP, network order.
-    pub addr: u32,
+    pub addr: A,
     /// Service port, network order.
     pub port: u16,
     /// 0 = master entry, 1..=count = backend slots.
@@ -134,10 +157,13 @@ pub struct ServiceKey {
     pub _pad1: u16,
 }
 
-impl ServiceKey {
+pub type ServiceKey = ServiceKeyOf<u32>;
+pub type ServiceKey6 = ServiceKeyOf<In6>;
+
+impl<A> ServiceKeyOf<A> {
     #[inline(always)]
-    pub const fn new(addr: u32, port: u16, slot: u16, proto: u8) -> Self {
-        ServiceKey {
+    pub const fn new(addr: A, port: u16, slot: u16, proto: u8) -> Self {
+        ServiceKeyOf {
             addr,
             port,
             slot,
@@ -162,20 +188,23 @@ pub struct ServiceValue {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Backend {
+pub struct BackendOf<A> {
     /// Backend address, network order.
-    pub addr: u32,
+    pub addr: A,
     /// Backend (target) port, network order.
     pub port: u16,
     pub proto: u8,
     pub flags: u8,
 }
 
+pub type Backend = BackendOf<u32>;
+pub type Backend6 = BackendOf<In6>;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CtKey {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct CtKeyOf<A> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -184,10 +213,13 @@ pub struct CtKey {
     pub _pad1: u16,
 }
 
-impl CtKey {
+pub type CtKey = CtKeyOf<u32>;
+pub type CtKey6 = CtKeyOf<In6>;
+
+impl<A> CtKeyOf<A> {
     #[inline(always)]
-    pub const fn new(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> Self {
-        CtKey {
+    pub const fn new(saddr: A, daddr: A, sport: u16, dport: u16, proto: u8) -> Self {
+        CtKeyOf {
             saddr,
             daddr,
             sport,
@@ -201,9 +233,9 @@ impl CtKey {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CtValue {
+pub struct CtValueOf<A> {
     /// Forward: backend address; reverse: VIP. Network order.
-    pub addr: u32,
+    pub addr: A,
     /// Forward: backend port; reverse: service port. Network order.
     pub port: u16,
     /// [`CT_FLAG_REVERSE`].
@@ -212,7 +244,10 @@ pub struct CtValue {
     pub backend_id: u32,
 }
 
-impl CtValue {
+pub type CtValue = CtValueOf<u32>;
+pub type CtValue6 = CtValueOf<In6>;
+
+impl<A> CtValueOf<A> {
     #[inline(always)]
     pub fn is_reverse(&self) -> bool {
         self.flags & CT_FLAG_REVERSE != 0
@@ -240,6 +275,27 @@ pub struct SockValue {
     pub _pad: u16,
 }
 
+/// [`SockKey`] for IPv6 sockets (its own type: the cookie's alignment
+/// would pad a generic one differently per family).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey6 {
+    pub cookie: u64,
+    pub addr: In6,
+    pub port: u16,
+    pub dir: u8,
+    pub _pad: u8,
+    pub _pad1: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockValue6 {
+    pub addr: In6,
+    pub port: u16,
+    pub _pad: u16,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SvcInfo {
@@ -252,9 +308,9 @@ pub struct SvcInfo {
 /// (so that established packets skip the FIB lookup).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct NatValue {
+pub struct NatValueOf<A> {
     /// Network order.
-    pub addr: u32,
+    pub addr: A,
     pub port: u16,
     /// Cached next hop: the egress MTU (0: unknown) ...
     pub hop_mtu: u16,
@@ -272,6 +328,9 @@ pub struct NatValue {
     /// [`NAT_CLOSING`]: a FIN or RST passed in this direction.
     pub state: u32,
 }
+
+pub type NatValue = NatValueOf<u32>;
+pub type NatValue6 = NatValueOf<In6>;
 
 /// [`NatValue::state`]: the flow is being closed.
 pub const NAT_CLOSING: u32 = 1;
@@ -387,6 +446,13 @@ const _: () = {
     assert!(core::mem::size_of::<NodeAddrKey>() == 16);
     assert!(core::mem::size_of::<SourceRangeKey>() == 36);
     assert!(core::mem::size_of::<Config>() == 36);
+    assert!(core::mem::size_of::<ServiceKey6>() == 24);
+    assert!(core::mem::size_of::<Backend6>() == 20);
+    assert!(core::mem::size_of::<CtKey6>() == 40);
+    assert!(core::mem::size_of::<CtValue6>() == 28);
+    assert!(core::mem::size_of::<NatValue6>() == 48);
+    assert!(core::mem::size_of::<SockKey6>() == 32);
+    assert!(core::mem::size_of::<SockValue6>() == 20);
 };
 
 #[cfg(feature = "user")]
@@ -415,6 +481,13 @@ mod user {
         NatValue,
         NodeAddrKey,
         SourceRangeKey,
-        Config
+        Config,
+        ServiceKey6,
+        Backend6,
+        CtKey6,
+        CtValue6,
+        NatValue6,
+        SockKey6,
+        SockValue6
     );
 }

@@ -5,29 +5,29 @@
 //! either, it is. A SNATed flow's entries are flagged and point to its
 //! `snat` entries, which hold what the conntrack value has no room for.
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
-use lb_common::{CT_FLAG_DSR, CT_FLAG_EXTERNAL, CT_FLAG_REVERSE, CT_FLAG_SNAT, CtKey, CtValue};
+use lb_common::{CT_FLAG_DSR, CT_FLAG_EXTERNAL, CT_FLAG_REVERSE, CT_FLAG_SNAT, CtKeyOf, CtValueOf};
 
-use crate::maps::CONNTRACK;
+use crate::family::Family;
 use crate::parse::Packet;
 use crate::snat;
 
 /// The entry, forward or reverse, that `p`'s tuple matches.
 #[inline(always)]
-pub fn lookup(p: &Packet) -> Option<CtValue> {
-    unsafe { CONNTRACK.get(key_of(p)) }.copied()
+pub fn lookup<A: Family>(p: &Packet<A>) -> Option<CtValueOf<A>> {
+    unsafe { A::conntrack().get(key_of(p)) }.copied()
 }
 
 #[inline(always)]
-pub fn key_of(p: &Packet) -> CtKey {
-    CtKey::new(p.saddr, p.daddr, p.sport, p.dport, p.proto)
+pub fn key_of<A: Family>(p: &Packet<A>) -> CtKeyOf<A> {
+    CtKeyOf::new(p.saddr, p.daddr, p.sport, p.dport, p.proto)
 }
 
 /// The entry the reply to the packet `q` would match. An ICMP error
 /// quotes a packet; the entry that explains it is the one its answer hits.
 #[inline(always)]
-pub fn lookup_reply_to(q: &Packet) -> Option<CtValue> {
-    let k = CtKey::new(q.daddr, q.saddr, q.dport, q.sport, q.proto);
-    unsafe { CONNTRACK.get(k) }.copied()
+pub fn lookup_reply_to<A: Family>(q: &Packet<A>) -> Option<CtValueOf<A>> {
+    let k = CtKeyOf::new(q.daddr, q.saddr, q.dport, q.sport, q.proto);
+    unsafe { A::conntrack().get(k) }.copied()
 }
 
 /// What [`create`] does when the tuple already has a forward entry.
@@ -39,15 +39,15 @@ pub enum Existing {
 }
 
 /// A new flow's backend and what else its entries carry.
-pub struct NewFlow {
-    pub be_addr: u32,
+pub struct NewFlow<A> {
+    pub be_addr: A,
     pub be_port: u16,
     pub svc_id: u32,
     pub backend_id: u32,
     /// `CT_FLAG_EXTERNAL` or 0.
     pub flags: u16,
     /// SNAT to this node address, for a flow to a backend elsewhere.
-    pub snat: Option<u32>,
+    pub snat: Option<A>,
 }
 
 /// Why [`create`] failed.
@@ -66,16 +66,21 @@ const EEXIST: i64 = 17;
 /// refuses a tracked tuple doubles as the lookup, so a new connection
 /// costs no separate miss.
 #[inline(always)]
-pub fn create(p: &Packet, f: &NewFlow, existing: Existing) -> Result<Option<(u32, u16)>, Error> {
+pub fn create<A: Family>(
+    p: &Packet<A>,
+    f: &NewFlow<A>,
+    existing: Existing,
+) -> Result<Option<(A, u16)>, Error> {
+    let ct = A::conntrack();
     let fwd = key_of(p);
-    let mut fwd_v = CtValue {
+    let mut fwd_v = CtValueOf {
         addr: f.be_addr,
         port: f.be_port,
         flags: f.flags,
         svc_id: f.svc_id,
         backend_id: f.backend_id,
     };
-    let rev_v = CtValue {
+    let rev_v = CtValueOf {
         addr: p.daddr,
         port: p.dport,
         flags: f.flags | CT_FLAG_REVERSE,
@@ -89,30 +94,32 @@ pub fn create(p: &Packet, f: &NewFlow, existing: Existing) -> Result<Option<(u32
     let Some(snat_addr) = f.snat else {
         // Forward first is safe: no reply can come before this packet
         // leaves, after both writes.
-        match CONNTRACK.insert(fwd, fwd_v, flags) {
+        match ct.insert(fwd, fwd_v, flags) {
             Ok(()) => {}
             Err(e) if e as i64 == -EEXIST => return Ok(None),
             Err(_) => return Err(Error::Internal),
         }
         // A DSR flow's replies never come back here: no reverse entry.
         if f.flags & CT_FLAG_DSR == 0 {
-            let rev = CtKey::new(f.be_addr, p.saddr, f.be_port, p.sport, p.proto);
-            CONNTRACK
-                .insert(rev, rev_v, 0)
-                .map_err(|_| Error::Internal)?;
+            let rev = CtKeyOf::new(f.be_addr, p.saddr, f.be_port, p.sport, p.proto);
+            ct.insert(rev, rev_v, 0).map_err(|_| Error::Internal)?;
         }
         return Ok(Some((p.saddr, p.sport)));
     };
+    if A::IS_V6 {
+        // Never asked (see `flow::open`); compiled out for IPv6.
+        return Err(Error::Internal);
+    }
     // SNAT: the reply tuple (backend -> node address:port) must be unique
     // among every flow's, so the reverse entry is claimed first, with a
     // port no other flow to this backend holds; then the translations;
     // the forward entry last, so that whoever finds it finds them too.
     // A tracked tuple is looked up first here: claiming a port for it
     // would overwrite the translation its flow uses.
-    if existing == Existing::Keep && unsafe { CONNTRACK.get(fwd) }.is_some() {
+    if existing == Existing::Keep && unsafe { ct.get(fwd) }.is_some() {
         return Ok(None);
     }
-    let rev_v = CtValue {
+    let rev_v = CtValueOf {
         flags: rev_v.flags | CT_FLAG_SNAT,
         ..rev_v
     };
@@ -123,17 +130,16 @@ pub fn create(p: &Packet, f: &NewFlow, existing: Existing) -> Result<Option<(u32
         snat_addr,
         rev_v,
     };
-    let rev_of = |port| CtKey::new(f.be_addr, snat_addr, f.be_port, port, p.proto);
-    let port = match snat::claim_reverse(claim) {
+    let port = match snat::claim_reverse(&claim) {
         0 => return Err(Error::SnatPorts),
         port => port as u16,
     };
-    let rev = rev_of(port);
+    let rev = claim.key(port);
     fwd_v.flags |= CT_FLAG_SNAT;
     if snat::record(&fwd, snat_addr, port, &rev, p.saddr, p.sport).is_err()
-        || CONNTRACK.insert(fwd, fwd_v, BPF_ANY as u64).is_err()
+        || ct.insert(fwd, fwd_v, BPF_ANY as u64).is_err()
     {
-        let _ = CONNTRACK.remove(rev);
+        let _ = ct.remove(rev);
         return Err(Error::Internal);
     }
     Ok(Some((snat_addr, port)))
@@ -143,17 +149,23 @@ pub fn create(p: &Packet, f: &NewFlow, existing: Existing) -> Result<Option<(u32
 /// goes to the backend `be_addr:be_port`: the reverse entry its replies
 /// take back to the frontend address, written once per flow.
 #[inline(always)]
-pub fn track_dsr_reply(p: &Packet, be_addr: u32, be_port: u16, svc_id: u32) -> Result<(), ()> {
-    let rev = CtKey::new(be_addr, p.saddr, be_port, p.sport, p.proto);
-    if unsafe { CONNTRACK.get(rev) }.is_some_and(|v| v.addr == p.daddr && v.port == p.dport) {
+pub fn track_dsr_reply<A: Family>(
+    p: &Packet<A>,
+    be_addr: A,
+    be_port: u16,
+    svc_id: u32,
+) -> Result<(), ()> {
+    let ct = A::conntrack();
+    let rev = CtKeyOf::new(be_addr, p.saddr, be_port, p.sport, p.proto);
+    if unsafe { ct.get(rev) }.is_some_and(|v| v.addr == p.daddr && v.port == p.dport) {
         return Ok(());
     }
-    let v = CtValue {
+    let v = CtValueOf {
         addr: p.daddr,
         port: p.dport,
         flags: CT_FLAG_REVERSE | CT_FLAG_EXTERNAL | CT_FLAG_DSR,
         svc_id,
         backend_id: 0,
     };
-    CONNTRACK.insert(rev, v, 0).map_err(|_| ())
+    ct.insert(rev, v, 0).map_err(|_| ())
 }

@@ -8,19 +8,16 @@
 //! as it was.
 use core::mem::{size_of, zeroed};
 
+use crate::family::Family;
+use crate::nat::Tuple;
+use crate::parse::{Frame, L3_OFF, ptr_at};
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::generated::bpf_fib_lookup as fib_lookup,
     programs::{TcContext, XdpContext},
 };
-use network_types::ip::Ipv4Hdr;
-
-use crate::nat::Tuple;
-use crate::parse::{Frame, L3_OFF, ptr_at};
-use lb_common::{HOP_CACHE_TICKS, NatValue};
-
-const AF_INET: u8 = 2;
+use lb_common::{HOP_CACHE_TICKS, NatValueOf};
 
 /// Where a translated packet goes.
 pub enum NextHop {
@@ -61,25 +58,38 @@ impl Fib for XdpContext {
     }
 }
 
+/// The packet's hop count, IPv4 TOS or IPv6 flow information (the
+/// first header word but the version, as the FIB takes it), and length
+/// from its IP header.
+#[inline(always)]
+fn ip_meta<C: Frame, A: Family>(ctx: &C) -> Option<(u8, u32, u16)> {
+    let b = unsafe { *ptr_at::<[u8; 12], _>(ctx, L3_OFF).ok()? };
+    Some(if A::IS_V6 {
+        (
+            b[7],
+            u32::from_ne_bytes([b[0] & 0x0f, b[1], b[2], b[3]]),
+            u16::from_be_bytes([b[4], b[5]]).wrapping_add(A::HDR_LEN as u16),
+        )
+    } else {
+        (b[8], b[1] as u32, u16::from_be_bytes([b[2], b[3]]))
+    })
+}
+
 /// The next hop of the packet once rewritten to `t`. Not inlined: its
 /// 64-byte parameter block would otherwise sit in every caller's frame.
 #[inline(never)]
-pub fn lookup<C: Fib>(ctx: &C, t: &Tuple) -> NextHop {
-    let Ok(ip) = ptr_at::<Ipv4Hdr, _>(ctx, L3_OFF) else {
+pub fn lookup<C: Fib, A: Family>(ctx: &C, t: &Tuple<A>, proto: u8) -> NextHop {
+    let Some((ttl, tos, _)) = ip_meta::<C, A>(ctx) else {
         return NextHop::Stack;
     };
-    let (tos, ttl, proto) = unsafe { ((*ip).tos, (*ip).ttl, (*ip).proto) };
     if ttl <= 1 {
         return NextHop::Stack;
     }
     let mut fib: bpf_fib_lookup = unsafe { zeroed() };
-    fib.family = AF_INET;
     fib.l4_protocol = proto;
     // tot_len stays 0: the kernel checks the packet against the egress
     // MTU itself (GSO packets included, at tc).
-    fib.__bindgen_anon_2.tos = tos;
-    fib.__bindgen_anon_3.ipv4_src = t.saddr;
-    fib.__bindgen_anon_4.ipv4_dst = t.daddr;
+    A::fib_addrs(&mut fib, t.saddr, t.daddr, tos);
     fib.ifindex = ctx.arrival_ifindex();
     let rc = unsafe {
         fib_lookup(
@@ -114,13 +124,18 @@ pub fn lookup<C: Fib>(ctx: &C, t: &Tuple) -> NextHop {
 /// the costliest step of their path. A packet longer than the cached
 /// egress MTU (a GSO packet at tc, say) asks the FIB, which checks it.
 #[inline(always)]
-pub fn lookup_cached<C: Fib>(ctx: &C, t: &Tuple, cache: *mut NatValue, now: u32) -> NextHop {
+pub fn lookup_cached<C: Fib, A: Family>(
+    ctx: &C,
+    t: &Tuple<A>,
+    proto: u8,
+    cache: *mut NatValueOf<A>,
+    now: u32,
+) -> NextHop {
     let c = unsafe { &mut *cache };
     if c.hop_ifindex != 0 && now.wrapping_sub(c.hop_checked) < HOP_CACHE_TICKS {
-        let Ok(ip) = ptr_at::<Ipv4Hdr, _>(ctx, L3_OFF) else {
+        let Some((ttl, _, len)) = ip_meta::<C, A>(ctx) else {
             return NextHop::Stack;
         };
-        let (ttl, len) = unsafe { ((*ip).ttl, u16::from_be_bytes((*ip).tot_len)) };
         if ttl > 1 && (c.hop_mtu == 0 || len <= c.hop_mtu) {
             return NextHop::Found {
                 ifindex: c.hop_ifindex,
@@ -130,7 +145,7 @@ pub fn lookup_cached<C: Fib>(ctx: &C, t: &Tuple, cache: *mut NatValue, now: u32)
             };
         }
     }
-    let hop = lookup(ctx, t);
+    let hop = lookup(ctx, t, proto);
     if let NextHop::Found {
         ifindex, macs, mtu, ..
     } = hop

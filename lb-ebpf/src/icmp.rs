@@ -14,11 +14,16 @@
 //!
 //! Rewrites inside the ICMP payload are stores with incremental checksums
 //! computed here: the ICMP checksum covers the quote, no csum helper applies.
+//! ICMPv6 alike, but its checksum covers the outer addresses too (a
+//! pseudo header) and the quoted header has no checksum of its own.
+use core::mem::size_of;
+
 use lb_common::{CT_FLAG_SNAT, IPPROTO_UDP};
 
 use crate::checksum::replace;
 use crate::conntrack;
-use crate::parse::{IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, IcmpError, ptr_at};
+use crate::family::Family;
+use crate::parse::{IP_CSUM_OFF, IcmpError, L3_OFF, ptr_at};
 use aya_ebpf::programs::TcContext;
 
 /// Whether an error was about one of our flows.
@@ -28,7 +33,7 @@ pub enum Outcome {
 }
 
 #[inline(always)]
-pub fn translate(ctx: &TcContext, e: &IcmpError) -> Result<Outcome, ()> {
+pub fn translate<A: Family>(ctx: &TcContext, e: &IcmpError<A>) -> Result<Outcome, ()> {
     let q = &e.inner;
     let Some(ct) = conntrack::lookup_reply_to(q) else {
         return Ok(Outcome::NotOurs);
@@ -42,13 +47,13 @@ pub fn translate(ctx: &TcContext, e: &IcmpError) -> Result<Outcome, ()> {
         let from_backend = e.saddr == q.daddr;
         rewrite_quote(ctx, e, QuoteSide::Destination, ct.addr, ct.port)?;
         if from_backend {
-            rewrite_outer(ctx, IP_SRC_OFF, ct.addr)?;
+            rewrite_outer(ctx, e, A::SRC_OFF, ct.addr)?;
         }
         return Ok(Outcome::Translated);
     }
     if e.daddr == q.saddr {
         rewrite_quote(ctx, e, QuoteSide::Source, ct.addr, ct.port)?;
-        rewrite_outer(ctx, IP_DST_OFF, ct.addr)?;
+        rewrite_outer(ctx, e, A::DST_OFF, ct.addr)?;
         return Ok(Outcome::Translated);
     }
     Ok(Outcome::NotOurs)
@@ -60,87 +65,95 @@ enum QuoteSide {
     Destination,
 }
 
-/// Reads 2 bytes at `off`.
+/// Reads a `T` (bytes as in the packet) at `off`.
 #[inline(always)]
-fn get2(ctx: &TcContext, off: usize) -> Result<[u8; 2], ()> {
-    Ok(unsafe { *ptr_at::<[u8; 2], _>(ctx, off)? })
+fn get<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
+    Ok(unsafe { ptr_at::<T, _>(ctx, off)?.read_unaligned() })
 }
 
 // Writes go through the store helper, never a direct packet write: one
 // direct write anywhere makes the kernel unclone every packet the program
 // sees (TCP segments are clones), which cost a fifth of TCP throughput.
 #[inline(always)]
-fn put2(ctx: &TcContext, off: usize, v: [u8; 2]) -> Result<(), ()> {
-    ctx.store(off, &v, 0).map_err(|_| ())
+fn put<T>(ctx: &TcContext, off: usize, v: &T) -> Result<(), ()> {
+    ctx.store(off, v, 0).map_err(|_| ())
 }
 
+/// A value's bytes, for the checksum updates.
 #[inline(always)]
-fn get4(ctx: &TcContext, off: usize) -> Result<[u8; 4], ()> {
-    Ok(unsafe { *ptr_at::<[u8; 4], _>(ctx, off)? })
-}
-
-#[inline(always)]
-fn put4(ctx: &TcContext, off: usize, v: [u8; 4]) -> Result<(), ()> {
-    ctx.store(off, &v, 0).map_err(|_| ())
+fn bytes<T>(v: &T) -> &[u8] {
+    unsafe { core::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }
 }
 
 /// Sets one end of the quoted packet to `addr:port` (network order),
-/// keeping the quoted IP checksum, the quoted L4 checksum (when quoted)
+/// keeping the quoted IPv4 checksum, the quoted L4 checksum (when quoted)
 /// and the ICMP checksum right.
 #[inline(always)]
-fn rewrite_quote(
+fn rewrite_quote<A: Family>(
     ctx: &TcContext,
-    e: &IcmpError,
+    e: &IcmpError<A>,
     side: QuoteSide,
-    addr: u32,
+    addr: A,
     port: u16,
 ) -> Result<(), ()> {
     let q = &e.inner;
     let (addr_off, port_off) = match side {
-        QuoteSide::Source => (e.inner_l3_off + 12, q.l4_off),
-        QuoteSide::Destination => (e.inner_l3_off + 16, q.l4_off + 2),
+        QuoteSide::Source => (e.inner_l3_off + A::SRC_OFF, q.l4_off),
+        QuoteSide::Destination => (e.inner_l3_off + A::DST_OFF, q.l4_off + 2),
     };
     let icmp_csum_off = e.icmp_off + 2;
-    let ip_csum_off = e.inner_l3_off + 10;
-    let new_addr = addr.to_ne_bytes();
-    let new_port = port.to_ne_bytes();
-    let old_addr = get4(ctx, addr_off)?;
-    let old_port = get2(ctx, port_off)?;
-    let mut icmp_csum = get2(ctx, icmp_csum_off)?;
+    let old_addr: A = get(ctx, addr_off)?;
+    let old_port: u16 = get(ctx, port_off)?;
+    let (old_a, new_a) = (bytes(&old_addr), bytes(&addr));
+    let (old_p, new_p) = (old_port.to_ne_bytes(), port.to_ne_bytes());
+    let mut icmp_csum: [u8; 2] = get(ctx, icmp_csum_off)?;
+    icmp_csum = replace(icmp_csum, old_a, new_a);
+    icmp_csum = replace(icmp_csum, &old_p, &new_p);
 
-    let old_ip_csum = get2(ctx, ip_csum_off)?;
-    let new_ip_csum = replace(old_ip_csum, &old_addr, &new_addr);
-    icmp_csum = replace(icmp_csum, &old_addr, &new_addr);
-    icmp_csum = replace(icmp_csum, &old_port, &new_port);
-    icmp_csum = replace(icmp_csum, &old_ip_csum, &new_ip_csum);
-
+    if !A::IS_V6 {
+        let ip_csum_off = e.inner_l3_off + 10;
+        let old_ip_csum: [u8; 2] = get(ctx, ip_csum_off)?;
+        let new_ip_csum = replace(old_ip_csum, old_a, new_a);
+        icmp_csum = replace(icmp_csum, &old_ip_csum, &new_ip_csum);
+        put(ctx, ip_csum_off, &new_ip_csum)?;
+    }
     if e.inner_l4_csum {
         let l4_csum_off = q.l4_csum_off();
-        let old = get2(ctx, l4_csum_off)?;
+        let old: [u8; 2] = get(ctx, l4_csum_off)?;
         // A zero UDP checksum means none was computed: it stays zero.
         if !(q.proto == IPPROTO_UDP && old == [0, 0]) {
-            let mut new = replace(old, &old_addr, &new_addr);
-            new = replace(new, &old_port, &new_port);
+            let mut new = replace(old, old_a, new_a);
+            new = replace(new, &old_p, &new_p);
             if q.proto == IPPROTO_UDP && new == [0, 0] {
                 new = [0xff, 0xff];
             }
             icmp_csum = replace(icmp_csum, &old, &new);
-            put2(ctx, l4_csum_off, new)?;
+            put(ctx, l4_csum_off, &new)?;
         }
     }
-    put4(ctx, addr_off, new_addr)?;
-    put2(ctx, port_off, new_port)?;
-    put2(ctx, ip_csum_off, new_ip_csum)?;
-    put2(ctx, icmp_csum_off, icmp_csum)
+    put(ctx, addr_off, &addr)?;
+    put(ctx, port_off, &port)?;
+    put(ctx, icmp_csum_off, &icmp_csum)
 }
 
-/// Sets the outer source or destination address (the ICMP checksum does
-/// not cover the outer header).
+/// Sets the outer source or destination address (at `off` in the IP
+/// header). The IPv4 header checksum covers it, the ICMP checksum does
+/// not; for IPv6 it is the other way round.
 #[inline(always)]
-fn rewrite_outer(ctx: &TcContext, off: usize, addr: u32) -> Result<(), ()> {
-    let new = addr.to_ne_bytes();
-    let old = get4(ctx, off)?;
-    let csum = replace(get2(ctx, IP_CSUM_OFF)?, &old, &new);
-    put4(ctx, off, new)?;
-    put2(ctx, IP_CSUM_OFF, csum)
+fn rewrite_outer<A: Family>(
+    ctx: &TcContext,
+    e: &IcmpError<A>,
+    off: usize,
+    addr: A,
+) -> Result<(), ()> {
+    let off = L3_OFF + off;
+    let old: A = get(ctx, off)?;
+    let csum_off = if A::IS_V6 {
+        e.icmp_off + 2
+    } else {
+        IP_CSUM_OFF
+    };
+    let csum = replace(get(ctx, csum_off)?, bytes(&old), bytes(&addr));
+    put(ctx, off, &addr)?;
+    put(ctx, csum_off, &csum)
 }

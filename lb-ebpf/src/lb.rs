@@ -1,19 +1,20 @@
 //! Service lookup and backend selection.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
-    Backend, Config, CtValue, NodeAddrKey, SOURCE_RANGE_FIXED_BITS, SVC_FLAG_SOURCE_RANGES,
-    ServiceKey, ServiceValue, SourceRangeKey,
+    BackendOf, Config, CtValueOf, SOURCE_RANGE_FIXED_BITS, SVC_FLAG_SOURCE_RANGES, ServiceKeyOf,
+    ServiceValue, SourceRangeKey,
 };
 
-use crate::maps::{BACKENDS, CONFIG, NODE_ADDRS, SERVICES, SOURCE_RANGES};
+use crate::family::Family;
+use crate::maps::{CONFIG, NODE_ADDRS, SOURCE_RANGES};
 use aya_ebpf::maps::lpm_trie::Key;
 
 /// A frontend's master entry, as found in the services map.
 #[derive(Clone, Copy)]
-pub struct Frontend {
+pub struct Frontend<A = u32> {
     /// The key's address: the VIP, or 0 for a NodePort frontend (served
     /// on every node address).
-    pub addr: u32,
+    pub addr: A,
     pub port: u16,
     pub proto: u8,
     pub count: u16,
@@ -23,8 +24,8 @@ pub struct Frontend {
 
 /// Looks up the master entry of VIP:port/proto.
 #[inline(always)]
-pub fn lookup_frontend(addr: u32, port: u16, proto: u8) -> Option<Frontend> {
-    let v: &ServiceValue = unsafe { SERVICES.get(ServiceKey::new(addr, port, 0, proto)) }?;
+pub fn lookup_frontend<A: Family>(addr: A, port: u16, proto: u8) -> Option<Frontend<A>> {
+    let v: &ServiceValue = unsafe { A::services().get(ServiceKeyOf::new(addr, port, 0, proto)) }?;
     Some(Frontend {
         addr,
         port,
@@ -46,7 +47,7 @@ pub fn config() -> Option<&'static Config> {
 /// NodePort range (checked first: an array read, so traffic that is no
 /// Service's pays no hash lookup for it).
 #[inline(always)]
-pub fn lookup(addr: u32, port: u16, proto: u8) -> Option<Frontend> {
+pub fn lookup<A: Family>(addr: A, port: u16, proto: u8) -> Option<Frontend<A>> {
     if let Some(fe) = lookup_frontend(addr, port, proto) {
         return Some(fe);
     }
@@ -55,23 +56,23 @@ pub fn lookup(addr: u32, port: u16, proto: u8) -> Option<Frontend> {
     if host_port < cfg.nodeport_min || host_port > cfg.nodeport_max {
         return None;
     }
-    unsafe { NODE_ADDRS.get(NodeAddrKey::v4(addr)) }?;
+    unsafe { NODE_ADDRS.get(addr.mapped()) }?;
     // The wildcard entry (address 0); replies use the address the client
     // asked for, from the packet.
-    lookup_frontend(0, port, proto)
+    lookup_frontend(A::ZERO, port, proto)
 }
 
 /// True when `saddr` may reach `fe` under its `loadBalancerSourceRanges`
 /// (always, for a frontend without them).
 #[inline(always)]
-pub fn source_allowed(fe: &Frontend, daddr: u32, saddr: u32) -> bool {
+pub fn source_allowed<A: Family>(fe: &Frontend<A>, daddr: A, saddr: A) -> bool {
     if fe.flags & SVC_FLAG_SOURCE_RANGES == 0 {
         return true;
     }
-    let frontend = if fe.addr == 0 {
+    let frontend = if fe.addr == A::ZERO {
         [0; 4]
     } else {
-        NodeAddrKey::v4(daddr).addr
+        daddr.mapped().addr
     };
     let key = Key::new(
         SOURCE_RANGE_FIXED_BITS + 128,
@@ -80,7 +81,7 @@ pub fn source_allowed(fe: &Frontend, daddr: u32, saddr: u32) -> bool {
             proto: fe.proto,
             _pad: 0,
             frontend,
-            source: NodeAddrKey::v4(saddr).addr,
+            source: saddr.mapped().addr,
         },
     );
     SOURCE_RANGES.get(key).is_some()
@@ -90,23 +91,23 @@ pub fn source_allowed(fe: &Frontend, daddr: u32, saddr: u32) -> bool {
 /// same frontend. Checked on SYNs only: a new connection that reuses a
 /// closed flow's tuple must not follow it to a backend that is gone.
 #[inline(always)]
-pub fn still_serves(fe: &Frontend, ct: &CtValue) -> bool {
+pub fn still_serves<A: Family>(fe: &Frontend<A>, ct: &CtValueOf<A>) -> bool {
     ct.svc_id == fe.svc_id
-        && unsafe { BACKENDS.get(ct.backend_id) }
+        && unsafe { A::backends().get(ct.backend_id) }
             .is_some_and(|b| b.addr == ct.addr && b.port == ct.port)
 }
 
 /// Picks one backend with equal probability, as kube-proxy's `statistic
 /// --mode random` chains do. Returns the backend id and its address.
 #[inline(always)]
-pub fn select_backend(fe: &Frontend) -> Option<(u32, Backend)> {
+pub fn select_backend<A: Family>(fe: &Frontend<A>) -> Option<(u32, BackendOf<A>)> {
     if fe.count == 0 {
         return None;
     }
     let slot = (unsafe { bpf_get_prandom_u32() } % fe.count as u32) as u16 + 1;
     let v: &ServiceValue =
-        unsafe { SERVICES.get(ServiceKey::new(fe.addr, fe.port, slot, fe.proto)) }?;
+        unsafe { A::services().get(ServiceKeyOf::new(fe.addr, fe.port, slot, fe.proto)) }?;
     let id = v.backend_id;
-    let be: &Backend = unsafe { BACKENDS.get(id) }?;
+    let be: &BackendOf<A> = unsafe { A::backends().get(id) }?;
     Some((id, *be))
 }

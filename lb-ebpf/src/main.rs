@@ -10,6 +10,7 @@ mod checksum;
 mod clock;
 mod conntrack;
 mod dsr;
+mod family;
 mod fib;
 mod flow;
 mod icmp;

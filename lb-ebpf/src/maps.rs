@@ -6,10 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, Config, CtKey, CtValue, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX,
-    DEFAULT_SERVICES_MAX, DEFAULT_SNAT_MAX, DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SVC_INFO_MAX,
-    NODE_ADDRS_MAX, NatValue, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS, ServiceKey, ServiceValue,
-    SockKey, SockValue, SourceRangeKey, SvcInfo,
+    Backend, Backend6, Config, CtKey, CtKey6, CtValue, CtValue6, DEFAULT_BACKENDS_MAX,
+    DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SNAT_MAX, DEFAULT_SOCK_REVNAT_MAX,
+    DEFAULT_SVC_INFO_MAX, NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX,
+    STAT_SLOTS, ServiceKey, ServiceKey6, ServiceValue, SockKey, SockKey6, SockValue, SockValue6,
+    SourceRangeKey, SvcInfo,
 };
 
 #[map(name = "flb_svc_v1")]
@@ -43,3 +44,21 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
 #[map(name = "flb_srcrange_v1")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> = LpmTrie::pinned(SOURCE_RANGES_MAX, 0);
+
+// The IPv6 layouts, sized as their IPv4 counterparts (the agent's size
+// flags set both).
+#[map(name = "flb_svc6_v1")]
+pub static SERVICES6: HashMap<ServiceKey6, ServiceValue> = HashMap::pinned(DEFAULT_SERVICES_MAX, 0);
+
+#[map(name = "flb_be6_v1")]
+pub static BACKENDS6: HashMap<u32, Backend6> = HashMap::pinned(DEFAULT_BACKENDS_MAX, 0);
+
+#[map(name = "flb_ct6_v1")]
+pub static CONNTRACK6: LruHashMap<CtKey6, CtValue6> = LruHashMap::pinned(DEFAULT_CONNTRACK_MAX, 0);
+
+#[map(name = "flb_sock6_v1")]
+pub static SOCK_REVNAT6: LruHashMap<SockKey6, SockValue6> =
+    LruHashMap::pinned(DEFAULT_SOCK_REVNAT_MAX, 0);
+
+#[map(name = "flb_snat6_v1")]
+pub static SNAT6: LruHashMap<CtKey6, NatValue6> = LruHashMap::pinned(DEFAULT_SNAT_MAX, 0);

@@ -8,22 +8,23 @@ use aya_ebpf::{
 };
 use lb_common::IPPROTO_UDP;
 
-use crate::checksum::{apply, delta16, delta32};
-use crate::parse::{Frame, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L3_OFF, Packet, ptr_at};
+use crate::checksum::{apply, delta16};
+use crate::family::Family;
+use crate::parse::{Frame, IP_CSUM_OFF, L3_OFF, Packet, ptr_at};
 
 /// A packet's addressing after a rewrite, network order.
 #[derive(Clone, Copy)]
-pub struct Tuple {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct Tuple<A = u32> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
 }
 
-impl Tuple {
+impl<A: Copy> Tuple<A> {
     /// The packet as it is.
     #[inline(always)]
-    pub fn of(p: &Packet) -> Self {
+    pub fn of(p: &Packet<A>) -> Self {
         Tuple {
             saddr: p.saddr,
             daddr: p.daddr,
@@ -33,7 +34,7 @@ impl Tuple {
     }
 
     #[inline(always)]
-    pub fn src(self, addr: u32, port: u16) -> Self {
+    pub fn src(self, addr: A, port: u16) -> Self {
         Tuple {
             saddr: addr,
             sport: port,
@@ -42,7 +43,7 @@ impl Tuple {
     }
 
     #[inline(always)]
-    pub fn dst(self, addr: u32, port: u16) -> Self {
+    pub fn dst(self, addr: A, port: u16) -> Self {
         Tuple {
             daddr: addr,
             dport: port,
@@ -53,18 +54,17 @@ impl Tuple {
 
 /// Rewrites a parsed packet's addresses and ports to `to`.
 pub trait Nat: Frame {
-    fn rewrite(&self, p: &Packet, to: &Tuple) -> Result<(), ()>;
-    /// What a router does before sending a packet on: TTL decremented
-    /// (`ttl` is the packet's), and the MACs of the next hop when known.
-    fn route(&self, p: &Packet, ttl: u8, macs: Option<&[u8; 12]>) -> Result<(), ()>;
+    fn rewrite<A: Family>(&self, p: &Packet<A>, to: &Tuple<A>) -> Result<(), ()>;
+    /// What a router does before sending a packet on: TTL (hop limit)
+    /// decremented (`ttl` is the packet's), and the MACs of the next hop
+    /// when known.
+    fn route<A: Family>(&self, p: &Packet<A>, ttl: u8, macs: Option<&[u8; 12]>) -> Result<(), ()>;
 }
 
-const TTL_OFF: usize = L3_OFF + 8;
-
-/// The 16-bit word the TTL shares with the protocol, before and after the
-/// decrement (native order, as the checksum code takes it).
+/// The 16-bit word the IPv4 TTL shares with the protocol, before and
+/// after the decrement (native order, as the checksum code takes it).
 #[inline(always)]
-fn ttl_words(p: &Packet, ttl: u8) -> (u16, u16) {
+fn ttl_words<A>(p: &Packet<A>, ttl: u8) -> (u16, u16) {
     (
         u16::from_ne_bytes([ttl, p.proto]),
         u16::from_ne_bytes([ttl.wrapping_sub(1), p.proto]),
@@ -83,13 +83,13 @@ struct Change {
 }
 
 #[inline(always)]
-fn change(p: &Packet, t: &Tuple) -> Change {
+fn change<A: Family>(p: &Packet<A>, t: &Tuple<A>) -> Change {
     let (mut addr_delta, mut port_delta) = (0, 0);
     if p.saddr != t.saddr {
-        addr_delta += delta32(p.saddr, t.saddr);
+        addr_delta += A::delta(p.saddr, t.saddr);
     }
     if p.daddr != t.daddr {
-        addr_delta += delta32(p.daddr, t.daddr);
+        addr_delta += A::delta(p.daddr, t.daddr);
     }
     if p.sport != t.sport {
         port_delta += delta16(p.sport, t.sport);
@@ -106,12 +106,22 @@ fn change(p: &Packet, t: &Tuple) -> Change {
     }
 }
 
-/// The IP header's checksum after the address change, computed here: it
+/// The IPv4 header's checksum after the address change, computed here: it
 /// is a plain checksum over the header, whatever the skb's checksum state.
 #[inline(always)]
 fn ip_csum<C: Frame>(ctx: &C, c: &Change) -> Result<u16, ()> {
     let csum = unsafe { ptr_at::<u16, _>(ctx, IP_CSUM_OFF)?.read_unaligned() };
     Ok(apply(csum, c.addr_delta))
+}
+
+/// The bytes a tc rewrite stores in one go: from the IPv4 checksum (IPv6
+/// has none: from the source address) through the ports, which follow
+/// when the IP header has no options (extension headers).
+#[repr(C, packed)]
+struct Head<A> {
+    csum: u16,
+    addrs: [A; 2],
+    ports: [u16; 2],
 }
 
 /// tc: every write goes through a helper. A direct write anywhere in the
@@ -125,27 +135,31 @@ fn ip_csum<C: Frame>(ctx: &C, c: &Change) -> Result<u16, ()> {
 /// precomputed difference.
 impl Nat for TcContext {
     #[inline(always)]
-    fn rewrite(&self, p: &Packet, t: &Tuple) -> Result<(), ()> {
+    fn rewrite<A: Family>(&self, p: &Packet<A>, t: &Tuple<A>) -> Result<(), ()> {
         let c = change(p, t);
-        let csum = ip_csum(self, &c)?;
-        if c.has_l4 && p.l4_off == L3_OFF + 20 {
-            let mut b = [0u8; 14];
-            b[..2].copy_from_slice(&csum.to_ne_bytes());
-            b[2..6].copy_from_slice(&t.saddr.to_ne_bytes());
-            b[6..10].copy_from_slice(&t.daddr.to_ne_bytes());
-            b[10..12].copy_from_slice(&t.sport.to_ne_bytes());
-            b[12..].copy_from_slice(&t.dport.to_ne_bytes());
-            self.store(IP_CSUM_OFF, &b, 0).map_err(|_| ())?;
+        let head = Head {
+            csum: if A::IS_V6 { 0 } else { ip_csum(self, &c)? },
+            addrs: [t.saddr, t.daddr],
+            ports: [t.sport, t.dport],
+        };
+        // IPv4 from the checksum, IPv6 from the addresses.
+        let (from, skip) = if A::IS_V6 {
+            (L3_OFF + A::SRC_OFF, 2)
         } else {
-            let mut b = [0u8; 10];
-            b[..2].copy_from_slice(&csum.to_ne_bytes());
-            b[2..6].copy_from_slice(&t.saddr.to_ne_bytes());
-            b[6..].copy_from_slice(&t.daddr.to_ne_bytes());
-            self.store(IP_CSUM_OFF, &b, 0).map_err(|_| ())?;
+            (IP_CSUM_OFF, 0)
+        };
+        let bytes = unsafe {
+            core::slice::from_raw_parts(
+                (&head as *const Head<A> as *const u8).add(skip),
+                core::mem::size_of::<Head<A>>() - skip,
+            )
+        };
+        if c.has_l4 && p.l4_off == L3_OFF + A::HDR_LEN {
+            store_bytes(self, from, bytes)?;
+        } else {
+            store_bytes(self, from, &bytes[..bytes.len() - 4])?;
             if c.has_l4 && c.ports {
-                let mut ports = [0u8; 4];
-                ports[..2].copy_from_slice(&t.sport.to_ne_bytes());
-                ports[2..].copy_from_slice(&t.dport.to_ne_bytes());
+                let ports = [t.sport, t.dport];
                 self.store(p.l4_off, &ports, 0).map_err(|_| ())?;
             }
         }
@@ -177,12 +191,14 @@ impl Nat for TcContext {
     }
 
     #[inline(always)]
-    fn route(&self, p: &Packet, ttl: u8, macs: Option<&[u8; 12]>) -> Result<(), ()> {
-        let (old, new) = ttl_words(p, ttl);
-        self.store(TTL_OFF, &ttl.wrapping_sub(1), 0)
+    fn route<A: Family>(&self, p: &Packet<A>, ttl: u8, macs: Option<&[u8; 12]>) -> Result<(), ()> {
+        self.store(L3_OFF + A::TTL_OFF, &ttl.wrapping_sub(1), 0)
             .map_err(|_| ())?;
-        self.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 2)
-            .map_err(|_| ())?;
+        if !A::IS_V6 {
+            let (old, new) = ttl_words(p, ttl);
+            self.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 2)
+                .map_err(|_| ())?;
+        }
         if let Some(m) = macs {
             self.store(0, m, 0).map_err(|_| ())?;
         }
@@ -190,15 +206,29 @@ impl Nat for TcContext {
     }
 }
 
+/// `bpf_skb_store_bytes` of a byte slice (the helper wrapper takes a
+/// value; a slice's length is only known here).
+#[inline(always)]
+fn store_bytes(ctx: &TcContext, off: usize, bytes: &[u8]) -> Result<(), ()> {
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_skb_store_bytes(
+            ctx.skb.skb as *mut _,
+            off as u32,
+            bytes.as_ptr() as *const _,
+            bytes.len() as u32,
+            0,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(()) }
+}
+
 /// XDP: direct writes and checksums computed here. Frames at XDP come
 /// from the wire and carry complete checksums (no CHECKSUM_PARTIAL state
 /// to respect), so an incremental update is exact.
 impl Nat for XdpContext {
     #[inline(always)]
-    fn rewrite(&self, p: &Packet, t: &Tuple) -> Result<(), ()> {
+    fn rewrite<A: Family>(&self, p: &Packet<A>, t: &Tuple<A>) -> Result<(), ()> {
         let c = change(p, t);
-        let ip = ptr_at::<u16, _>(self, IP_CSUM_OFF)?;
-        let ip_csum = apply(unsafe { ip.read_unaligned() }, c.addr_delta);
         if c.has_l4 {
             let at = ptr_at::<u16, _>(self, p.l4_csum_off())?;
             let old = unsafe { at.read_unaligned() };
@@ -216,20 +246,28 @@ impl Nat for XdpContext {
             }
         }
         // Unaligned: frames need not start 4-byte aligned.
-        unsafe { ptr_at::<u32, _>(self, IP_SRC_OFF)?.write_unaligned(t.saddr) };
-        unsafe { ptr_at::<u32, _>(self, IP_DST_OFF)?.write_unaligned(t.daddr) };
-        unsafe { ip.write_unaligned(ip_csum) };
+        let addrs = ptr_at::<[A; 2], _>(self, L3_OFF + A::SRC_OFF)?;
+        if !A::IS_V6 {
+            let ip = ptr_at::<u16, _>(self, IP_CSUM_OFF)?;
+            let ip_csum = apply(unsafe { ip.read_unaligned() }, c.addr_delta);
+            unsafe { ip.write_unaligned(ip_csum) };
+        }
+        unsafe { addrs.write_unaligned([t.saddr, t.daddr]) };
         Ok(())
     }
 
     #[inline(always)]
-    fn route(&self, p: &Packet, ttl: u8, macs: Option<&[u8; 12]>) -> Result<(), ()> {
-        let (old, new) = ttl_words(p, ttl);
-        let csum = ptr_at::<u16, _>(self, IP_CSUM_OFF)?;
-        let word = ptr_at::<u16, _>(self, TTL_OFF)?;
-        unsafe {
-            word.write_unaligned(new);
-            csum.write_unaligned(apply(csum.read_unaligned(), delta16(old, new)));
+    fn route<A: Family>(&self, p: &Packet<A>, ttl: u8, macs: Option<&[u8; 12]>) -> Result<(), ()> {
+        if A::IS_V6 {
+            unsafe { ptr_at::<u8, _>(self, L3_OFF + A::TTL_OFF)?.write(ttl.wrapping_sub(1)) };
+        } else {
+            let (old, new) = ttl_words(p, ttl);
+            let csum = ptr_at::<u16, _>(self, IP_CSUM_OFF)?;
+            let word = ptr_at::<u16, _>(self, L3_OFF + A::TTL_OFF)?;
+            unsafe {
+                word.write_unaligned(new);
+                csum.write_unaligned(apply(csum.read_unaligned(), delta16(old, new)));
+            }
         }
         if let Some(m) = macs {
             unsafe { ptr_at::<[u8; 12], _>(self, 0)?.write_unaligned(*m) };

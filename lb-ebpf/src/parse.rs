@@ -16,7 +16,6 @@ pub const ETH_LEN: usize = EthHdr::LEN;
 /// Offset of the IPv4 header (untagged Ethernet).
 pub const L3_OFF: usize = ETH_LEN;
 pub const IP_SRC_OFF: usize = L3_OFF + 12;
-pub const IP_DST_OFF: usize = L3_OFF + 16;
 pub const IP_CSUM_OFF: usize = L3_OFF + 10;
 /// An ICMP error with options in both IP headers and a full inner TCP header.
 const MAX_ICMP_LEN: usize = ETH_LEN + 60 + 8 + 60 + TcpHdr::LEN;
@@ -99,16 +98,18 @@ pub enum Skip {
     Malformed,
 }
 
-/// An IPv4 TCP or UDP packet's addressing, all fields in network order.
+/// A TCP or UDP packet's addressing, all fields in network order; `A` is
+/// its family's address type (`u32`: IPv4, `lb_common::In6`: IPv6).
 #[derive(Clone, Copy)]
-pub struct Packet {
+pub struct Packet<A = u32> {
     pub l4_off: usize,
     pub proto: u8,
-    pub saddr: u32,
-    pub daddr: u32,
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
-    /// IHL in bytes (20 without options).
+    /// Bytes from the IP header to L4: IPv4's IHL (20 without options),
+    /// IPv6's fixed header and the extension headers skipped.
     pub ihl: usize,
     /// True for any fragment (MF set or a non-zero offset).
     pub fragment: bool,
@@ -116,7 +117,7 @@ pub struct Packet {
     pub tcp_flags: u8,
 }
 
-impl Packet {
+impl<A> Packet<A> {
     /// A TCP connection's first packet (SYN without ACK).
     #[inline(always)]
     pub fn is_syn(&self) -> bool {
@@ -137,15 +138,15 @@ impl Packet {
 /// An ICMP error (destination unreachable, time exceeded, parameter
 /// problem) quoting an IPv4 TCP or UDP packet.
 #[derive(Clone, Copy)]
-pub struct IcmpError {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct IcmpError<A = u32> {
+    pub saddr: A,
+    pub daddr: A,
     /// Offset of the ICMP header; its checksum is at `icmp_off + 2`.
     pub icmp_off: usize,
     /// Offset of the quoted IPv4 header.
     pub inner_l3_off: usize,
     /// The quoted packet's addressing; `l4_off` is absolute.
-    pub inner: Packet,
+    pub inner: Packet<A>,
     /// True when the quote reaches the inner L4 checksum (it may be cut
     /// after 8 bytes, which hold only the ports for TCP).
     pub inner_l4_csum: bool,
@@ -199,6 +200,8 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Skip> {
     // Headers of a non-linear skb may sit outside the direct-access area.
     ctx.ensure(L3_OFF + Ipv4Hdr::LEN);
     let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| Skip::NotOurs)?;
+    // IPv6 passes untranslated: its tc/XDP path is not built yet (its
+    // socket hooks are).
     if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
         return Err(Skip::NotOurs);
     }
@@ -235,29 +238,38 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Skip> {
         // Later fragments carry no L4 header.
         return Ok(Parsed::Flow(pkt));
     }
+    l4_ports(ctx, &mut pkt)?;
+    Ok(Parsed::Flow(pkt))
+}
+
+/// Reads the ports (and TCP flags) of a packet whose L4 header is at
+/// `p.l4_off`.
+#[inline(always)]
+fn l4_ports<C: Frame, A>(ctx: &C, p: &mut Packet<A>) -> Result<(), Skip> {
+    let l4_off = p.l4_off;
     ctx.ensure(
         l4_off
-            + if ip.proto == IPPROTO_TCP {
+            + if p.proto == IPPROTO_TCP {
                 TcpHdr::LEN
             } else {
                 UdpHdr::LEN
             },
     );
-    if ip.proto == IPPROTO_TCP {
+    if p.proto == IPPROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(ctx, l4_off).map_err(|_| Skip::Malformed)?;
         let tcp = unsafe { &*tcp };
-        pkt.sport = u16::from_ne_bytes(tcp.source);
-        pkt.dport = u16::from_ne_bytes(tcp.dest);
+        p.sport = u16::from_ne_bytes(tcp.source);
+        p.dport = u16::from_ne_bytes(tcp.dest);
         // Byte 13 of the TCP header: CWR ECE URG ACK PSH RST SYN FIN.
         let b: *const [u8; 14] = ptr_at(ctx, l4_off).map_err(|_| Skip::Malformed)?;
-        pkt.tcp_flags = unsafe { (*b)[13] };
+        p.tcp_flags = unsafe { (*b)[13] };
     } else {
         let udp: *const UdpHdr = ptr_at(ctx, l4_off).map_err(|_| Skip::Malformed)?;
         let udp = unsafe { &*udp };
-        pkt.sport = u16::from_ne_bytes(udp.src);
-        pkt.dport = u16::from_ne_bytes(udp.dst);
+        p.sport = u16::from_ne_bytes(udp.src);
+        p.dport = u16::from_ne_bytes(udp.dst);
     }
-    Ok(Parsed::Flow(pkt))
+    Ok(())
 }
 
 /// ICMP types that quote the packet they are about (RFC 792).

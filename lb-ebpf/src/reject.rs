@@ -57,17 +57,33 @@ pub fn tcp_rst(ctx: &TcContext, p: &Packet) -> Result<i32, ()> {
     let eth: *const [u8; ETH_LEN] = ptr_at(ctx, 0)?;
     let eth = unsafe { *eth };
     let ip: *const [u8; IP_LEN] = ptr_at(ctx, L3_OFF)?;
-    let tot_len = u16::from_be_bytes([unsafe { (*ip)[2] }, unsafe { (*ip)[3] }]) as u32;
+    let l4_len = (u16::from_be_bytes([unsafe { (*ip)[2] }, unsafe { (*ip)[3] }]) as u32)
+        .saturating_sub(IP_LEN as u32);
+    let mut out = [0u8; RST_FRAME];
+    write_l2_l3(&mut out, &eth, p, IPPROTO_TCP, (IP_LEN + TCP_LEN) as u16);
+    let acc = sum_words(&out[L3_OFF + 12..L3_OFF + 20], 0);
+    write_rst(ctx, p, l4_len, &mut out[L3_OFF + IP_LEN..], acc)?;
+    send_back_with(ctx, &out)
+}
+
+/// The RST's TCP header, answering the segment at `p.l4_off` that has
+/// `l4_len` bytes with its header; `acc` is the pseudo-header's address
+/// sum.
+#[inline(always)]
+fn write_rst<A>(
+    ctx: &TcContext,
+    p: &Packet<A>,
+    l4_len: u32,
+    t: &mut [u8],
+    acc: u32,
+) -> Result<(), ()> {
     let tcp: *const [u8; TCP_LEN] = ptr_at(ctx, p.l4_off)?;
     let tcp = unsafe { *tcp };
     let doff = ((tcp[12] >> 4) as u32) * 4;
-    let payload = tot_len.saturating_sub(IP_LEN as u32 + doff);
+    let payload = l4_len.saturating_sub(doff);
     let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
     let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
-
-    let mut out = [0u8; RST_FRAME];
-    write_l2_l3(&mut out, &eth, p, IPPROTO_TCP, (IP_LEN + TCP_LEN) as u16);
-    let t = &mut out[L3_OFF + IP_LEN..];
+    let t = &mut t[..TCP_LEN];
     t[0..2].copy_from_slice(&tcp[2..4]);
     t[2..4].copy_from_slice(&tcp[0..2]);
     let (rseq, rack, flags) = if p.tcp_flags & TCP_ACK != 0 {
@@ -86,14 +102,11 @@ pub fn tcp_rst(ctx: &TcContext, p: &Packet) -> Result<i32, ()> {
     t[8..12].copy_from_slice(&rack.to_be_bytes());
     t[12] = 0x50;
     t[13] = flags;
-    // Pseudo header: addresses, protocol, TCP length.
-    let mut acc = sum_words(&out[L3_OFF + 12..L3_OFF + 20], 0);
-    acc += IPPROTO_TCP as u32 + TCP_LEN as u32;
-    let c = finish(sum_words(&out[L3_OFF + IP_LEN..], acc));
-    out[L3_OFF + IP_LEN + 16] = c[0];
-    out[L3_OFF + IP_LEN + 17] = c[1];
-
-    send_back_with(ctx, &out)
+    // Pseudo header: addresses (in `acc`), protocol, TCP length.
+    let c = finish(sum_words(t, acc + IPPROTO_TCP as u32 + TCP_LEN as u32));
+    t[16] = c[0];
+    t[17] = c[1];
+    Ok(())
 }
 
 /// Turns a UDP datagram into ICMP destination unreachable / port

@@ -17,38 +17,39 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, generated::bpf_loop},
 };
 use lb_common::{
-    CT_FLAG_REVERSE, CT_FLAG_SNAT, CtKey, CtValue, IPPROTO_TCP, NAT_CLOSING, NatValue,
+    CT_FLAG_REVERSE, CT_FLAG_SNAT, CtKeyOf, CtValueOf, IPPROTO_TCP, NAT_CLOSING, NatValueOf,
     SNAT_CLOSED_TICKS, SNAT_IDLE_OTHER_TICKS, SNAT_IDLE_TCP_TICKS, SNAT_PORT_TRIES,
     SNAT_TOUCH_TICKS,
 };
 
 use crate::clock;
+use crate::family::Family;
 use crate::lb;
-use crate::maps::{CONNTRACK, SNAT};
 use crate::parse::{Packet, TCP_FIN, TCP_RST};
 
 /// A port claim: the reply tuple's fixed parts and the reverse entry to
 /// insert under it.
-pub struct Claim {
-    pub be_addr: u32,
+#[derive(Clone, Copy)]
+pub struct Claim<A> {
+    pub be_addr: A,
     pub be_port: u16,
     pub proto: u8,
-    pub snat_addr: u32,
-    pub rev_v: CtValue,
+    pub snat_addr: A,
+    pub rev_v: CtValueOf<A>,
 }
 
-impl Claim {
+impl<A: Copy> Claim<A> {
     /// The reply tuple with SNAT port `port` (network order).
     #[inline(always)]
-    pub fn key(&self, port: u16) -> CtKey {
-        CtKey::new(self.be_addr, self.snat_addr, self.be_port, port, self.proto)
+    pub fn key(&self, port: u16) -> CtKeyOf<A> {
+        CtKeyOf::new(self.be_addr, self.snat_addr, self.be_port, port, self.proto)
     }
 }
 
 /// The probing loop's state, for `bpf_loop`'s callback.
 #[repr(C)]
-struct Probe {
-    claim: Claim,
+struct Probe<A> {
+    claim: Claim<A>,
     /// The port to try next (host order), and the range it wraps in.
     port: u32,
     min: u32,
@@ -61,23 +62,22 @@ struct Probe {
 
 /// One probe: claims `s.port` if free or reclaimable. Run through
 /// `bpf_loop`, so the verifier checks the body once, not once per try.
-extern "C" fn probe(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    let s = unsafe { &mut *(ctx as *mut Probe) };
+extern "C" fn probe<A: Family>(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    let s = unsafe { &mut *(ctx as *mut Probe<A>) };
     let nport = (s.port as u16).to_be();
     let rev = s.claim.key(nport);
-    let claimed = CONNTRACK
-        .insert(rev, s.claim.rev_v, BPF_NOEXIST as u64)
-        .is_ok()
+    let ct = A::conntrack();
+    let claimed = ct.insert(rev, s.claim.rev_v, BPF_NOEXIST as u64).is_ok()
         || match reclaimable(&rev, s.now, s.closed) {
             Reclaim::No => false,
             Reclaim::Yes { holder } => {
-                let ok = CONNTRACK.insert(rev, s.claim.rev_v, BPF_ANY as u64).is_ok();
+                let ok = ct.insert(rev, s.claim.rev_v, BPF_ANY as u64).is_ok();
                 // The old flow's forward entries go with its port: a
                 // client reusing that tuple starts a new flow instead of
                 // sending into the one that holds the port now.
                 if ok && let Some(fwd) = holder {
-                    let _ = CONNTRACK.remove(fwd);
-                    let _ = SNAT.remove(fwd);
+                    let _ = ct.remove(fwd);
+                    let _ = A::snat().remove(fwd);
                 }
                 ok
             }
@@ -95,7 +95,7 @@ extern "C" fn probe(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
 /// inserts the flow's reverse entry under it; returns the port (network
 /// order), 0 when none is free.
 #[inline(always)]
-pub fn claim_reverse(claim: Claim) -> u32 {
+pub fn claim_reverse<A: Family>(claim: &Claim<A>) -> u32 {
     let Some(cfg) = lb::config() else {
         return 0;
     };
@@ -111,7 +111,7 @@ pub fn claim_reverse(claim: Claim) -> u32 {
             .checked_rem(span)
             .unwrap_or(0);
     let mut s = Probe {
-        claim,
+        claim: *claim,
         port,
         min,
         max,
@@ -125,8 +125,8 @@ pub fn claim_reverse(claim: Claim) -> u32 {
     unsafe {
         bpf_loop(
             SNAT_PORT_TRIES,
-            probe as *mut core::ffi::c_void,
-            &mut s as *mut Probe as *mut core::ffi::c_void,
+            probe::<A> as *mut core::ffi::c_void,
+            &mut s as *mut Probe<A> as *mut core::ffi::c_void,
             0,
         )
     };
@@ -135,9 +135,9 @@ pub fn claim_reverse(claim: Claim) -> u32 {
 
 /// Whether a reply tuple's port may be taken, and the forward key of the
 /// flow that held it, to remove with it.
-enum Reclaim {
+enum Reclaim<A> {
     No,
-    Yes { holder: Option<CtKey> },
+    Yes { holder: Option<CtKeyOf<A>> },
 }
 
 /// Whether the reply tuple `rev` is free to claim: held by a SNATed flow
@@ -146,8 +146,8 @@ enum Reclaim {
 /// protocol's lifetime, or whose translation the LRU already evicted. A
 /// tuple of any other flow is never taken.
 #[inline(always)]
-fn reclaimable(rev: &CtKey, now: u32, closed: u32) -> Reclaim {
-    let Some(ct) = (unsafe { CONNTRACK.get(rev) }) else {
+fn reclaimable<A: Family>(rev: &CtKeyOf<A>, now: u32, closed: u32) -> Reclaim<A> {
+    let Some(ct) = (unsafe { A::conntrack().get(rev) }) else {
         // Gone since the insert failed: free.
         return Reclaim::Yes { holder: None };
     };
@@ -155,13 +155,14 @@ fn reclaimable(rev: &CtKey, now: u32, closed: u32) -> Reclaim {
     if ct.flags & snat_reverse != snat_reverse {
         return Reclaim::No;
     }
-    let Some(r) = (unsafe { SNAT.get(rev) }) else {
+    let snat = A::snat();
+    let Some(r) = (unsafe { snat.get(rev) }) else {
         return Reclaim::Yes { holder: None };
     };
     // The forward side: client -> frontend, if it still uses this port
     // (a replaced flow's forward entry may have moved on to another).
-    let fwd = CtKey::new(r.addr, ct.addr, r.port, ct.port, rev.proto);
-    let f = unsafe { SNAT.get(fwd) }.filter(|f| f.addr == rev.daddr && f.port == rev.dport);
+    let fwd = CtKeyOf::new(r.addr, ct.addr, r.port, ct.port, rev.proto);
+    let f = unsafe { snat.get(fwd) }.filter(|f| f.addr == rev.daddr && f.port == rev.dport);
     let (mut state, mut idle) = (r.state, now.wrapping_sub(r.seen));
     if let Some(f) = f {
         state |= f.state;
@@ -186,7 +187,7 @@ fn reclaimable(rev: &CtKey, now: u32, closed: u32) -> Reclaim {
 /// entry translates to another client now. A new connection on such a
 /// tuple must start over rather than send into another flow.
 #[inline(always)]
-pub fn holds_port(fwd: &CtKey, ct: &CtValue) -> bool {
+pub fn holds_port<A: Family>(fwd: &CtKeyOf<A>, ct: &CtValueOf<A>) -> bool {
     ct.flags & CT_FLAG_SNAT == 0 || held_reverse(fwd, ct).is_some()
 }
 
@@ -194,32 +195,33 @@ pub fn holds_port(fwd: &CtKey, ct: &CtValue) -> bool {
 /// flow replaces it on the same tuple, so that it does not wait out its
 /// lifetime held by nothing.
 #[inline(always)]
-pub fn release(fwd: &CtKey, ct: &CtValue) {
+pub fn release<A: Family>(fwd: &CtKeyOf<A>, ct: &CtValueOf<A>) {
     if ct.flags & CT_FLAG_SNAT != 0
         && let Some(rev) = held_reverse(fwd, ct)
     {
-        let _ = CONNTRACK.remove(rev);
-        let _ = SNAT.remove(rev);
+        let _ = A::conntrack().remove(rev);
+        let _ = A::snat().remove(rev);
     }
 }
 
 /// The reverse key of SNATed flow `fwd`, if that entry and its
 /// translation are still this flow's.
 #[inline(always)]
-fn held_reverse(fwd: &CtKey, ct: &CtValue) -> Option<CtKey> {
-    let n = unsafe { SNAT.get(fwd) }?;
-    let rev = CtKey::new(ct.addr, n.addr, ct.port, n.port, fwd.proto);
+fn held_reverse<A: Family>(fwd: &CtKeyOf<A>, ct: &CtValueOf<A>) -> Option<CtKeyOf<A>> {
+    let snat = A::snat();
+    let n = unsafe { snat.get(fwd) }?;
+    let rev = CtKeyOf::new(ct.addr, n.addr, ct.port, n.port, fwd.proto);
     let snat_reverse = CT_FLAG_REVERSE | CT_FLAG_SNAT;
-    let ours = unsafe { CONNTRACK.get(rev) }
+    let ours = unsafe { A::conntrack().get(rev) }
         .is_some_and(|c| c.flags & snat_reverse == snat_reverse)
-        && unsafe { SNAT.get(rev) }.is_some_and(|r| r.addr == fwd.saddr && r.port == fwd.sport);
+        && unsafe { snat.get(rev) }.is_some_and(|r| r.addr == fwd.saddr && r.port == fwd.sport);
     ours.then_some(rev)
 }
 
 /// Notes a packet of a SNATed flow on its translation: when it was last
 /// seen (at most once per SNAT_TOUCH_TICKS), and a FIN or RST.
 #[inline(always)]
-pub fn touch(n: *mut NatValue, p: &Packet, now: u32) {
+pub fn touch<A>(n: *mut NatValueOf<A>, p: &Packet<A>, now: u32) {
     let n = unsafe { &mut *n };
     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && p.proto == IPPROTO_TCP {
         n.state |= NAT_CLOSING;
@@ -232,31 +234,32 @@ pub fn touch(n: *mut NatValue, p: &Packet, now: u32) {
 /// Records both translations: the forward key's source (node address and
 /// port), the reverse key's destination (the client).
 #[inline(always)]
-pub fn record(
-    fwd: &CtKey,
-    snat_addr: u32,
+pub fn record<A: Family>(
+    fwd: &CtKeyOf<A>,
+    snat_addr: A,
     snat_port: u16,
-    rev: &CtKey,
-    client: u32,
+    rev: &CtKeyOf<A>,
+    client: A,
     client_port: u16,
 ) -> Result<(), ()> {
     let now = clock::ticks();
-    SNAT.insert(rev, nat(client, client_port, now), 0)
+    let snat = A::snat();
+    snat.insert(rev, nat(client, client_port, now), 0)
         .map_err(|_| ())?;
-    SNAT.insert(fwd, nat(snat_addr, snat_port, now), 0)
+    snat.insert(fwd, nat(snat_addr, snat_port, now), 0)
         .map_err(|_| ())
 }
 
 /// The translation kept for a SNATed flow's conntrack key, in the map:
 /// its next-hop cache is refreshed in place.
 #[inline(always)]
-pub fn lookup(key: &CtKey) -> Option<*mut NatValue> {
-    SNAT.get_ptr_mut(key)
+pub fn lookup<A: Family>(key: &CtKeyOf<A>) -> Option<*mut NatValueOf<A>> {
+    A::snat().get_ptr_mut(key)
 }
 
 #[inline(always)]
-fn nat(addr: u32, port: u16, now: u32) -> NatValue {
-    NatValue {
+fn nat<A>(addr: A, port: u16, now: u32) -> NatValueOf<A> {
+    NatValueOf {
         addr,
         port,
         hop_mtu: 0,

@@ -13,10 +13,11 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use lb_common::{IPPROTO_TCP, Stat};
+use lb_common::{IPPROTO_IPIP, IPPROTO_TCP, Stat};
 
 use crate::{
     dsr,
+    family::Family,
     fib::{self, NextHop},
     flow::{self, Hook, Outcome},
     icmp,
@@ -31,7 +32,11 @@ impl Hook for TcContext {
     const SAME_INTERFACE_ONLY: bool = false;
 
     #[inline(always)]
-    fn dsr(&self, p: &Packet, be_addr: u32, be_port: u16, stat: Stat) -> Outcome {
+    fn dsr<A: Family>(&self, p: &Packet<A>, be_addr: A, be_port: u16, stat: Stat) -> Outcome {
+        // IPIP carries IPv4 only (flows of other families are never DSR).
+        let Some(be_addr) = be_addr.v4() else {
+            return Outcome::Drop(Stat::DropInternal);
+        };
         let node = match crate::lb::config() {
             Some(c) if c.snat_v4 != 0 => c.snat_v4,
             // No address of ours to send from.
@@ -47,7 +52,7 @@ impl Hook for TcContext {
             sport: p.sport,
             dport: p.dport,
         };
-        match fib::lookup(self, &outer) {
+        match fib::lookup(self, &outer, IPPROTO_IPIP) {
             NextHop::Found { ifindex, macs, .. } => {
                 if self.store(0, &macs, 0).is_err() {
                     return Outcome::Drop(Stat::DropInternal);
@@ -92,19 +97,19 @@ pub fn flb_tc_ingress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn flb_tc_egress(ctx: TcContext) -> i32 {
-    if let Ok(Parsed::IcmpError(e)) = parse::parse(&ctx) {
-        let (verdict, stat) = icmp_error(&ctx, &e);
+    let (verdict, stat) = match parse::parse(&ctx) {
+        Ok(Parsed::IcmpError(e)) => icmp_error(&ctx, &e),
         // Everything else leaving towards a pod is not ours to count.
-        if !matches!(stat, Stat::Pass) {
-            count(stat);
-        }
-        return verdict;
+        _ => return OK,
+    };
+    if !matches!(stat, Stat::Pass) {
+        count(stat);
     }
-    OK
+    verdict
 }
 
 #[inline(always)]
-fn icmp_error(ctx: &TcContext, e: &IcmpError) -> (i32, Stat) {
+fn icmp_error<A: Family>(ctx: &TcContext, e: &IcmpError<A>) -> (i32, Stat) {
     match icmp::translate(ctx, e) {
         Ok(icmp::Outcome::Translated) => (OK, Stat::IcmpTranslated),
         Ok(icmp::Outcome::NotOurs) => (OK, Stat::Pass),
@@ -124,19 +129,46 @@ fn dsr_in(ctx: &TcContext, outer_dst: u32, id: u16) -> (i32, Stat) {
     }
     count(Stat::DsrDecap);
     match parse::parse(ctx) {
-        Ok(Parsed::Flow(p)) => act(ctx, &p, flow::deliver_dsr(ctx, &p, outer_dst, id)),
+        Ok(Parsed::Flow(p)) => act(ctx, flow::deliver_dsr(ctx, &p, outer_dst, id), || {
+            reject_no_backend(ctx, &p)
+        }),
         _ => (SHOT, Stat::DropMalformed),
     }
 }
 
 #[inline(always)]
 fn process(ctx: &TcContext, p: &Packet) -> (i32, Stat) {
-    act(ctx, p, flow::handle(ctx, p))
+    act(ctx, flow::handle(ctx, p), || reject_no_backend(ctx, p))
 }
 
-/// The verdict for a flow's outcome.
+/// The answer to a packet for a frontend without backends.
 #[inline(always)]
-fn act(ctx: &TcContext, p: &Packet, outcome: Outcome) -> (i32, Stat) {
+fn reject_no_backend(ctx: &TcContext, p: &Packet) -> (i32, Stat) {
+    answered(if p.proto == IPPROTO_TCP {
+        reject::tcp_rst(ctx, p)
+    } else {
+        reject::icmp_port_unreachable(ctx, p)
+    })
+}
+
+/// The verdict for a reject: sent back, or dropped where no answer is
+/// allowed (a RST, a fragment, IP options).
+#[inline(always)]
+fn answered(answer: Result<i32, ()>) -> (i32, Stat) {
+    match answer {
+        Ok(v) => (v, Stat::RejectNoBackend),
+        Err(()) => (SHOT, Stat::DropNoBackend),
+    }
+}
+
+/// The verdict for a flow's outcome; `no_backend` answers a packet to a
+/// frontend without backends.
+#[inline(always)]
+fn act(
+    _ctx: &TcContext,
+    outcome: Outcome,
+    no_backend: impl FnOnce() -> (i32, Stat),
+) -> (i32, Stat) {
     match outcome {
         Outcome::Forward(stat) => (OK, stat),
         Outcome::Redirect {
@@ -156,17 +188,7 @@ fn act(ctx: &TcContext, p: &Packet, outcome: Outcome) -> (i32, Stat) {
             (OK, stat)
         }
         Outcome::Drop(stat) => (SHOT, stat),
-        Outcome::NoBackend => {
-            let answer = if p.proto == IPPROTO_TCP {
-                reject::tcp_rst(ctx, p)
-            } else {
-                reject::icmp_port_unreachable(ctx, p)
-            };
-            match answer {
-                Ok(v) => (v, Stat::RejectNoBackend),
-                Err(()) => (SHOT, Stat::DropNoBackend),
-            }
-        }
+        Outcome::NoBackend => no_backend(),
     }
 }
 

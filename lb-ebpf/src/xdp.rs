@@ -20,6 +20,7 @@ use aya_ebpf::{
 use lb_common::Stat;
 
 use crate::{
+    family::Family,
     flow::{self, Hook, Outcome},
     parse::{self, Packet, Parsed},
     stats::count,
@@ -34,7 +35,7 @@ impl Hook for XdpContext {
 
     /// Encapsulation is tc's (it grows the packet): left untranslated.
     #[inline(always)]
-    fn dsr(&self, _p: &Packet, _be_addr: u32, _be_port: u16, _stat: Stat) -> Outcome {
+    fn dsr<A: Family>(&self, _p: &Packet<A>, _be_addr: A, _be_port: u16, _stat: Stat) -> Outcome {
         Outcome::Forward(Stat::Pass)
     }
 }
@@ -42,19 +43,24 @@ impl Hook for XdpContext {
 #[xdp]
 pub fn flb_xdp(ctx: XdpContext) -> u32 {
     let (verdict, stat) = match parse::parse(&ctx) {
-        Ok(Parsed::Flow(p)) => match flow::handle(&ctx, &p) {
-            Outcome::Forward(stat) | Outcome::ToStack(stat) => (XDP_PASS, stat),
-            Outcome::Redirect { stat, .. } => {
-                count(Stat::XdpTx);
-                (XDP_TX, stat)
-            }
-            Outcome::Drop(stat) => (XDP_DROP, stat),
-            Outcome::NoBackend => (XDP_DROP, Stat::DropNoBackend),
-        },
+        Ok(Parsed::Flow(p)) => act(flow::handle(&ctx, &p)),
         _ => (XDP_PASS, Stat::Pass),
     };
     count(stat);
     verdict
+}
+
+#[inline(always)]
+fn act(outcome: Outcome) -> (u32, Stat) {
+    match outcome {
+        Outcome::Forward(stat) | Outcome::ToStack(stat) => (XDP_PASS, stat),
+        Outcome::Redirect { stat, .. } => {
+            count(Stat::XdpTx);
+            (XDP_TX, stat)
+        }
+        Outcome::Drop(stat) => (XDP_DROP, stat),
+        Outcome::NoBackend => (XDP_DROP, Stat::DropNoBackend),
+    }
 }
 
 /// Returns at once: the baseline that benchmarks subtract to report the

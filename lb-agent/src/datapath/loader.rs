@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use aya::{Ebpf, EbpfLoader, maps::MapInfo};
 use lb_common::{
-    ALL_MAPS, Backend, Config, CtKey, CtValue, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK,
-    MAP_NODE_ADDRS, MAP_SERVICES, MAP_SNAT, MAP_SOCK_REVNAT, MAP_SOURCE_RANGES, MAP_STATS,
-    MAP_SVC_INFO, NODE_ADDRS_MAX, NatValue, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS, ServiceKey,
-    ServiceValue, SockKey, SockValue, SourceRangeKey, SvcInfo,
+    ALL_MAPS, Backend, Backend6, Config, CtKey, CtKey6, CtValue, CtValue6, MAP_BACKENDS,
+    MAP_BACKENDS6, MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK6, MAP_NODE_ADDRS, MAP_SERVICES,
+    MAP_SERVICES6, MAP_SNAT, MAP_SNAT6, MAP_SOCK_REVNAT, MAP_SOCK_REVNAT6, MAP_SOURCE_RANGES,
+    MAP_STATS, MAP_SVC_INFO, NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX,
+    STAT_SLOTS, ServiceKey, ServiceKey6, ServiceValue, SockKey, SockKey6, SockValue, SockValue6,
+    SourceRangeKey, SvcInfo,
 };
 use tracing::warn;
 
@@ -27,7 +29,7 @@ pub struct LoadOptions {
 
 /// (name, key bytes, value bytes, max entries, flag that sizes it) of
 /// every map, as this build lays them out.
-fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static str); 10] {
+fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static str); 15] {
     use std::mem::size_of;
     [
         (
@@ -101,6 +103,42 @@ fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static st
             SOURCE_RANGES_MAX,
             "(fixed)",
         ),
+        // IPv6, sized by the same flags as their IPv4 counterparts.
+        (
+            MAP_SERVICES6,
+            size_of::<ServiceKey6>(),
+            size_of::<ServiceValue>(),
+            opts.services_max,
+            "--services-max",
+        ),
+        (
+            MAP_BACKENDS6,
+            size_of::<u32>(),
+            size_of::<Backend6>(),
+            opts.backends_max,
+            "--backends-max",
+        ),
+        (
+            MAP_CONNTRACK6,
+            size_of::<CtKey6>(),
+            size_of::<CtValue6>(),
+            opts.conntrack_max,
+            "--conntrack-max",
+        ),
+        (
+            MAP_SOCK_REVNAT6,
+            size_of::<SockKey6>(),
+            size_of::<SockValue6>(),
+            opts.sock_max,
+            "--sock-max",
+        ),
+        (
+            MAP_SNAT6,
+            size_of::<CtKey6>(),
+            size_of::<NatValue6>(),
+            opts.conntrack_max,
+            "--conntrack-max",
+        ),
     ]
 }
 
@@ -163,6 +201,11 @@ pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf> {
         .map_max_entries(MAP_CONNTRACK, opts.conntrack_max)
         .map_max_entries(MAP_SNAT, opts.conntrack_max)
         .map_max_entries(MAP_SOCK_REVNAT, opts.sock_max)
+        .map_max_entries(MAP_SERVICES6, opts.services_max)
+        .map_max_entries(MAP_BACKENDS6, opts.backends_max)
+        .map_max_entries(MAP_CONNTRACK6, opts.conntrack_max)
+        .map_max_entries(MAP_SNAT6, opts.conntrack_max)
+        .map_max_entries(MAP_SOCK_REVNAT6, opts.sock_max)
         .map_max_entries(MAP_SVC_INFO, opts.frontends_max);
     loader.load(object).with_context(|| {
         format!(

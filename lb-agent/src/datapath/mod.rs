@@ -31,9 +31,17 @@ pub const PROG_CONNECT4: &str = "flb_connect4";
 pub const PROG_SENDMSG4: &str = "flb_sendmsg4";
 pub const PROG_RECVMSG4: &str = "flb_recvmsg4";
 pub const PROG_GETPEERNAME4: &str = "flb_getpeername4";
-pub const SOCK_PROGRAMS: [&str; 4] = [
+pub const PROG_CONNECT6: &str = "flb_connect6";
+pub const PROG_SENDMSG6: &str = "flb_sendmsg6";
+pub const PROG_RECVMSG6: &str = "flb_recvmsg6";
+pub const PROG_GETPEERNAME6: &str = "flb_getpeername6";
+pub const SOCK_PROGRAMS: [&str; 8] = [
     PROG_CONNECT4,
     PROG_SENDMSG4,
     PROG_RECVMSG4,
     PROG_GETPEERNAME4,
+    PROG_CONNECT6,
+    PROG_SENDMSG6,
+    PROG_RECVMSG6,
+    PROG_GETPEERNAME6,
 ];
