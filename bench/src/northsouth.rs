@@ -103,7 +103,7 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
 
 fn be(addr: Ipv4Addr, local: bool) -> BackendAddr {
     BackendAddr {
-        addr,
+        addr: addr.into(),
         port: 9376,
         local,
     }
@@ -117,7 +117,7 @@ fn frontend(
 ) -> (FrontendKey, FrontendState) {
     (
         FrontendKey {
-            addr,
+            addr: addr.into(),
             port,
             proto: Proto::Tcp,
         },
@@ -174,7 +174,7 @@ fn measure(quick: bool) -> Result<(Vec<Case>, Vec<[Figures; 2]>)> {
     let ops = rec.plan_all(&desired);
     let errs = l.maps.apply(&ops, rec.mirror_mut());
     anyhow::ensure!(errs.is_empty(), "programming: {:?}", errs.first());
-    ext.sync_node_addrs(&[NODE].into())?;
+    ext.sync_node_addrs(&[NODE.into()].into())?;
     ext.set_config(&lb_common::Config {
         nodeport_min: lb_common::DEFAULT_NODEPORT_MIN,
         nodeport_max: lb_common::DEFAULT_NODEPORT_MAX,

@@ -26,7 +26,7 @@ pub fn desired(n: usize) -> Desired {
     for i in 0..n {
         d.frontends.insert(
             FrontendKey {
-                addr: vip(i),
+                addr: vip(i).into(),
                 port: SERVICE_PORT,
                 proto: Proto::Tcp,
             },
@@ -34,7 +34,7 @@ pub fn desired(n: usize) -> Desired {
                 name: format!("bench/svc-{i}:http"),
                 backends: (0..ENDPOINTS_PER_SERVICE)
                     .map(|j| BackendAddr {
-                        addr: endpoint(i, j),
+                        addr: endpoint(i, j).into(),
                         port: TARGET_PORT,
                         local: false,
                     })

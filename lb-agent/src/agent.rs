@@ -2,7 +2,7 @@
 //! maps already hold, then keep them equal to the source (manifests or
 //! the Kubernetes API).
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -80,7 +80,7 @@ pub struct ExternalOptions {
     pub lb_mode: LbMode,
     /// The address SNATed flows leave with (default: the default route's
     /// interface's).
-    pub node_ip: Option<Ipv4Addr>,
+    pub node_ip: Vec<IpAddr>,
 }
 
 /// How external flows reach backends on other nodes (`--lb-mode`).
@@ -120,15 +120,18 @@ impl Default for ExternalOptions {
             ),
             snat_closed_ticks: 0,
             lb_mode: LbMode::Snat,
-            node_ip: None,
+            node_ip: Vec::new(),
         }
     }
 }
 
+/// The SNAT addresses in use, IPv4 and IPv6.
+type SnatAddrs = (Option<Ipv4Addr>, Option<Ipv6Addr>);
+
 impl ExternalOptions {
     /// Lists the node's addresses, writes those NodePorts are served on
     /// and the settings (with the SNAT address as found now).
-    fn sync(&self, ext: &mut ExternalMaps, last_snat: &mut Option<Option<Ipv4Addr>>) {
+    fn sync(&self, ext: &mut ExternalMaps, last_snat: &mut Option<SnatAddrs>) {
         let all = match node_addrs::list() {
             Ok(a) => a,
             Err(e) => {
@@ -142,13 +145,16 @@ impl ExternalOptions {
             Ok(false) => {}
             Err(e) => warn!(error = %format!("{e:#}"), "writing node addresses failed"),
         }
-        let snat = node_addrs::snat_addr(self.node_ip, &all);
+        let snat = node_addrs::snat_addrs(&self.node_ip, &all);
         if *last_snat != Some(snat) {
-            match snat {
+            match snat.0 {
                 Some(a) => info!(address = %a, "SNAT address for external traffic to other nodes"),
                 None => warn!(
                     "no SNAT address (no --node-ip, no default route): external traffic to backends on other nodes is dropped"
                 ),
+            }
+            if let Some(a) = snat.1 {
+                info!(address = %a, "SNAT address for external IPv6 traffic to other nodes");
             }
             *last_snat = Some(snat);
         }
@@ -157,10 +163,12 @@ impl ExternalOptions {
             nodeport_max: self.node_port_range.1,
             snat_port_min: self.snat_port_range.0,
             snat_port_max: self.snat_port_range.1,
-            snat_v4: snat.map_or(0, |a| lb_common::ipv4_to_net(a.octets())),
+            snat_v4: snat.0.map_or(0, |a| lb_common::ipv4_to_net(a.octets())),
             snat_closed_ticks: self.snat_closed_ticks,
             flags: self.lb_mode.flags(),
-            snat_v6: [0; 4],
+            snat_v6: snat
+                .1
+                .map_or([0; 4], |a| lb_common::ipv6_to_net(a.octets())),
         };
         if let Err(e) = ext.set_config(&cfg) {
             warn!(error = %format!("{e:#}"), "writing datapath settings failed");

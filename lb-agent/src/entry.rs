@@ -4,7 +4,7 @@
 //! kilobytes (every optional field of the API, most of them empty); these
 //! cost what the fields they hold cost, which is what lets the agent hold
 //! a large cluster in little memory.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use k8s_openapi::{
     api::{
@@ -90,12 +90,12 @@ pub struct EndpointPort {
     pub port: u16,
 }
 
-/// One IPv4 address of an endpoint, with the endpoint's conditions
+/// One address of an endpoint, with the endpoint's conditions
 /// resolved as the API defines them (nil ready means ready, nil serving
 /// follows ready).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointAddr {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -107,10 +107,11 @@ pub struct EndpointAddr {
 pub struct SliceEntry {
     /// The Service named by the `kubernetes.io/service-name` label.
     pub service: Option<String>,
-    /// `addressType: IPv4` (only those are programmed).
-    pub ipv4: bool,
+    /// `addressType: IPv4` or `IPv6` (FQDN slices are not programmed):
+    /// their addresses serve the Service's VIPs of that family.
+    pub ip: bool,
     pub ports: Vec<EndpointPort>,
-    /// Every endpoint's addresses that are IPv4, in order.
+    /// Every endpoint's addresses, in order.
     pub addresses: Vec<EndpointAddr>,
 }
 
@@ -122,9 +123,8 @@ pub struct EndpointsEntry {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SubsetEntry {
     pub ports: Vec<EndpointPort>,
-    /// IPv4 addresses only.
-    pub ready: Vec<Ipv4Addr>,
-    pub not_ready: Vec<Ipv4Addr>,
+    pub ready: Vec<IpAddr>,
+    pub not_ready: Vec<IpAddr>,
 }
 
 impl Entry {
@@ -258,7 +258,7 @@ fn slice(s: &EndpointSlice) -> SliceEntry {
             .labels
             .as_ref()
             .and_then(|l| l.get(SERVICE_NAME_LABEL).cloned()),
-        ipv4: s.address_type == "IPv4",
+        ip: s.address_type == "IPv4" || s.address_type == "IPv6",
         ports: s
             .ports
             .iter()
@@ -270,7 +270,7 @@ fn slice(s: &EndpointSlice) -> SliceEntry {
 }
 
 fn endpoints(e: &Endpoints) -> EndpointsEntry {
-    let v4 = |ips: Option<&Vec<k8s_openapi::api::core::v1::EndpointAddress>>| -> Vec<Ipv4Addr> {
+    let ips = |ips: Option<&Vec<k8s_openapi::api::core::v1::EndpointAddress>>| -> Vec<IpAddr> {
         ips.into_iter()
             .flatten()
             .filter_map(|a| a.ip.parse().ok())
@@ -288,8 +288,8 @@ fn endpoints(e: &Endpoints) -> EndpointsEntry {
                     .flatten()
                     .filter_map(|p| port(p.name.as_deref(), p.protocol.as_deref(), Some(p.port)))
                     .collect(),
-                ready: v4(sub.addresses.as_ref()),
-                not_ready: v4(sub.not_ready_addresses.as_ref()),
+                ready: ips(sub.addresses.as_ref()),
+                not_ready: ips(sub.not_ready_addresses.as_ref()),
             })
             .collect(),
     }

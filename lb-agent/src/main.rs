@@ -78,10 +78,12 @@ enum Command {
         /// flow may take it (the backend's TIME_WAIT lasts 60 s).
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=86_400))]
         snat_closed_timeout_secs: u32,
-        /// The address external flows to other nodes' backends are SNATed
-        /// to. Default: the first address of the default route's interface.
-        #[arg(long, env = "FERROLB_NODE_IP")]
-        node_ip: Option<std::net::Ipv4Addr>,
+        /// The addresses external flows to other nodes' backends are
+        /// SNATed to, at most one per family (comma-separated). Default,
+        /// per family: the first address of that family's default route's
+        /// interface.
+        #[arg(long, env = "FERROLB_NODE_IP", value_delimiter = ',')]
+        node_ip: Vec<std::net::IpAddr>,
         /// Least time between two syncs in milliseconds: changes arriving
         /// closer together are programmed in one pass (kube-proxy's
         /// minSyncPeriod). The first change after a quiet spell is
@@ -245,6 +247,14 @@ fn main() -> Result<()> {
             metrics_addr,
             datapath_object,
         } => {
+            for v6 in [false, true] {
+                let same: Vec<_> = node_ip.iter().filter(|a| a.is_ipv6() == v6).collect();
+                if same.len() > 1 {
+                    anyhow::bail!(
+                        "--node-ip: {same:?} are of one family; give at most one IPv4 and one IPv6 address"
+                    );
+                }
+            }
             let metrics_addr = match metrics_addr.as_str() {
                 "none" => None,
                 a => Some(a.parse::<SocketAddr>().with_context(|| {

@@ -3,7 +3,7 @@
 //! the same whatever source filled it.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracing::{debug, warn};
 
@@ -61,20 +61,26 @@ impl fmt::Display for Proto {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FrontendKey {
-    pub addr: Ipv4Addr,
+    /// The VIP; for NodePort the unspecified address of its family.
+    pub addr: IpAddr,
     pub port: u16,
     pub proto: Proto,
 }
 
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+        write!(
+            f,
+            "{}/{}",
+            std::net::SocketAddr::new(self.addr, self.port),
+            self.proto
+        )
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendAddr {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     /// Runs on this node (its endpoint's nodeName is ours).
     pub local: bool,
@@ -82,7 +88,7 @@ pub struct BackendAddr {
 
 impl fmt::Display for BackendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.addr, self.port)
+        std::net::SocketAddr::new(self.addr, self.port).fmt(f)
     }
 }
 
@@ -91,7 +97,8 @@ impl fmt::Display for BackendAddr {
 pub enum FrontendKind {
     #[default]
     ClusterIp,
-    /// Every node address (key address 0.0.0.0) on the nodePort.
+    /// Every node address (key address 0.0.0.0 or ::, per family) on the
+    /// nodePort.
     NodePort,
     ExternalIp,
     LoadBalancer,
@@ -146,7 +153,7 @@ pub struct HealthCheck {
 /// One endpoint address as the model needs it, from a slice or Endpoints.
 #[derive(Clone, Debug)]
 struct EndpointView {
-    addr: Ipv4Addr,
+    addr: IpAddr,
     ready: bool,
     serving: bool,
     terminating: bool,
@@ -366,26 +373,28 @@ fn service_frontends(
         debug!(service = %key, "ExternalName Service: resolved by DNS, nothing to program");
         return out;
     }
-    let v4 = |ips: &[IpAddr]| -> BTreeSet<Ipv4Addr> {
-        ips.iter()
-            .filter_map(|v| match v {
-                IpAddr::V4(a) => Some(*a),
-                IpAddr::V6(_) => {
-                    debug!(service = %key, ip = %v, "IPv6 address not programmed yet");
-                    None
-                }
-            })
-            .collect()
-    };
-    let vips = v4(&svc.cluster_ips);
+    let set = |ips: &[IpAddr]| -> BTreeSet<IpAddr> { ips.iter().copied().collect() };
+    let vips = set(&svc.cluster_ips);
     if svc.cluster_ips.is_empty() {
         debug!(service = %key, "headless Service (clusterIP: None): nothing to program");
         return out;
     }
-    let (external_ips, lb_ips) = (v4(&svc.external_ips), v4(&svc.lb_ips));
+    let (external_ips, lb_ips) = (set(&svc.external_ips), set(&svc.lb_ips));
+    // The Service's families are its cluster IPs' (ipFamilies): each
+    // family's frontends get that family's endpoints, as kube-proxy's
+    // per-family proxiers do; the first is the primary.
+    let families: BTreeSet<bool> = vips.iter().map(IpAddr::is_ipv6).collect();
+    let primary_v6 = svc.cluster_ips[0].is_ipv6();
     let endpoints = endpoints_of(store, key, cfg.node_name.as_deref());
-    let local_endpoints: Vec<EndpointView> =
-        endpoints.iter().filter(|e| e.local).cloned().collect();
+    let of_family = |v6: bool, local: bool| -> Vec<EndpointView> {
+        endpoints
+            .iter()
+            .filter(|e| e.addr.is_ipv6() == v6 && (!local || e.local))
+            .cloned()
+            .collect()
+    };
+    let (eps4, eps6) = (of_family(false, false), of_family(true, false));
+    let (local4, local6) = (of_family(false, true), of_family(true, true));
     let ports = &svc.ports;
     let mut local_ready = BTreeSet::new();
     for (i, sp) in ports.iter().enumerate() {
@@ -395,17 +404,26 @@ fn service_frontends(
             continue;
         }
         let only = ports.len() == 1;
-        let all = backends_for(sp, only, &endpoints, svc.publish_not_ready);
-        let local = backends_for(sp, only, &local_endpoints, svc.publish_not_ready);
-        local_ready.extend(local.iter().map(|b| b.addr));
+        let pnr = svc.publish_not_ready;
+        let all = [
+            backends_for(sp, only, &eps4, pnr),
+            backends_for(sp, only, &eps6, pnr),
+        ];
+        let local = [
+            backends_for(sp, only, &local4, pnr),
+            backends_for(sp, only, &local6, pnr),
+        ];
+        let primary = primary_v6 as usize;
+        local_ready.extend(local[primary].iter().map(|b| b.addr));
         let port_label = sp.name.clone().unwrap_or_else(|| sp.port.to_string());
         let name = format!("{key}:{port_label}");
-        let state = |kind: FrontendKind| {
+        let state = |kind: FrontendKind, addr: &IpAddr| {
+            let family = addr.is_ipv6() as usize;
+            let (all, local): (&Vec<BackendAddr>, &Vec<BackendAddr>) =
+                (&all[family], &local[family]);
             let (local_only, backends) = match kind {
-                FrontendKind::ClusterIp => {
-                    (svc.itp_local, if svc.itp_local { &local } else { &all })
-                }
-                _ => (svc.etp_local, if svc.etp_local { &local } else { &all }),
+                FrontendKind::ClusterIp => (svc.itp_local, if svc.itp_local { local } else { all }),
+                _ => (svc.etp_local, if svc.etp_local { local } else { all }),
             };
             let mut flags = lb_common::SVC_FLAG_NONE;
             if kind.is_external() {
@@ -430,11 +448,11 @@ fn service_frontends(
                 source_ranges,
             }
         };
-        let fk = |addr: Ipv4Addr, port: u16| FrontendKey { addr, port, proto };
+        let fk = |addr: IpAddr, port: u16| FrontendKey { addr, port, proto };
         for vip in &vips {
             out.frontends.push((
                 fk(*vip, sp.port),
-                state(FrontendKind::ClusterIp),
+                state(FrontendKind::ClusterIp, vip),
                 "spec.clusterIP".into(),
             ));
         }
@@ -444,11 +462,18 @@ fn service_frontends(
             let field = format!("spec.ports[{i}].nodePort");
             let (min, max) = cfg.node_port_range;
             if (min..=max).contains(&np) {
-                out.frontends.push((
-                    fk(Ipv4Addr::UNSPECIFIED, np),
-                    state(FrontendKind::NodePort),
-                    field,
-                ));
+                for &v6 in &families {
+                    let any = if v6 {
+                        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                    } else {
+                        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                    };
+                    out.frontends.push((
+                        fk(any, np),
+                        state(FrontendKind::NodePort, &any),
+                        field.clone(),
+                    ));
+                }
             } else {
                 out.refused.push(format!(
                     "Service {name}: field {field}: {np} is outside --service-node-port-range {min}-{max}; not programmed"
@@ -458,14 +483,14 @@ fn service_frontends(
         for (j, ip) in external_ips.iter().enumerate() {
             out.frontends.push((
                 fk(*ip, sp.port),
-                state(FrontendKind::ExternalIp),
+                state(FrontendKind::ExternalIp, ip),
                 format!("spec.externalIPs[{j}]"),
             ));
         }
         for (j, ip) in lb_ips.iter().enumerate() {
             out.frontends.push((
                 fk(*ip, sp.port),
-                state(FrontendKind::LoadBalancer),
+                state(FrontendKind::LoadBalancer, ip),
                 format!("status.loadBalancer.ingress[{j}].ip"),
             ));
         }
@@ -541,9 +566,9 @@ fn backends_for(
 fn endpoints_of(store: &ObjectStore, key: &NsName, node: Option<&str>) -> Vec<EndpointView> {
     let mut slices = store.slices_of(key).peekable();
     if slices.peek().is_some() {
-        let mut by_addr: BTreeMap<Ipv4Addr, EndpointView> = BTreeMap::new();
+        let mut by_addr: BTreeMap<IpAddr, EndpointView> = BTreeMap::new();
         for s in slices {
-            if !s.ipv4 {
+            if !s.ip {
                 continue;
             }
             let ports = port_map(&s.ports);
@@ -588,7 +613,7 @@ fn legacy_endpoints(ep: &EndpointsEntry) -> Vec<EndpointView> {
     let mut out = Vec::new();
     for sub in &ep.subsets {
         let ports = port_map(&sub.ports);
-        let mut push = |addr: Ipv4Addr, ready: bool| {
+        let mut push = |addr: IpAddr, ready: bool| {
             // Legacy Endpoints name no node here: never local.
             out.push(EndpointView {
                 addr,
@@ -767,21 +792,39 @@ mod tests {
     }
 }
 
-/// An IPv4 prefix, as given to `--service-cidr`.
+/// A prefix of either family, as given to `--service-cidr`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cidr {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub len: u8,
 }
 
 impl Cidr {
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - self.len)
-        };
-        u32::from(ip) & mask == u32::from(self.addr) & mask
+    /// True for an address of the prefix's family inside it.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network(), ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => Cidr::mask_v4(a, self.len) == n,
+            (IpAddr::V6(n), IpAddr::V6(a)) => Cidr::mask_v6(a, self.len) == n,
+            _ => false,
+        }
+    }
+
+    /// The prefix's first address (host bits cleared).
+    pub fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => IpAddr::V4(Cidr::mask_v4(a, self.len)),
+            IpAddr::V6(a) => IpAddr::V6(Cidr::mask_v6(a, self.len)),
+        }
+    }
+
+    fn mask_v4(a: Ipv4Addr, len: u8) -> Ipv4Addr {
+        let mask = u32::MAX.checked_shl(32 - len as u32).unwrap_or(0);
+        Ipv4Addr::from(u32::from(a) & mask)
+    }
+
+    fn mask_v6(a: Ipv6Addr, len: u8) -> Ipv6Addr {
+        let mask = u128::MAX.checked_shl(128 - len as u32).unwrap_or(0);
+        Ipv6Addr::from(u128::from(a) & mask)
     }
 }
 
@@ -791,15 +834,16 @@ impl std::str::FromStr for Cidr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (a, l) = s
             .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (expected a.b.c.d/len)"))?;
-        let addr = a
+            .ok_or_else(|| format!("{s:?} is not a CIDR (expected address/length)"))?;
+        let addr: IpAddr = a
             .parse()
-            .map_err(|_| format!("{a:?} in {s:?} is not an IPv4 address"))?;
+            .map_err(|_| format!("{a:?} in {s:?} is not an IP address"))?;
+        let max = if addr.is_ipv6() { 128 } else { 32 };
         let len: u8 = l
             .parse()
             .ok()
-            .filter(|l| *l <= 32)
-            .ok_or_else(|| format!("prefix length {l:?} in {s:?} is not 0-32"))?;
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("prefix length {l:?} in {s:?} is not 0-{max}"))?;
         Ok(Cidr { addr, len })
     }
 }
@@ -881,6 +925,87 @@ mod external_tests {
         assert_eq!(locals, [true, false]);
     }
 
+    /// A dual-stack `web` (NodePort), one slice per family, as the
+    /// EndpointSlice controller writes them.
+    const DUAL: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv6, IPv4]\n  clusterIP: fd00:10::20\n  clusterIPs: [\"fd00:10::20\", 10.0.0.20]\n  ports: [{port: 80, targetPort: 9376, nodePort: 30080}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-v4, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{port: 9376}]\nendpoints:\n- {addresses: [10.244.1.5], nodeName: node-a}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-v6, labels: {kubernetes.io/service-name: web}}\naddressType: IPv6\nports: [{port: 9376}]\nendpoints:\n- {addresses: [\"fd00:244:1::5\"], nodeName: node-a}\n- {addresses: [\"fd00:244:2::5\"], nodeName: node-b}\n";
+
+    #[test]
+    fn dual_stack_services_get_each_familys_endpoints_per_frontend() {
+        let d = desired_with(&store(DUAL), node("node-a"));
+        let fes: Vec<(String, Vec<String>)> = d
+            .frontends
+            .iter()
+            .map(|(k, s)| {
+                (
+                    k.to_string(),
+                    s.backends.iter().map(|b| b.to_string()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            fes,
+            [
+                (
+                    "0.0.0.0:30080/TCP".to_string(),
+                    vec!["10.244.1.5:9376".to_string()]
+                ),
+                (
+                    "10.0.0.20:80/TCP".to_string(),
+                    vec!["10.244.1.5:9376".to_string()]
+                ),
+                (
+                    "[::]:30080/TCP".to_string(),
+                    vec![
+                        "[fd00:244:1::5]:9376".to_string(),
+                        "[fd00:244:2::5]:9376".to_string()
+                    ]
+                ),
+                (
+                    "[fd00:10::20]:80/TCP".to_string(),
+                    vec![
+                        "[fd00:244:1::5]:9376".to_string(),
+                        "[fd00:244:2::5]:9376".to_string()
+                    ]
+                ),
+            ]
+        );
+        // Locality is per endpoint, whatever its family.
+        let np6 = &d.frontends[&fe("::", 30080)];
+        let locals: Vec<bool> = np6.backends.iter().map(|b| b.local).collect();
+        assert_eq!(locals, [true, false]);
+    }
+
+    #[test]
+    fn an_ipv6_service_outside_an_ipv4_service_cidr_is_refused_by_name() {
+        let mut st = store(DUAL);
+        let mut cache = ModelCache::new(ModelConfig {
+            service_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+            node_name: Some("node-a".into()),
+            ..Default::default()
+        });
+        let dirty = st.take_dirty();
+        let up = cache.update(&st, &dirty);
+        assert_eq!(
+            up.refused,
+            [
+                "Service default/web:80: field spec.clusterIP: fd00:10::20 is outside --service-cidr; not programmed"
+            ]
+        );
+        // The IPv4 side and both NodePorts are programmed.
+        assert_eq!(cache.desired().frontends.len(), 3);
+        // With both families' prefixes, both are served.
+        let mut cache = ModelCache::new(ModelConfig {
+            service_cidrs: vec![
+                "10.0.0.0/16".parse().unwrap(),
+                "fd00:10::/108".parse().unwrap(),
+            ],
+            ..Default::default()
+        });
+        let all = st.services.keys().cloned().collect();
+        assert!(cache.update(&st, &all).refused.is_empty());
+        assert_eq!(cache.desired().frontends.len(), 4);
+    }
+
     #[test]
     fn local_traffic_policies_keep_this_nodes_endpoints() {
         let st = store(&web(
@@ -906,7 +1031,7 @@ mod external_tests {
         let d = desired_with(&st, node("node-b"));
         let s = &d.frontends[&fe("10.0.0.20", 80)];
         assert_eq!(s.backends.len(), 1);
-        assert_eq!(s.backends[0].addr, Ipv4Addr::new(10, 244, 2, 5));
+        assert_eq!(s.backends[0].addr, IpAddr::from([10, 244, 2, 5]));
         assert_eq!(s.flags, lb_common::SVC_FLAG_LOCAL_ONLY);
     }
 
@@ -993,10 +1118,22 @@ mod cidr_tests {
     #[test]
     fn cidr_parsing_and_restriction() {
         let c: Cidr = "10.0.0.0/16".parse().unwrap();
-        assert!(c.contains(Ipv4Addr::new(10, 0, 1, 175)));
-        assert!(!c.contains(Ipv4Addr::new(10, 1, 0, 1)));
+        assert!(c.contains(Ipv4Addr::new(10, 0, 1, 175).into()));
+        assert!(!c.contains(Ipv4Addr::new(10, 1, 0, 1).into()));
         assert!("10.0.0.0/33".parse::<Cidr>().unwrap_err().contains("0-32"));
         assert!("10.0.0.300/8".parse::<Cidr>().is_err());
+        let c6: Cidr = "fd00:10::/108".parse().unwrap();
+        assert!(c6.contains("fd00:10::175".parse().unwrap()));
+        assert!(!c6.contains("fd00:11::1".parse().unwrap()));
+        assert!(
+            !c6.contains(Ipv4Addr::new(10, 0, 1, 175).into()),
+            "other family"
+        );
+        assert!(
+            !c.contains("::ffff:10.0.1.175".parse().unwrap()),
+            "other family"
+        );
+        assert!("fd00::/129".parse::<Cidr>().unwrap_err().contains("0-128"));
         let mut store = ObjectStore::default();
         for last in [1u8, 2] {
             let text = format!(

@@ -2,14 +2,16 @@
 //! `nodePortAddresses`), and the one SNATed flows leave with.
 use std::collections::BTreeSet;
 use std::ffi::CStr;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Result, bail};
 
 use crate::model::Cidr;
 
-/// (interface, address) of every IPv4 address configured on this node.
-pub fn list() -> Result<Vec<(String, Ipv4Addr)>> {
+/// (interface, address) of every IPv4 and IPv6 address configured on
+/// this node, but IPv6 link-local ones (not unique across links, never a
+/// node address a client targets).
+pub fn list() -> Result<Vec<(String, IpAddr)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -21,14 +23,26 @@ pub fn list() -> Result<Vec<(String, Ipv4Addr)>> {
         // SAFETY: a node of the list getifaddrs returned.
         let ifa = unsafe { &*cur };
         cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null()
-            || unsafe { (*ifa.ifa_addr).sa_family } != libc::AF_INET as libc::sa_family_t
-        {
+        if ifa.ifa_addr.is_null() {
             continue;
         }
-        // SAFETY: an AF_INET address is a sockaddr_in.
-        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-        let addr = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        let addr = match unsafe { (*ifa.ifa_addr).sa_family } as libc::c_int {
+            libc::AF_INET => {
+                // SAFETY: an AF_INET address is a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: an AF_INET6 address is a sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                let a = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                if a.is_unicast_link_local() {
+                    continue;
+                }
+                IpAddr::V6(a)
+            }
+            _ => continue,
+        };
         let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
             .to_string_lossy()
             .into_owned();
@@ -41,7 +55,7 @@ pub fn list() -> Result<Vec<(String, Ipv4Addr)>> {
 
 /// The addresses NodePorts are served on: every non-loopback address, or
 /// those inside `only` when given (`--nodeport-addresses`).
-pub fn nodeport_addrs(all: &[(String, Ipv4Addr)], only: &[Cidr]) -> BTreeSet<Ipv4Addr> {
+pub fn nodeport_addrs(all: &[(String, IpAddr)], only: &[Cidr]) -> BTreeSet<IpAddr> {
     all.iter()
         .map(|(_, a)| *a)
         .filter(|a| !a.is_loopback())
@@ -59,14 +73,42 @@ pub fn default_route_interface() -> Option<String> {
     })
 }
 
-/// The address SNATed flows leave with: `--node-ip` if given, else the
-/// first address of the default route's interface.
-pub fn snat_addr(explicit: Option<Ipv4Addr>, all: &[(String, Ipv4Addr)]) -> Option<Ipv4Addr> {
-    if explicit.is_some() {
-        return explicit;
-    }
-    let dev = default_route_interface()?;
-    all.iter().find(|(n, _)| *n == dev).map(|(_, a)| *a)
+/// The interface of the IPv6 default route, from /proc/net/ipv6_route
+/// (destination ::/0; the device is the last column).
+pub fn default_route_interface6() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/net/ipv6_route").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let default = f.len() >= 10 && f[0].bytes().all(|b| b == b'0') && f[1] == "00";
+        (default && f[9] != "lo").then(|| f[9].to_string())
+    })
+}
+
+/// The addresses SNATed flows leave with, one per family: the
+/// `--node-ip` of that family if given, else the first address of that
+/// family on its default route's interface.
+pub fn snat_addrs(
+    explicit: &[IpAddr],
+    all: &[(String, IpAddr)],
+) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let pick = |v6: bool, dev: Option<String>| -> Option<IpAddr> {
+        if let Some(a) = explicit.iter().find(|a| a.is_ipv6() == v6) {
+            return Some(*a);
+        }
+        let dev = dev?;
+        all.iter()
+            .find(|(n, a)| *n == dev && a.is_ipv6() == v6)
+            .map(|(_, a)| *a)
+    };
+    let v4 = match pick(false, default_route_interface()) {
+        Some(IpAddr::V4(a)) => Some(a),
+        _ => None,
+    };
+    let v6 = match pick(true, default_route_interface6()) {
+        Some(IpAddr::V6(a)) => Some(a),
+        _ => None,
+    };
+    (v4, v6)
 }
 
 #[cfg(test)]
@@ -76,19 +118,32 @@ mod tests {
     #[test]
     fn nodeport_addresses_filter_and_skip_loopback() {
         let all = vec![
-            ("lo".to_string(), Ipv4Addr::LOCALHOST),
-            ("eth0".to_string(), Ipv4Addr::new(192, 168, 50, 1)),
-            ("eth1".to_string(), Ipv4Addr::new(172, 16, 0, 1)),
+            ("lo".to_string(), IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            (
+                "eth0".to_string(),
+                IpAddr::V4(Ipv4Addr::new(192, 168, 50, 1)),
+            ),
+            ("eth1".to_string(), IpAddr::V4(Ipv4Addr::new(172, 16, 0, 1))),
+            ("eth1".to_string(), "fd00::1".parse().unwrap()),
         ];
-        assert_eq!(nodeport_addrs(&all, &[]).len(), 2);
+        assert_eq!(nodeport_addrs(&all, &[]).len(), 3);
         let only: Vec<Cidr> = vec!["192.168.0.0/16".parse().unwrap()];
         assert_eq!(
             nodeport_addrs(&all, &only).into_iter().collect::<Vec<_>>(),
-            [Ipv4Addr::new(192, 168, 50, 1)]
+            [IpAddr::V4(Ipv4Addr::new(192, 168, 50, 1))]
         );
+        let only: Vec<Cidr> = vec!["fd00::/8".parse().unwrap()];
         assert_eq!(
-            snat_addr(Some(Ipv4Addr::new(10, 1, 1, 1)), &all),
-            Some(Ipv4Addr::new(10, 1, 1, 1))
+            nodeport_addrs(&all, &only).into_iter().collect::<Vec<_>>(),
+            ["fd00::1".parse::<IpAddr>().unwrap()]
+        );
+        let explicit = ["10.1.1.1".parse().unwrap(), "fd00::9".parse().unwrap()];
+        assert_eq!(
+            snat_addrs(&explicit, &all),
+            (
+                Some(Ipv4Addr::new(10, 1, 1, 1)),
+                Some("fd00::9".parse().unwrap())
+            )
         );
     }
 

@@ -8,31 +8,80 @@
 //! commit point), then surplus slots; removed frontends lose their master
 //! first; unused backends go last.
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
-    BACKEND_FLAG_LOCAL, Backend, SVC_FLAG_NONE, SVC_NAME_LEN, ServiceKey, ServiceValue, SvcInfo,
-    ipv4_from_net, ipv4_to_net, port_from_net, port_to_net,
+    BACKEND_FLAG_LOCAL, BackendOf, SVC_FLAG_NONE, SVC_NAME_LEN, ServiceKeyOf, ServiceValue,
+    SvcInfo, ipv4_from_net, ipv4_to_net, ipv6_from_net, ipv6_to_net, port_from_net, port_to_net,
 };
 
 use crate::model::{BackendAddr, Desired, FrontendKey, Proto};
 
+/// A key of the services map of either family (IPv4 and IPv6 frontends
+/// live in maps of their own; one plan covers both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SvcKey {
+    V4(lb_common::ServiceKey),
+    V6(lb_common::ServiceKey6),
+}
+
+impl SvcKey {
+    pub fn slot(&self) -> u16 {
+        match self {
+            SvcKey::V4(k) => k.slot,
+            SvcKey::V6(k) => k.slot,
+        }
+    }
+
+    /// The same frontend's key for `slot` (0: its master).
+    pub fn with_slot(&self, slot: u16) -> SvcKey {
+        match *self {
+            SvcKey::V4(k) => SvcKey::V4(ServiceKeyOf { slot, ..k }),
+            SvcKey::V6(k) => SvcKey::V6(ServiceKeyOf { slot, ..k }),
+        }
+    }
+}
+
+/// A backends map entry of either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BackendEntry {
+    V4(lb_common::Backend),
+    V6(lb_common::Backend6),
+}
+
+impl BackendEntry {
+    pub fn addr(&self) -> IpAddr {
+        match self {
+            BackendEntry::V4(b) => IpAddr::V4(Ipv4Addr::from(ipv4_from_net(b.addr))),
+            BackendEntry::V6(b) => IpAddr::V6(Ipv6Addr::from(ipv6_from_net(b.addr))),
+        }
+    }
+
+    /// Port (network order), protocol and flags, as in the entry.
+    pub fn rest(&self) -> (u16, u8, u8) {
+        match self {
+            BackendEntry::V4(b) => (b.port, b.proto, b.flags),
+            BackendEntry::V6(b) => (b.port, b.proto, b.flags),
+        }
+    }
+}
+
 /// What the maps hold (or should hold).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapState {
-    pub services: BTreeMap<ServiceKey, ServiceValue>,
-    pub backends: BTreeMap<u32, Backend>,
+    pub services: BTreeMap<SvcKey, ServiceValue>,
+    pub backends: BTreeMap<u32, BackendEntry>,
     pub info: BTreeMap<u32, SvcInfo>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    PutBackend(u32, Backend),
+    PutBackend(u32, BackendEntry),
     /// Boxed: the name is 64 bytes and there is one per frontend, while
     /// the other ops are a tenth of that and number ten per frontend.
     PutInfo(u32, Box<SvcInfo>),
-    PutService(ServiceKey, ServiceValue),
-    DelService(ServiceKey),
+    PutService(SvcKey, ServiceValue),
+    DelService(SvcKey),
     DelInfo(u32),
     DelBackend(u32),
 }
@@ -41,9 +90,9 @@ impl Op {
     /// What the write would change, for people: the frontend or id it
     /// touches.
     pub fn describe(&self) -> String {
-        let fe = |k: &ServiceKey| match frontend_of(k) {
-            Some(fk) if k.slot == 0 => format!("frontend {fk}"),
-            Some(fk) => format!("frontend {fk} backend slot {}", k.slot),
+        let fe = |k: &SvcKey| match frontend_of(k) {
+            Some(fk) if k.slot() == 0 => format!("frontend {fk}"),
+            Some(fk) => format!("frontend {fk} backend slot {}", k.slot()),
             None => format!("unreadable service key {k:?}"),
         };
         match self {
@@ -59,30 +108,61 @@ impl Op {
     }
 }
 
-pub fn service_key(fk: &FrontendKey, slot: u16) -> ServiceKey {
-    ServiceKey::new(
-        ipv4_to_net(fk.addr.octets()),
-        port_to_net(fk.port),
-        slot,
-        fk.proto.number(),
-    )
+pub fn service_key(fk: &FrontendKey, slot: u16) -> SvcKey {
+    let (port, proto) = (port_to_net(fk.port), fk.proto.number());
+    match fk.addr {
+        IpAddr::V4(a) => SvcKey::V4(ServiceKeyOf::new(
+            ipv4_to_net(a.octets()),
+            port,
+            slot,
+            proto,
+        )),
+        IpAddr::V6(a) => SvcKey::V6(ServiceKeyOf::new(
+            ipv6_to_net(a.octets()),
+            port,
+            slot,
+            proto,
+        )),
+    }
 }
 
 /// The frontend a map key belongs to.
-pub fn frontend_of(k: &ServiceKey) -> Option<FrontendKey> {
+pub fn frontend_of(k: &SvcKey) -> Option<FrontendKey> {
+    let (addr, port, proto) = match k {
+        SvcKey::V4(k) => (
+            IpAddr::V4(Ipv4Addr::from(ipv4_from_net(k.addr))),
+            k.port,
+            k.proto,
+        ),
+        SvcKey::V6(k) => (
+            IpAddr::V6(Ipv6Addr::from(ipv6_from_net(k.addr))),
+            k.port,
+            k.proto,
+        ),
+    };
     Some(FrontendKey {
-        addr: Ipv4Addr::from(ipv4_from_net(k.addr)),
-        port: port_from_net(k.port),
-        proto: Proto::from_number(k.proto)?,
+        addr,
+        port: port_from_net(port),
+        proto: Proto::from_number(proto)?,
     })
 }
 
-pub fn backend_entry(b: &BackendAddr, proto: Proto) -> Backend {
-    Backend {
-        addr: ipv4_to_net(b.addr.octets()),
-        port: port_to_net(b.port),
-        proto: proto.number(),
-        flags: if b.local { BACKEND_FLAG_LOCAL } else { 0 },
+pub fn backend_entry(b: &BackendAddr, proto: Proto) -> BackendEntry {
+    let (port, proto) = (port_to_net(b.port), proto.number());
+    let flags = if b.local { BACKEND_FLAG_LOCAL } else { 0 };
+    match b.addr {
+        IpAddr::V4(a) => BackendEntry::V4(BackendOf {
+            addr: ipv4_to_net(a.octets()),
+            port,
+            proto,
+            flags,
+        }),
+        IpAddr::V6(a) => BackendEntry::V6(BackendOf {
+            addr: ipv6_to_net(a.octets()),
+            port,
+            proto,
+            flags,
+        }),
     }
 }
 
@@ -143,7 +223,7 @@ impl IdAllocator {
 #[derive(Debug, Default)]
 pub struct Reconciler {
     mirror: MapState,
-    be_ids: BTreeMap<Backend, u32>,
+    be_ids: BTreeMap<BackendEntry, u32>,
     be_refs: BTreeMap<u32, u32>,
     be_alloc: IdAllocator,
     svc_alloc: IdAllocator,
@@ -151,7 +231,7 @@ pub struct Reconciler {
     /// by the next plan.
     orphan_backends: BTreeSet<u32>,
     orphan_info: BTreeSet<u32>,
-    orphan_slots: Vec<ServiceKey>,
+    orphan_slots: Vec<SvcKey>,
 }
 
 impl Reconciler {
@@ -165,14 +245,14 @@ impl Reconciler {
         let mut svc_ids = BTreeSet::new();
         let mut orphan_slots = Vec::new();
         for (k, v) in &mirror.services {
-            if k.slot == 0 {
+            if k.slot() == 0 {
                 svc_ids.insert(v.svc_id);
                 continue;
             }
             // A slot beyond its master's count (a previous writer stopped
             // between the two) is never read: remove it, do not count it.
-            let master = mirror.services.get(&ServiceKey { slot: 0, ..*k });
-            if master.is_some_and(|m| k.slot <= m.count) {
+            let master = mirror.services.get(&k.with_slot(0));
+            if master.is_some_and(|m| k.slot() <= m.count) {
                 *be_refs.entry(v.backend_id).or_default() += 1;
             } else {
                 orphan_slots.push(*k);
@@ -222,7 +302,7 @@ impl Reconciler {
         self.mirror
             .services
             .keys()
-            .filter(|k| k.slot == 0)
+            .filter(|k| k.slot() == 0)
             .filter_map(frontend_of)
             .collect()
     }
@@ -248,7 +328,7 @@ impl Reconciler {
         let mut orphan_info = std::mem::take(&mut self.orphan_info);
         // Slots no master counts (a plan stopped by a failed write) go,
         // unless a frontend planned now takes them as they are.
-        let mut orphan_slots: BTreeSet<ServiceKey> =
+        let mut orphan_slots: BTreeSet<SvcKey> =
             std::mem::take(&mut self.orphan_slots).into_iter().collect();
         for fk in changed {
             let master_key = service_key(&fk, 0);
@@ -383,7 +463,8 @@ impl Reconciler {
 #[derive(Debug, Default)]
 pub struct Guard {
     failed_backends: BTreeSet<u32>,
-    broken: BTreeSet<(u32, u16, u8)>,
+    /// Master keys of frontends with a failed write.
+    broken: BTreeSet<SvcKey>,
     any_failed: bool,
 }
 
@@ -392,8 +473,8 @@ impl Guard {
         match op {
             Op::PutBackend(..) | Op::PutInfo(..) => true,
             Op::PutService(k, v) => {
-                let broken = self.broken.contains(&(k.addr, k.port, k.proto));
-                let backend_missing = k.slot != 0 && self.failed_backends.contains(&v.backend_id);
+                let broken = self.broken.contains(&k.with_slot(0));
+                let backend_missing = k.slot() != 0 && self.failed_backends.contains(&v.backend_id);
                 !broken && !backend_missing
             }
             Op::DelService(_) | Op::DelInfo(_) | Op::DelBackend(_) => !self.any_failed,
@@ -408,7 +489,7 @@ impl Guard {
                 self.failed_backends.insert(*id);
             }
             Op::PutService(k, _) => {
-                self.broken.insert((k.addr, k.port, k.proto));
+                self.broken.insert(k.with_slot(0));
             }
             _ => {}
         }
@@ -446,7 +527,7 @@ mod tests {
 
     fn fk(last: u8, port: u16) -> FrontendKey {
         FrontendKey {
-            addr: Ipv4Addr::new(10, 0, 1, last),
+            addr: Ipv4Addr::new(10, 0, 1, last).into(),
             port,
             proto: Proto::Tcp,
         }
@@ -454,7 +535,7 @@ mod tests {
 
     fn be(last: u8) -> BackendAddr {
         BackendAddr {
-            addr: Ipv4Addr::new(10, 244, 0, last),
+            addr: Ipv4Addr::new(10, 244, 0, last).into(),
             port: 9376,
             local: false,
         }
@@ -479,16 +560,16 @@ mod tests {
     fn held(m: &MapState) -> BTreeMap<FrontendKey, Vec<BackendAddr>> {
         let mut out = BTreeMap::new();
         for (k, v) in &m.services {
-            if k.slot != 0 {
+            if k.slot() != 0 {
                 continue;
             }
             let bs = (1..=v.count)
                 .map(|slot| {
-                    let s = m.services[&ServiceKey { slot, ..*k }];
+                    let s = m.services[&k.with_slot(slot)];
                     let b = m.backends[&s.backend_id];
                     BackendAddr {
-                        addr: Ipv4Addr::from(ipv4_from_net(b.addr)),
-                        port: port_from_net(b.port),
+                        addr: b.addr(),
+                        port: port_from_net(b.rest().0),
                         local: false,
                     }
                 })
@@ -519,7 +600,7 @@ mod tests {
             .mirror()
             .services
             .iter()
-            .filter(|(k, _)| k.slot != 0)
+            .filter(|(k, _)| k.slot() != 0)
             .map(|(_, v)| v.backend_id)
             .collect();
         assert_eq!(used, rec.mirror().backends.keys().copied().collect());
@@ -541,7 +622,7 @@ mod tests {
         let ops = run(&mut Reconciler::default(), &d, None);
         let master_at = ops
             .iter()
-            .position(|o| matches!(o, Op::PutService(k, _) if k.slot == 0))
+            .position(|o| matches!(o, Op::PutService(k, _) if k.slot() == 0))
             .unwrap();
         assert_eq!(master_at, ops.len() - 1);
         assert!(matches!(ops[0], Op::PutBackend(..)));
@@ -567,13 +648,14 @@ mod tests {
                 .count(),
             2
         );
-        assert!(!ops.iter().any(
-            |o| matches!(o, Op::PutService(k, _) if k.addr == service_key(&fk(9, 53), 0).addr)
-        ));
+        assert!(
+            !ops.iter()
+                .any(|o| matches!(o, Op::PutService(k, _) if frontend_of(k) == Some(fk(9, 53))))
+        );
         // Master update comes before the surplus slots go.
         let master = ops
             .iter()
-            .position(|o| matches!(o, Op::PutService(k, _) if k.slot == 0))
+            .position(|o| matches!(o, Op::PutService(k, _) if k.slot() == 0))
             .unwrap();
         let first_del = ops
             .iter()
@@ -658,7 +740,7 @@ mod tests {
         let d2 = desired(&[(fk(1, 80), &[5, 7])]);
         let ops = rec.plan(&d2, [fk(1, 80), fk(2, 80)]);
         assert!(
-            matches!(ops[0], Op::DelService(k) if k.slot == 0),
+            matches!(ops[0], Op::DelService(k) if k.slot() == 0),
             "removals first: {ops:?}"
         );
         let mut guard = Guard::default();
@@ -675,9 +757,11 @@ mod tests {
         // Frontend 1 still reads its old, complete state: count 1, slot 1.
         let m = rec.mirror().services[&service_key(&fk(1, 80), 0)];
         assert_eq!(m.count, 1);
-        assert!(!written.iter().any(
-            |o| matches!(o, Op::PutService(k, _) if k.addr == service_key(&fk(1, 80), 0).addr)
-        ));
+        assert!(
+            !written
+                .iter()
+                .any(|o| matches!(o, Op::PutService(k, _) if frontend_of(k) == Some(fk(1, 80))))
+        );
         // Frontend 2 was removed before the failure; nothing else deleted after it.
         assert!(
             !rec.mirror()
@@ -697,7 +781,7 @@ mod tests {
         let d = desired(&[(fk(175, 80), &[5, 6, 7])]);
         let mut rec = Reconciler::default();
         for op in rec.plan_all(&d) {
-            if !matches!(op, Op::PutService(k, _) if k.slot == 0) {
+            if !matches!(op, Op::PutService(k, _) if k.slot() == 0) {
                 apply_to(rec.mirror_mut(), &op);
             }
         }
@@ -705,7 +789,7 @@ mod tests {
         // The next plan keeps those slots for the frontend, and writes the master.
         let ops = run(&mut rec, &d, None);
         assert_eq!(ops.len(), 1, "{ops:?}");
-        assert!(matches!(ops[0], Op::PutService(k, _) if k.slot == 0));
+        assert!(matches!(ops[0], Op::PutService(k, _) if k.slot() == 0));
     }
 
     #[test]
@@ -714,7 +798,7 @@ mod tests {
         let mut rec = Reconciler::default();
         run(&mut rec, &d, None);
         let ops = run(&mut rec, &Desired::default(), Some(vec![fk(175, 80)]));
-        assert!(matches!(ops[0], Op::DelService(k) if k.slot == 0));
+        assert!(matches!(ops[0], Op::DelService(k) if k.slot() == 0));
         assert!(matches!(ops.last(), Some(Op::DelBackend(_))));
     }
 }

@@ -72,7 +72,7 @@ impl Pipeline {
             .mirror()
             .services
             .iter()
-            .filter(|(k, _)| k.slot == 0)
+            .filter(|(k, _)| k.slot() == 0)
             .map(|(_, v)| v.svc_id)
             .collect()
     }

@@ -2,9 +2,9 @@
 //! it shows what the datapath will do, not what the agent meant to do.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::SocketAddr;
 
-use lb_common::{ipv4_from_net, port_from_net};
+use lb_common::port_from_net;
 
 use crate::reconcile::{MapState, frontend_of, info_name};
 
@@ -17,7 +17,7 @@ pub struct Row {
 pub fn rows(state: &MapState) -> Vec<Row> {
     let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for (k, v) in &state.services {
-        if k.slot != 0 {
+        if k.slot() != 0 {
             continue;
         }
         let Some(fk) = frontend_of(k) else { continue };
@@ -28,17 +28,13 @@ pub fn rows(state: &MapState) -> Vec<Row> {
             .unwrap_or_else(|| format!("<id {}>", v.svc_id));
         let mut backends = Vec::new();
         for slot in 1..=v.count {
-            let sk = lb_common::ServiceKey { slot, ..*k };
             if let Some(b) = state
                 .services
-                .get(&sk)
+                .get(&k.with_slot(slot))
                 .and_then(|s| state.backends.get(&s.backend_id))
             {
-                backends.push(format!(
-                    "{}:{}",
-                    Ipv4Addr::from(ipv4_from_net(b.addr)),
-                    port_from_net(b.port)
-                ));
+                let port = port_from_net(b.rest().0);
+                backends.push(SocketAddr::new(b.addr(), port).to_string());
             }
         }
         out.insert((name, fk.to_string()), backends);

@@ -165,9 +165,19 @@ pub fn slice(s: &EndpointSlice) -> Result<(), FieldError> {
         }
     }
     if s.address_type != "FQDN" {
+        let v6 = s.address_type == "IPv6";
         for (i, e) in s.endpoints.iter().enumerate() {
             for (j, a) in e.addresses.iter().enumerate() {
-                ip(format!("endpoints[{i}].addresses[{j}]"), a)?;
+                let field = format!("endpoints[{i}].addresses[{j}]");
+                ip(field.clone(), a)?;
+                // kube-proxy takes a slice's family from addressType: an
+                // address of the other family would serve the wrong VIPs.
+                if a.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv6() != v6) {
+                    return Err(err(
+                        field,
+                        format!("{a:?} does not match addressType {}", s.address_type),
+                    ));
+                }
             }
         }
     }
@@ -197,4 +207,31 @@ pub fn endpoints(e: &Endpoints) -> Result<(), FieldError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice_of(address_type: &str, addresses: &[&str]) -> EndpointSlice {
+        let text = format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s}}\naddressType: {address_type}\nendpoints:\n{}",
+            addresses
+                .iter()
+                .map(|a| format!("- addresses: [\"{a}\"]\n"))
+                .collect::<String>()
+        );
+        serde_yaml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn a_slice_address_of_the_other_family_is_named() {
+        assert!(slice(&slice_of("IPv6", &["fd00:244::5", "fd00:244::6"])).is_ok());
+        assert!(slice(&slice_of("IPv4", &["10.244.0.5"])).is_ok());
+        let e = slice(&slice_of("IPv6", &["fd00:244::5", "10.244.0.6"])).unwrap_err();
+        assert_eq!(e.field, "endpoints[1].addresses[0]");
+        assert!(e.message.contains("does not match addressType IPv6"), "{e}");
+        let e = slice(&slice_of("IPv4", &["fd00:244::5"])).unwrap_err();
+        assert_eq!(e.field, "endpoints[0].addresses[0]");
+    }
 }

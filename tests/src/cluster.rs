@@ -1,12 +1,12 @@
 //! A simulated Kubernetes node: one "node" namespace that routes between
 //! "pod" namespaces over veth pairs, the way a CNI plugin with routed pod
-//! interfaces does. Pods get /32 addresses and a default route via the
-//! node; the node has a /32 route per pod and forwards. Nothing here has
-//! a route out of the machine.
+//! interfaces does. Pods get a /32 IPv4 and a /128 IPv6 address (dual
+//! stack) and default routes via the node; the node has a host route per
+//! pod address and forwards. Nothing here has a route out of the machine.
 //!
 //! Everything is removed on drop: processes, namespaces (and with them
 //! every veth and tc link), the bpffs mount holding the pins, the cgroup.
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,6 +18,13 @@ use crate::netns::{NetNs, sh};
 
 /// The node's address on every pod link (the pods' gateway).
 pub const NODE_GW: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+/// The IPv6 address paired with a test bed IPv4 address `10.244.s.h`:
+/// `fd00:244:s::h` (pods, and the node's gateway `fd00:244:s::1`).
+pub fn v6_of(v4: Ipv4Addr) -> Ipv6Addr {
+    let o = v4.octets();
+    Ipv6Addr::new(0xfd00, 0x244, o[2] as u16, 0, 0, 0, 0, o[3] as u16)
+}
+
 /// Serving port of the seeds' `serve_hostname` pods.
 pub const POD_PORT: u16 = 9376;
 
@@ -26,6 +33,8 @@ pub struct Pod {
     pub name: String,
     pub ns: NetNs,
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address ([`v6_of`] its IPv4 one).
+    pub ip6: Ipv6Addr,
     /// Host-side veth name, in the node namespace.
     pub host_if: String,
 }
@@ -146,6 +155,8 @@ impl Cluster {
             .with_context(|| format!("creating cgroup {}", c.cgroup.display()))?;
         c.node
             .run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))??;
+        c.node
+            .run(|| std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1"))??;
         for i in 0..backends {
             let name = match subnet {
                 0 => SEED_POD_NAMES
@@ -179,10 +190,27 @@ impl Cluster {
         self.node.ip(&["link", "set", &host_if, "up"])?;
         self.node
             .ip(&["route", "add", &pod_cidr, "dev", &host_if])?;
+        let (ip6, gw6) = (v6_of(ip), v6_of(self.gw).to_string());
+        let pod6 = format!("{ip6}/128");
+        ns.ip(&["-6", "addr", "add", &pod6, "dev", "eth0", "nodad"])?;
+        ns.ip(&["-6", "route", "add", &gw6, "dev", "eth0"])?;
+        ns.ip(&["-6", "route", "add", "default", "via", &gw6, "dev", "eth0"])?;
+        self.node.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{gw6}/128"),
+            "dev",
+            &host_if,
+            "nodad",
+        ])?;
+        self.node
+            .ip(&["-6", "route", "add", &pod6, "dev", &host_if])?;
         Ok(Pod {
             name: name.to_string(),
             ns,
             ip,
+            ip6,
             host_if,
         })
     }

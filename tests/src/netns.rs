@@ -32,6 +32,13 @@ impl NetNs {
             name: name.to_string(),
         };
         ns.ip(&["link", "set", "lo", "up"])?;
+        // IPv6 addresses usable at once (no duplicate address detection
+        // on links this run made); ignored where IPv6 is off.
+        let _ = ns.run(|| {
+            for conf in ["all", "default"] {
+                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad"), "0");
+            }
+        });
         Ok(ns)
     }
 

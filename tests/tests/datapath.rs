@@ -17,9 +17,13 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 175);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 176);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 100);
 
+fn be_ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 0, 5 + i)
+}
+
 fn be(i: u8) -> BackendAddr {
     BackendAddr {
-        addr: Ipv4Addr::new(10, 244, 0, 5 + i),
+        addr: be_ip(i).into(),
         port: 9376,
         local: false,
     }
@@ -28,7 +32,7 @@ fn be(i: u8) -> BackendAddr {
 fn hostnames() -> (FrontendKey, Vec<BackendAddr>) {
     (
         FrontendKey {
-            addr: VIP,
+            addr: VIP.into(),
             port: 80,
             proto: Proto::Tcp,
         },
@@ -39,7 +43,7 @@ fn hostnames() -> (FrontendKey, Vec<BackendAddr>) {
 fn udp_one() -> (FrontendKey, Vec<BackendAddr>) {
     (
         FrontendKey {
-            addr: VIP,
+            addr: VIP.into(),
             port: 53,
             proto: Proto::Udp,
         },
@@ -50,7 +54,7 @@ fn udp_one() -> (FrontendKey, Vec<BackendAddr>) {
 fn empty(proto: Proto, port: u16) -> (FrontendKey, Vec<BackendAddr>) {
     (
         FrontendKey {
-            addr: EMPTY_VIP,
+            addr: EMPTY_VIP.into(),
             port,
             proto,
         },
@@ -90,7 +94,7 @@ fn pass_through_cases_are_byte_identical() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "tcp to a pod ip",
-            Frame::tcp((CLIENT, 40000), (be(0).addr, 9376), TCP_SYN).build(),
+            Frame::tcp((CLIENT, 40000), (be_ip(0), 9376), TCP_SYN).build(),
         ),
         (
             "tcp to the vip on another port",
@@ -107,7 +111,7 @@ fn pass_through_cases_are_byte_identical() {
         ),
         (
             "reply with no flow",
-            Frame::tcp((be(0).addr, 9376), (CLIENT, 40000), TCP_ACK).build(),
+            Frame::tcp((be_ip(0), 9376), (CLIENT, 40000), TCP_ACK).build(),
         ),
     ];
     for hook in HOOKS {
@@ -193,7 +197,8 @@ fn syn_on_a_tracked_tuple_follows_only_a_live_backend() {
         assert_eq!(v, Verdict::Pass);
         let now = packet::dst(&o);
         assert!(
-            rest.iter().any(|b| (b.addr, b.port) == now),
+            rest.iter()
+                .any(|b| (b.addr, b.port) == (now.0.into(), now.1)),
             "{hook:?}: SYN after {first:?} went to {now:?}"
         );
         assert!(packet::checksums_valid(&o), "{hook:?}");
@@ -259,7 +264,7 @@ fn udp_checksums_including_zero() {
         let frame = f.build();
         let (v, o) = dp.run_on(hook, &frame);
         assert_eq!(v, Verdict::Pass);
-        assert_eq!(packet::dst(&o), (be(0).addr, 9376), "{hook:?}");
+        assert_eq!(packet::dst(&o), (be_ip(0), 9376), "{hook:?}");
         assert!(packet::checksums_valid(&o), "{hook:?}");
         assert_only_changed(&frame, &o, &[IP_CSUM, IP_DST, DPORT, UDP_CSUM]);
 
@@ -267,7 +272,7 @@ fn udp_checksums_including_zero() {
         f.udp_zero_csum = true;
         let (v, o) = dp.run_on(hook, &f.build());
         assert_eq!(v, Verdict::Pass);
-        assert_eq!(packet::dst(&o), (be(0).addr, 9376));
+        assert_eq!(packet::dst(&o), (be_ip(0), 9376));
         assert_eq!(
             &o[UDP_CSUM],
             &[0, 0],

@@ -23,14 +23,14 @@ const MTU_1000: [u8; 4] = [0, 0, 0x03, 0xe8];
 
 fn frontends() -> Vec<(FrontendKey, Vec<BackendAddr>)> {
     let be = BackendAddr {
-        addr: BACKEND,
+        addr: BACKEND.into(),
         port: 9376,
         local: false,
     };
     vec![
         (
             FrontendKey {
-                addr: VIP,
+                addr: VIP.into(),
                 port: 80,
                 proto: Proto::Tcp,
             },
@@ -38,7 +38,7 @@ fn frontends() -> Vec<(FrontendKey, Vec<BackendAddr>)> {
         ),
         (
             FrontendKey {
-                addr: VIP,
+                addr: VIP.into(),
                 port: 53,
                 proto: Proto::Udp,
             },

@@ -17,7 +17,7 @@ use lb_common::{CT_FLAG_REVERSE, CtKey, CtValue, MAP_CONNTRACK, ipv4_to_net, por
 fn frontend(i: u32) -> FrontendKey {
     let [_, a, b, c] = i.to_be_bytes();
     FrontendKey {
-        addr: Ipv4Addr::new(10, a, b, c),
+        addr: Ipv4Addr::new(10, a, b, c).into(),
         port: 80,
         proto: Proto::Tcp,
     }
@@ -31,7 +31,7 @@ fn desired(range: std::ops::Range<u32>, per: u32) -> Desired {
             .map(|j| {
                 let [_, a, b, c] = (i * per + j).to_be_bytes();
                 BackendAddr {
-                    addr: Ipv4Addr::new(172, a, b, c),
+                    addr: Ipv4Addr::new(172, a, b, c).into(),
                     port: 9376,
                     local: false,
                 }
@@ -84,11 +84,11 @@ fn complete(state: &reconcile::MapState) -> Vec<FrontendKey> {
         .services
         .iter()
         .filter(|(k, v)| {
-            k.slot == 0
+            k.slot() == 0
                 && (1..=v.count).all(|slot| {
                     state
                         .services
-                        .get(&lb_common::ServiceKey { slot, ..**k })
+                        .get(&k.with_slot(slot))
                         .is_some_and(|s| state.backends.contains_key(&s.backend_id))
                 })
         })
@@ -144,7 +144,7 @@ fn a_map_filling_mid_batch_keeps_every_frontend_whole() {
         errs[0].error
     );
     assert!(
-        matches!(errs[0].op, reconcile::Op::PutService(k, _) if k.slot == 3
+        matches!(errs[0].op, reconcile::Op::PutService(k, _) if k.slot() == 3
             && reconcile::frontend_of(&k) == Some(frontend(2)))
     );
     let held = m.maps.read().unwrap();
@@ -203,7 +203,7 @@ fn a_purge_walks_a_table_larger_than_a_batch() {
             .insert(rev, v(vip, vport, CT_FLAG_REVERSE), 0)
             .unwrap();
     }
-    let present: HashSet<Ipv4Addr> = [Ipv4Addr::from(kept)].into();
+    let present: HashSet<std::net::IpAddr> = [Ipv4Addr::from(kept).into()].into();
     let frontends: HashSet<u32> = [1].into();
     assert_eq!(ct.purge(&present, &frontends).unwrap(), 6000);
     let left: Vec<(CtKey, CtValue)> = table.iter().map(|e| e.unwrap()).collect();

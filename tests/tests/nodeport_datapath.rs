@@ -36,7 +36,7 @@ fn enter_node(tag: &str) -> (NetNs, u32) {
 
 fn be(addr: Ipv4Addr, local: bool) -> BackendAddr {
     BackendAddr {
-        addr,
+        addr: addr.into(),
         port: 9376,
         local,
     }
@@ -51,7 +51,11 @@ fn frontend(
     backends: Vec<BackendAddr>,
 ) -> (FrontendKey, FrontendState) {
     (
-        FrontendKey { addr, port, proto },
+        FrontendKey {
+            addr: addr.into(),
+            port,
+            proto,
+        },
         FrontendState {
             name: format!("default/{kind}-{port}"),
             backends,
@@ -115,7 +119,7 @@ fn node_datapath(tag: &str, ifindex: u32) -> Datapath {
             vec![be(LOCAL_POD, true)],
         ),
     ]);
-    dp.ext.sync_node_addrs(&[NODE].into()).unwrap();
+    dp.ext.sync_node_addrs(&[NODE.into()].into()).unwrap();
     dp.ext.set_config(&config((61000, 65535), 0)).unwrap();
     dp.xdp_ifindex = ifindex;
     dp

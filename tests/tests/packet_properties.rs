@@ -26,12 +26,16 @@ fn backend(i: u8) -> Ipv4Addr {
 }
 
 fn frontends() -> Vec<(FrontendKey, Vec<BackendAddr>)> {
-    let fe = |addr, port, proto, bs: Vec<u8>| {
+    let fe = |addr: Ipv4Addr, port, proto, bs: Vec<u8>| {
         (
-            FrontendKey { addr, port, proto },
+            FrontendKey {
+                addr: addr.into(),
+                port,
+                proto,
+            },
             bs.into_iter()
                 .map(|i| BackendAddr {
-                    addr: backend(i),
+                    addr: backend(i).into(),
                     port: 9376,
                     local: false,
                 })

@@ -7,68 +7,99 @@
 //! terminating keeps its established flows (graceful draining), a pod
 //! removed from every EndpointSlice loses them at once.
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData},
 };
-use lb_common::{CtKey, CtValue, MAP_CONNTRACK, ipv4_from_net};
+use lb_common::{
+    CtKey, CtKey6, CtKeyOf, CtValue, CtValue6, CtValueOf, In6, MAP_CONNTRACK, MAP_CONNTRACK6,
+    ipv4_from_net, ipv6_from_net,
+};
 
 use super::batch;
 use super::maps::fd;
 use crate::store::ObjectStore;
 
+/// Both families' conntrack maps.
 pub struct Conntrack {
-    map: HashMap<MapData, CtKey, CtValue>,
+    v4: HashMap<MapData, CtKey, CtValue>,
+    v6: HashMap<MapData, CtKey6, CtValue6>,
+}
+
+/// An address as stored in a map, back to an `IpAddr`.
+trait MapAddr: Copy {
+    fn ip(self) -> IpAddr;
+}
+
+impl MapAddr for u32 {
+    fn ip(self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(ipv4_from_net(self)))
+    }
+}
+
+impl MapAddr for In6 {
+    fn ip(self) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::from(ipv6_from_net(self)))
+    }
 }
 
 impl Conntrack {
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
-            map: super::maps::take(ebpf, MAP_CONNTRACK)?,
+            v4: super::maps::take(ebpf, MAP_CONNTRACK)?,
+            v6: super::maps::take(ebpf, MAP_CONNTRACK6)?,
         })
     }
 
     /// Deletes every flow whose backend is not in `present` or whose
     /// frontend id is not in `frontends`; returns how many entries went.
-    pub fn purge(
-        &mut self,
-        present: &HashSet<Ipv4Addr>,
-        frontends: &HashSet<u32>,
-    ) -> Result<usize> {
-        let mut gone = Vec::new();
-        // Batched reads: a full table is half a million entries, and one
-        // lookup per entry would hold the sync loop for seconds.
-        batch::for_each(fd(&self.map), 4096, |k: &CtKey, v: &CtValue| {
-            // Forward entries hold the backend in the value, reverse
-            // entries in the key (its source).
-            let backend = if v.is_reverse() { k.saddr } else { v.addr };
-            let backend = Ipv4Addr::from(ipv4_from_net(backend));
-            if !present.contains(&backend) || !frontends.contains(&v.svc_id) {
-                gone.push(*k);
-            }
-        })
-        .context("reading the conntrack map")?;
-        let mut rest = &gone[..];
-        while !rest.is_empty() {
-            let chunk = &rest[..rest.len().min(4096)];
-            match batch::delete(fd(&self.map), chunk) {
-                Ok(()) => rest = &rest[chunk.len()..],
-                // Evicted since we read it: fine, go on past it.
-                Err(s) if s.error.raw_os_error() == Some(libc::ENOENT) => {
-                    rest = &rest[s.done + 1..]
-                }
-                Err(s) => return Err(s.error).context("deleting from the conntrack map"),
-            }
-        }
-        Ok(gone.len())
+    pub fn purge(&mut self, present: &HashSet<IpAddr>, frontends: &HashSet<u32>) -> Result<usize> {
+        Ok(purge_map(&self.v4, MAP_CONNTRACK, present, frontends)?
+            + purge_map(&self.v6, MAP_CONNTRACK6, present, frontends)?)
     }
 }
 
+fn purge_map<A>(
+    map: &HashMap<MapData, CtKeyOf<A>, CtValueOf<A>>,
+    name: &str,
+    present: &HashSet<IpAddr>,
+    frontends: &HashSet<u32>,
+) -> Result<usize>
+where
+    A: MapAddr,
+    CtKeyOf<A>: aya::Pod,
+    CtValueOf<A>: aya::Pod,
+{
+    let mut gone = Vec::new();
+    // Batched reads: a full table is half a million entries, and one
+    // lookup per entry would hold the sync loop for seconds.
+    batch::for_each(fd(map), 4096, |k: &CtKeyOf<A>, v: &CtValueOf<A>| {
+        // Forward entries hold the backend in the value, reverse
+        // entries in the key (its source).
+        let backend = if v.is_reverse() { k.saddr } else { v.addr };
+        if !present.contains(&backend.ip()) || !frontends.contains(&v.svc_id) {
+            gone.push(*k);
+        }
+    })
+    .with_context(|| format!("reading {name}"))?;
+    let mut rest = &gone[..];
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(4096)];
+        match batch::delete(fd(map), chunk) {
+            Ok(()) => rest = &rest[chunk.len()..],
+            // Evicted since we read it: fine, go on past it.
+            Err(s) if s.error.raw_os_error() == Some(libc::ENOENT) => rest = &rest[s.done + 1..],
+            Err(s) => return Err(s.error).with_context(|| format!("deleting from {name}")),
+        }
+    }
+    Ok(gone.len())
+}
+
 /// Every endpoint address in `store`, in any condition.
-pub fn endpoint_addresses(store: &ObjectStore) -> HashSet<Ipv4Addr> {
+pub fn endpoint_addresses(store: &ObjectStore) -> HashSet<IpAddr> {
     let slices = store
         .slices
         .values()

@@ -5,7 +5,7 @@
 //! only: additions before removals, so nothing that stays is ever
 //! briefly missing.
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use anyhow::{Context, Result};
 use aya::{
@@ -16,8 +16,8 @@ use aya::{
     },
 };
 use lb_common::{
-    Config, MAP_CONFIG, MAP_NODE_ADDRS, MAP_SOURCE_RANGES, NodeAddrKey, SOURCE_RANGE_FIXED_BITS,
-    SourceRangeKey, ipv4_to_net, port_to_net,
+    Config, In6, MAP_CONFIG, MAP_NODE_ADDRS, MAP_SOURCE_RANGES, NodeAddrKey,
+    SOURCE_RANGE_FIXED_BITS, SourceRangeKey, ipv6_to_net, port_to_net,
 };
 
 use crate::model::{Cidr, Desired};
@@ -58,10 +58,10 @@ impl ExternalMaps {
 
     /// Makes the node-address map hold exactly `addrs`; returns whether
     /// anything changed.
-    pub fn sync_node_addrs(&mut self, addrs: &BTreeSet<Ipv4Addr>) -> Result<bool> {
+    pub fn sync_node_addrs(&mut self, addrs: &BTreeSet<IpAddr>) -> Result<bool> {
         let want: BTreeSet<NodeAddrKey> = addrs
             .iter()
-            .map(|a| NodeAddrKey::v4(ipv4_to_net(a.octets())))
+            .map(|a| NodeAddrKey { addr: mapped(*a) })
             .collect();
         let held: BTreeSet<NodeAddrKey> = self.node_addrs.keys().filter_map(|k| k.ok()).collect();
         for k in want.difference(&held) {
@@ -113,28 +113,35 @@ impl ExternalMaps {
     }
 }
 
-/// The LPM entry letting `c` reach frontend `addr:port/proto` (address
-/// 0.0.0.0 for NodePort): the frontend matched in full, then the prefix.
-fn range_entry(addr: Ipv4Addr, port: u16, proto: u8, c: &Cidr) -> RangeEntry {
+/// An address as the family-independent maps key it: IPv4 v4-mapped
+/// (`::ffff:a.b.c.d`), as the datapath does.
+pub fn mapped(a: IpAddr) -> In6 {
+    let v6 = match a {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    };
+    ipv6_to_net(v6.octets())
+}
+
+/// The LPM entry letting `c` reach frontend `addr:port/proto` (the
+/// unspecified address for NodePort): the frontend matched in full, then
+/// the prefix (an IPv4 one after the 96 bits of the v4-mapped prefix).
+/// A prefix of the other family than the frontend's never matches.
+fn range_entry(addr: IpAddr, port: u16, proto: u8, c: &Cidr) -> RangeEntry {
     let frontend = if addr.is_unspecified() {
         [0; 4]
     } else {
-        NodeAddrKey::v4(ipv4_to_net(addr.octets())).addr
+        mapped(addr)
     };
-    let mask = if c.len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - c.len)
-    };
-    let source = Ipv4Addr::from(u32::from(c.addr) & mask);
+    let bits = if c.addr.is_ipv6() { 0 } else { 96 };
     (
-        SOURCE_RANGE_FIXED_BITS + 96 + c.len as u32,
+        SOURCE_RANGE_FIXED_BITS + bits + c.len as u32,
         SourceRangeKey {
             port: port_to_net(port),
             proto,
             _pad: 0,
             frontend,
-            source: NodeAddrKey::v4(ipv4_to_net(source.octets())).addr,
+            source: mapped(c.network()),
         },
     )
 }

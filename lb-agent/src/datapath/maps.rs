@@ -9,16 +9,19 @@ use aya::{
     maps::{HashMap, IterableMap, Map, MapData, PerCpuArray},
 };
 use lb_common::{
-    Backend, MAP_BACKENDS, MAP_SERVICES, MAP_STATS, MAP_SVC_INFO, STAT_COUNT, ServiceKey,
-    ServiceValue, SvcInfo,
+    Backend, Backend6, MAP_BACKENDS, MAP_BACKENDS6, MAP_SERVICES, MAP_SERVICES6, MAP_STATS,
+    MAP_SVC_INFO, STAT_COUNT, ServiceKey, ServiceKey6, ServiceValue, SvcInfo,
 };
 
 use super::batch;
-use crate::reconcile::{self, MapState, Op};
+use crate::reconcile::{self, BackendEntry, MapState, Op, SvcKey};
 
+/// The frontend and backend maps of both families, and the names.
 pub struct ServiceMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
+    services6: HashMap<MapData, ServiceKey6, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
+    backends6: HashMap<MapData, u32, Backend6>,
     info: HashMap<MapData, u32, SvcInfo>,
 }
 
@@ -56,7 +59,9 @@ impl ServiceMaps {
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
             services: take(ebpf, MAP_SERVICES)?,
+            services6: take(ebpf, MAP_SERVICES6)?,
             backends: take(ebpf, MAP_BACKENDS)?,
+            backends6: take(ebpf, MAP_BACKENDS6)?,
             info: take(ebpf, MAP_SVC_INFO)?,
         })
     }
@@ -65,7 +70,9 @@ impl ServiceMaps {
     pub fn from_pins(dir: &Path) -> Result<Self> {
         Ok(Self {
             services: open_pinned(dir, MAP_SERVICES)?,
+            services6: open_pinned(dir, MAP_SERVICES6)?,
             backends: open_pinned(dir, MAP_BACKENDS)?,
+            backends6: open_pinned(dir, MAP_BACKENDS6)?,
             info: open_pinned(dir, MAP_SVC_INFO)?,
         })
     }
@@ -74,11 +81,19 @@ impl ServiceMaps {
         let mut s = MapState::default();
         for e in self.services.iter() {
             let (k, v) = e.context("reading services map")?;
-            s.services.insert(k, v);
+            s.services.insert(SvcKey::V4(k), v);
+        }
+        for e in self.services6.iter() {
+            let (k, v) = e.context("reading IPv6 services map")?;
+            s.services.insert(SvcKey::V6(k), v);
         }
         for e in self.backends.iter() {
             let (k, v) = e.context("reading backends map")?;
-            s.backends.insert(k, v);
+            s.backends.insert(k, BackendEntry::V4(v));
+        }
+        for e in self.backends6.iter() {
+            let (k, v) = e.context("reading IPv6 backends map")?;
+            s.backends.insert(k, BackendEntry::V6(v));
         }
         for e in self.info.iter() {
             let (k, v) = e.context("reading info map")?;
@@ -111,11 +126,11 @@ impl ServiceMaps {
             }
             // The guard changes only when a write fails, which ends the
             // run: every op in it is allowed as if written one by one.
-            let kind = Kind::of(op);
+            let kind = Kind::of(op, mirror);
             let len = ops[i..]
                 .iter()
                 .take(BATCH_MAX)
-                .position(|o| Kind::of(o) != kind || !guard.allows(o))
+                .position(|o| Kind::of(o, mirror) != kind || !guard.allows(o))
                 .unwrap_or(ops.len().min(i + BATCH_MAX) - i);
             let run = &ops[i..i + len];
             let (done, failure) = self.write(kind, run);
@@ -139,11 +154,21 @@ impl ServiceMaps {
     /// first, and why the next one failed.
     fn write(&mut self, kind: Kind, run: &[Op]) -> (usize, Option<String>) {
         let result = match kind {
-            Kind::PutBackend => {
+            Kind::PutBackend(V6) => {
+                let (k, v): (Vec<u32>, Vec<Backend6>) = run
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::PutBackend(id, BackendEntry::V6(b)) => Some((*id, *b)),
+                        _ => None,
+                    })
+                    .unzip();
+                batch::update(fd(&self.backends6), &k, &v)
+            }
+            Kind::PutBackend(_) => {
                 let (k, v): (Vec<u32>, Vec<Backend>) = run
                     .iter()
                     .filter_map(|o| match o {
-                        Op::PutBackend(id, b) => Some((*id, *b)),
+                        Op::PutBackend(id, BackendEntry::V4(b)) => Some((*id, *b)),
                         _ => None,
                     })
                     .unzip();
@@ -159,27 +184,47 @@ impl ServiceMaps {
                     .unzip();
                 batch::update(fd(&self.info), &k, &v)
             }
-            Kind::PutService => {
+            Kind::PutService(V6) => {
+                let (k, v): (Vec<ServiceKey6>, Vec<ServiceValue>) = run
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::PutService(SvcKey::V6(k), v) => Some((*k, *v)),
+                        _ => None,
+                    })
+                    .unzip();
+                batch::update(fd(&self.services6), &k, &v)
+            }
+            Kind::PutService(_) => {
                 let (k, v): (Vec<ServiceKey>, Vec<ServiceValue>) = run
                     .iter()
                     .filter_map(|o| match o {
-                        Op::PutService(k, v) => Some((*k, *v)),
+                        Op::PutService(SvcKey::V4(k), v) => Some((*k, *v)),
                         _ => None,
                     })
                     .unzip();
                 batch::update(fd(&self.services), &k, &v)
             }
-            Kind::DelService => {
+            Kind::DelService(V6) => {
+                let k: Vec<ServiceKey6> = run
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::DelService(SvcKey::V6(k)) => Some(*k),
+                        _ => None,
+                    })
+                    .collect();
+                batch::delete(fd(&self.services6), &k)
+            }
+            Kind::DelService(_) => {
                 let k: Vec<ServiceKey> = run
                     .iter()
                     .filter_map(|o| match o {
-                        Op::DelService(k) => Some(*k),
+                        Op::DelService(SvcKey::V4(k)) => Some(*k),
                         _ => None,
                     })
                     .collect();
                 batch::delete(fd(&self.services), &k)
             }
-            Kind::DelInfo | Kind::DelBackend => {
+            Kind::DelInfo | Kind::DelBackend(_) => {
                 let k: Vec<u32> = run
                     .iter()
                     .filter_map(|o| match o {
@@ -187,30 +232,34 @@ impl ServiceMaps {
                         _ => None,
                     })
                     .collect();
-                let map = if kind == Kind::DelInfo {
-                    fd(&self.info)
-                } else {
-                    fd(&self.backends)
+                let map = match kind {
+                    Kind::DelInfo => fd(&self.info),
+                    Kind::DelBackend(V6) => fd(&self.backends6),
+                    _ => fd(&self.backends),
                 };
                 batch::delete(map, &k)
             }
         };
         match result {
             Ok(()) => (run.len(), None),
-            Err(s) if s.unsupported() => self.write_each(run),
+            Err(s) if s.unsupported() => self.write_each(kind, run),
             Err(s) => (s.done, Some(describe(kind, &s.error))),
         }
     }
 
     /// One syscall per op: kernels or map types without batch support.
-    fn write_each(&mut self, run: &[Op]) -> (usize, Option<String>) {
+    fn write_each(&mut self, kind: Kind, run: &[Op]) -> (usize, Option<String>) {
         for (n, op) in run.iter().enumerate() {
             let r = match op {
-                Op::PutBackend(id, b) => self.backends.insert(id, b, 0),
+                Op::PutBackend(id, BackendEntry::V4(b)) => self.backends.insert(id, b, 0),
+                Op::PutBackend(id, BackendEntry::V6(b)) => self.backends6.insert(id, b, 0),
                 Op::PutInfo(id, i) => self.info.insert(id, **i, 0),
-                Op::PutService(k, v) => self.services.insert(k, v, 0),
-                Op::DelService(k) => self.services.remove(k),
+                Op::PutService(SvcKey::V4(k), v) => self.services.insert(k, v, 0),
+                Op::PutService(SvcKey::V6(k), v) => self.services6.insert(k, v, 0),
+                Op::DelService(SvcKey::V4(k)) => self.services.remove(k),
+                Op::DelService(SvcKey::V6(k)) => self.services6.remove(k),
                 Op::DelInfo(id) => self.info.remove(id),
+                Op::DelBackend(id) if kind == Kind::DelBackend(V6) => self.backends6.remove(id),
                 Op::DelBackend(id) => self.backends.remove(id),
             };
             if let Err(e) = r {
@@ -225,26 +274,36 @@ impl ServiceMaps {
 /// (a few hundred KB) and how long one syscall holds the CPU.
 const BATCH_MAX: usize = 8192;
 
+/// Whether an op's map is the IPv6 one.
+const V4: bool = false;
+const V6: bool = true;
+
 /// Which map an op writes and how: the unit of a batch.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    PutBackend,
+    PutBackend(bool),
     PutInfo,
-    PutService,
-    DelService,
+    PutService(bool),
+    DelService(bool),
     DelInfo,
-    DelBackend,
+    DelBackend(bool),
 }
 
 impl Kind {
-    fn of(op: &Op) -> Kind {
+    /// `mirror` (what the maps hold) tells which map a backend id is in.
+    fn of(op: &Op, mirror: &MapState) -> Kind {
         match op {
-            Op::PutBackend(..) => Kind::PutBackend,
+            Op::PutBackend(_, b) => Kind::PutBackend(matches!(b, BackendEntry::V6(_))),
             Op::PutInfo(..) => Kind::PutInfo,
-            Op::PutService(..) => Kind::PutService,
-            Op::DelService(_) => Kind::DelService,
+            Op::PutService(k, _) => Kind::PutService(matches!(k, SvcKey::V6(_))),
+            Op::DelService(k) => Kind::DelService(matches!(k, SvcKey::V6(_))),
             Op::DelInfo(_) => Kind::DelInfo,
-            Op::DelBackend(_) => Kind::DelBackend,
+            Op::DelBackend(id) => Kind::DelBackend(
+                mirror
+                    .backends
+                    .get(id)
+                    .map_or(V4, |b| matches!(b, BackendEntry::V6(_))),
+            ),
         }
     }
 }
@@ -257,12 +316,14 @@ pub(crate) fn fd<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Borr
 /// A failed write, for the operator: which map, and a full map said as such.
 fn describe(kind: Kind, e: &std::io::Error) -> String {
     let map = match kind {
-        Kind::PutBackend | Kind::DelBackend => MAP_BACKENDS,
+        Kind::PutBackend(V6) | Kind::DelBackend(V6) => MAP_BACKENDS6,
+        Kind::PutBackend(_) | Kind::DelBackend(_) => MAP_BACKENDS,
         Kind::PutInfo | Kind::DelInfo => MAP_SVC_INFO,
-        Kind::PutService | Kind::DelService => MAP_SERVICES,
+        Kind::PutService(V6) | Kind::DelService(V6) => MAP_SERVICES6,
+        Kind::PutService(_) | Kind::DelService(_) => MAP_SERVICES,
     };
     let verb = match kind {
-        Kind::PutBackend | Kind::PutInfo | Kind::PutService => "writing",
+        Kind::PutBackend(_) | Kind::PutInfo | Kind::PutService(_) => "writing",
         _ => "deleting from",
     };
     if e.raw_os_error() == Some(libc::E2BIG) {

@@ -11,7 +11,7 @@ use std::net::{TcpListener, TcpStream, UdpSocket};
 fn serve_http(stream: TcpStream, name: &str) {
     let peer = stream
         .peer_addr()
-        .map(|a| a.ip().to_string())
+        .map(|a| a.ip().to_canonical().to_string())
         .unwrap_or_default();
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(s) => s,
@@ -77,20 +77,26 @@ fn main() {
             other => panic!("unknown argument {other}"),
         }
     }
-    let udp = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
+    // Dual-stack sockets (IPv4 arrives v4-mapped), IPv4 alone where the
+    // namespace has no IPv6.
+    let udp = UdpSocket::bind(("::", port))
+        .or_else(|_| UdpSocket::bind(("0.0.0.0", port)))
+        .expect("bind udp");
     let udp_name = name.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         while let Ok((n, peer)) = udp.recv_from(&mut buf) {
             let answer = if &buf[..n] == b"whoami" {
-                format!("{udp_name} {}\n", peer.ip())
+                format!("{udp_name} {}\n", peer.ip().to_canonical())
             } else {
                 format!("{udp_name}\n")
             };
             let _ = udp.send_to(answer.as_bytes(), peer);
         }
     });
-    let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
+    let listener = TcpListener::bind(("::", port))
+        .or_else(|_| TcpListener::bind(("0.0.0.0", port)))
+        .expect("bind tcp");
     for stream in listener.incoming().flatten() {
         let n = name.clone();
         std::thread::spawn(move || serve_http(stream, &n));
