@@ -247,3 +247,56 @@ fn an_ipv6_service_without_endpoints_is_refused_at_the_socket() {
         "{stats}"
     );
 }
+
+/// An agent of this build takes over the pins of a build without the
+/// IPv6 maps (an IPv4-only ferrolb): the IPv4 state is adopted (an
+/// established connection keeps working), the IPv6 maps are created and
+/// programmed.
+#[test]
+fn pins_of_an_ipv4_only_build_are_adopted_and_the_ipv6_maps_created() {
+    let (mut c, _fw) = setup();
+    let addr = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    let mut conn = c
+        .client()
+        .ns
+        .run(move || -> std::io::Result<http::Conn> {
+            let s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+            s.set_read_timeout(Some(TIMEOUT))?;
+            http::Conn::new(s)
+        })
+        .unwrap()
+        .expect("kept-alive connection");
+    let first = conn.get().expect("first request");
+    c.stop_agent(libc::SIGTERM);
+    let v6_maps = [
+        lb_common::MAP_SERVICES6,
+        lb_common::MAP_BACKENDS6,
+        lb_common::MAP_CONNTRACK6,
+        lb_common::MAP_SOCK_REVNAT6,
+        lb_common::MAP_SNAT6,
+    ];
+    for m in v6_maps {
+        std::fs::remove_file(c.pin_path().join(m)).expect("IPv6 map pinned");
+    }
+    let path = c.workdir.join("services.yaml");
+    c.start_agent(&path)
+        .expect("agent starts on IPv4-only pins");
+    assert_eq!(
+        conn.get().expect("the connection survives"),
+        first,
+        "same backend"
+    );
+    for m in v6_maps {
+        assert!(c.pin_path().join(m).exists(), "{m} created and pinned");
+    }
+    let all: BTreeSet<String> = c.pods.iter().map(|p| p.name.clone()).collect();
+    let _in = InCgroup::enter(&c.cgroup).expect("enter cgroup");
+    let gw6 = ferrolb_tests::cluster::v6_of(c.gw);
+    let addr6 = SocketAddr::new(VIP6.parse().unwrap(), 80);
+    assert_eq!(reach_all(&c, false, addr6, IpAddr::V6(gw6)), all);
+    let log = c.agent_log_text();
+    assert!(
+        log.contains("existing entries adopted"),
+        "adoption logged:\n{log}"
+    );
+}
