@@ -9,6 +9,7 @@ pub mod caps;
 pub mod datapath;
 pub mod entry;
 pub mod filter;
+pub mod flow_table;
 pub mod healthcheck;
 pub mod metrics;
 pub mod model;

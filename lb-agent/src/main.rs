@@ -6,8 +6,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use lb_agent::{
     agent::{self, RunOptions, SourceOptions},
-    datapath::{attach, loader::LoadOptions, maps},
-    table,
+    datapath::{attach, conntrack, loader::LoadOptions, maps},
+    flow_table, table,
 };
 use lb_common::{ALL_MAPS, STAT_NAMES};
 
@@ -160,6 +160,30 @@ enum Command {
     Services {
         #[command(flatten)]
         pin: PinArgs,
+    },
+    /// List tracked flows (both families) from the pinned maps: each
+    /// entry's tuple, what it is translated to and its Service; or flush
+    /// them. Works while the agent is down.
+    Conntrack {
+        #[command(flatten)]
+        pin: PinArgs,
+        /// Only flows with this address at one of their ends (client,
+        /// frontend, backend).
+        #[arg(long)]
+        addr: Option<std::net::IpAddr>,
+        /// Only flows with this port at one of their ends.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Only flows of this protocol.
+        #[arg(long, value_parser = ["tcp", "udp", "sctp"])]
+        proto: Option<String>,
+        /// Delete the flows selected (every flow without a filter): their
+        /// next packets are load-balanced afresh.
+        #[arg(long)]
+        flush: bool,
+        /// Output format.
+        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
     },
     /// Print datapath counters (where packets went and why).
     Stats {
@@ -324,6 +348,41 @@ fn main() -> Result<()> {
         Command::Services { pin } => {
             let state = maps::ServiceMaps::from_pins(&pin.pin_path)?.read()?;
             print!("{}", table::render(&state));
+            Ok(())
+        }
+        Command::Conntrack {
+            pin,
+            addr,
+            port,
+            proto,
+            flush,
+            output,
+        } => {
+            let mut ct = conntrack::Conntrack::from_pins(&pin.pin_path)?;
+            let proto = proto.map(|p| match p.as_str() {
+                "tcp" => lb_common::IPPROTO_TCP,
+                "udp" => lb_common::IPPROTO_UDP,
+                _ => lb_common::IPPROTO_SCTP,
+            });
+            let flows: Vec<_> = ct
+                .flows()?
+                .into_iter()
+                .filter(|f| f.touches(addr, port) && proto.is_none_or(|p| f.proto == p))
+                .collect();
+            if flush {
+                let n = ct.delete(&flows)?;
+                println!("{n} entries deleted");
+                return Ok(());
+            }
+            let names = maps::ServiceMaps::from_pins(&pin.pin_path)?.read()?.info;
+            if output == "json" {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&flow_table::json(&flows, &names))?
+                );
+            } else {
+                print!("{}", flow_table::render(&flows, &names));
+            }
             Ok(())
         }
         Command::Stats { pin } => {

@@ -7,7 +7,7 @@
 //! terminating keeps its established flows (graceful draining), a pod
 //! removed from every EndpointSlice loses them at once.
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -54,11 +54,116 @@ impl Conntrack {
         })
     }
 
+    /// Opens the maps a running (or stopped) agent pinned, for the CLI.
+    pub fn from_pins(dir: &std::path::Path) -> Result<Self> {
+        Ok(Self {
+            v4: super::maps::open_pinned(dir, MAP_CONNTRACK)?,
+            v6: super::maps::open_pinned(dir, MAP_CONNTRACK6)?,
+        })
+    }
+
+    /// Every tracked flow entry, both families.
+    pub fn flows(&self) -> Result<Vec<Flow>> {
+        let mut out = Vec::new();
+        batch::for_each(fd(&self.v4), 4096, |k: &CtKey, v: &CtValue| {
+            out.push(Flow::of(FlowKey::V4(*k), k, v));
+        })
+        .with_context(|| format!("reading {MAP_CONNTRACK}"))?;
+        batch::for_each(fd(&self.v6), 4096, |k: &CtKey6, v: &CtValue6| {
+            out.push(Flow::of(FlowKey::V6(*k), k, v));
+        })
+        .with_context(|| format!("reading {MAP_CONNTRACK6}"))?;
+        Ok(out)
+    }
+
+    /// Deletes these entries (those gone meanwhile are skipped); returns
+    /// how many were deleted.
+    pub fn delete(&mut self, flows: &[Flow]) -> Result<usize> {
+        let mut n = 0;
+        for f in flows {
+            let r = match f.key {
+                FlowKey::V4(k) => self.v4.remove(&k),
+                FlowKey::V6(k) => self.v6.remove(&k),
+            };
+            match r {
+                Ok(()) => n += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("deleting a conntrack entry"),
+            }
+        }
+        Ok(n)
+    }
+
     /// Deletes every flow whose backend is not in `present` or whose
     /// frontend id is not in `frontends`; returns how many entries went.
     pub fn purge(&mut self, present: &HashSet<IpAddr>, frontends: &HashSet<u32>) -> Result<usize> {
         Ok(purge_map(&self.v4, MAP_CONNTRACK, present, frontends)?
             + purge_map(&self.v6, MAP_CONNTRACK6, present, frontends)?)
+    }
+}
+
+/// A conntrack entry's key in its family's map.
+#[derive(Clone, Copy, Debug)]
+pub enum FlowKey {
+    V4(CtKey),
+    V6(CtKey6),
+}
+
+/// One conntrack entry, as people read it.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub key: FlowKey,
+    /// A reverse entry (backend -> client), else a forward one (client
+    /// -> frontend).
+    pub reverse: bool,
+    pub proto: u8,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// Forward: the backend the flow goes to; reverse: the frontend the
+    /// replies are translated back to.
+    pub to: SocketAddr,
+    pub svc_id: u32,
+    pub flags: u16,
+}
+
+impl Flow {
+    fn of<A: MapAddr>(key: FlowKey, k: &CtKeyOf<A>, v: &CtValueOf<A>) -> Flow {
+        let sock = |a: A, p: u16| SocketAddr::new(a.ip(), u16::from_be(p));
+        Flow {
+            key,
+            reverse: v.is_reverse(),
+            proto: k.proto,
+            src: sock(k.saddr, k.sport),
+            dst: sock(k.daddr, k.dport),
+            to: sock(v.addr, v.port),
+            svc_id: v.svc_id,
+            flags: v.flags,
+        }
+    }
+
+    /// Whether `addr` (and `port`, when given) is any of the flow's ends.
+    pub fn touches(&self, addr: Option<IpAddr>, port: Option<u16>) -> bool {
+        [self.src, self.dst, self.to]
+            .iter()
+            .any(|s| addr.is_none_or(|a| s.ip() == a) && port.is_none_or(|p| s.port() == p))
+    }
+
+    /// `snat`, `external`, `dsr`, comma-separated ("-" for none).
+    pub fn flag_names(&self) -> String {
+        let names: Vec<&str> = [
+            (lb_common::CT_FLAG_SNAT, "snat"),
+            (lb_common::CT_FLAG_EXTERNAL, "external"),
+            (lb_common::CT_FLAG_DSR, "dsr"),
+        ]
+        .into_iter()
+        .filter(|(f, _)| self.flags & f != 0)
+        .map(|(_, n)| n)
+        .collect();
+        if names.is_empty() {
+            "-".into()
+        } else {
+            names.join(",")
+        }
     }
 }
 

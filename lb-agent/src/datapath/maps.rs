@@ -42,7 +42,10 @@ pub(crate) fn take<K: aya::Pod, V: aya::Pod>(
     HashMap::try_from(map).with_context(|| format!("map {name} has an unexpected layout"))
 }
 
-fn open_pinned<K: aya::Pod, V: aya::Pod>(dir: &Path, name: &str) -> Result<HashMap<MapData, K, V>> {
+pub(crate) fn open_pinned<K: aya::Pod, V: aya::Pod>(
+    dir: &Path,
+    name: &str,
+) -> Result<HashMap<MapData, K, V>> {
     let path = dir.join(name);
     let data = MapData::from_pin(&path).with_context(|| {
         format!(

@@ -1,0 +1,107 @@
+//! `lb-agent conntrack`: the tracked flows read from the pinned maps (a
+//! table, or JSON), filtered and flushed, with the agent running and
+//! with it stopped.
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use ferrolb_tests::cluster::Cluster;
+use ferrolb_tests::http::Conn;
+use ferrolb_tests::netns::sh;
+
+const VIP: &str = "10.0.1.175";
+
+fn manifest(c: &Cluster) -> String {
+    let eps: String = c
+        .pods
+        .iter()
+        .map(|p| format!("- addresses: [\"{}\"]\n", p.ip))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: hostnames}}\nspec:\n  clusterIP: {VIP}\n  ports:\n  - {{name: http, port: 80, targetPort: 9376}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: hostnames-1, labels: {{kubernetes.io/service-name: hostnames}}}}\naddressType: IPv4\n\
+         ports: [{{name: http, port: 9376, protocol: TCP}}]\nendpoints:\n{eps}"
+    )
+}
+
+fn conntrack(c: &Cluster, args: &[&str]) -> String {
+    sh(Command::new(&c.bins.agent)
+        .arg("conntrack")
+        .arg("--pin-path")
+        .arg(c.pin_path())
+        .args(args))
+    .expect("lb-agent conntrack")
+}
+
+#[test]
+fn conntrack_lists_filters_and_flushes_tracked_flows() {
+    let mut c = Cluster::new(common::bins(), 2).expect("cluster");
+    let path = c.workdir.join("services.yaml");
+    std::fs::write(&path, manifest(&c)).unwrap();
+    c.start_agent(&path).expect("agent starts");
+    // One kept-alive connection from the client pod: an orig and a reply
+    // entry.
+    let addr: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let (mut conn, local) = c
+        .client()
+        .ns
+        .run(move || -> std::io::Result<(Conn, SocketAddr)> {
+            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let local = s.local_addr()?;
+            Ok((Conn::new(s)?, local))
+        })
+        .unwrap()
+        .expect("connection through the VIP");
+    let pod = String::from_utf8(conn.get().expect("request")).unwrap();
+    let backend = c
+        .pods
+        .iter()
+        .find(|p| pod.trim() == p.name)
+        .map(|p| SocketAddr::from((p.ip, 9376)))
+        .expect("a pod answered");
+
+    let table = conntrack(&c, &[]);
+    let orig = format!("orig   tcp    {local}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&orig))
+        .unwrap_or_else(|| panic!("no orig entry for {local}:\n{table}"));
+    assert!(row.contains(&format!("{VIP}:80")), "{row}");
+    assert!(row.contains(&format!("to {backend}")), "{row}");
+    assert!(row.contains("default/hostnames:http"), "{row}");
+    let reply = table
+        .lines()
+        .find(|l| l.starts_with(&format!("reply  tcp    {backend}")))
+        .unwrap_or_else(|| panic!("no reply entry from {backend}:\n{table}"));
+    assert!(reply.contains(&format!("from {VIP}:80")), "{reply}");
+    assert!(table.ends_with("2 entries\n"), "{table}");
+
+    let json: serde_json::Value = serde_json::from_str(&conntrack(&c, &["-o", "json"])).unwrap();
+    let entries = json.as_array().expect("an array");
+    assert_eq!(entries.len(), 2, "{json}");
+    assert_eq!(entries[0]["direction"], "orig");
+    assert_eq!(entries[0]["source"], local.to_string());
+    assert_eq!(entries[0]["destination"], format!("{VIP}:80"));
+    assert_eq!(entries[0]["translated"], backend.to_string());
+    assert_eq!(entries[0]["protocol"], "tcp");
+    assert_eq!(entries[1]["direction"], "reply");
+
+    // Filters: nothing on another address or port.
+    assert!(conntrack(&c, &["--addr", "10.9.9.9"]).ends_with("0 entries\n"));
+    assert!(conntrack(&c, &["--port", "81", "--proto", "tcp"]).ends_with("0 entries\n"));
+    assert!(conntrack(&c, &["--port", "80", "--proto", "udp"]).ends_with("0 entries\n"));
+    assert!(conntrack(&c, &["--addr", &backend.ip().to_string()]).ends_with("2 entries\n"));
+
+    // With the agent stopped (the programs stay attached), the maps are
+    // still read, and flushed.
+    c.stop_agent(libc::SIGTERM);
+    assert!(conntrack(&c, &[]).ends_with("2 entries\n"));
+    assert_eq!(
+        conntrack(&c, &["--flush", "--addr", VIP]),
+        "2 entries deleted\n"
+    );
+    assert!(conntrack(&c, &[]).ends_with("0 entries\n"));
+}
