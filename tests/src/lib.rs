@@ -9,3 +9,4 @@ pub mod firewall;
 pub mod http;
 pub mod netns;
 pub mod packet;
+pub mod tools;

@@ -7,7 +7,7 @@ use crate::run;
 
 /// (command, or absolute path of a file, that must exist; Debian package
 /// that provides it)
-const TOOLS: [(&str, &str); 11] = [
+const TOOLS: [(&str, &str); 13] = [
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("bpftool", "bpftool"),
@@ -19,6 +19,9 @@ const TOOLS: [(&str, &str); 11] = [
     ("iperf3", "iperf3"),
     // Wire-like frames (complete checksums) in the XDP tests.
     ("ethtool", "ethtool"),
+    // The chart test installs helm and kubernetes-validate from PyPI.
+    ("python3", "python3"),
+    ("pip3", "python3-pip"),
     // The benchmark plots' font.
     (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
