@@ -29,6 +29,19 @@ struct PinArgs {
     pin_path: PathBuf,
 }
 
+#[derive(clap::Args)]
+struct OutputArgs {
+    /// Output format: a table for people, JSON for scripts.
+    #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
+    output: String,
+}
+
+impl OutputArgs {
+    fn json(&self) -> bool {
+        self.output == "json"
+    }
+}
+
 // Parsed once per process; boxing the big variant would only add noise.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
@@ -160,6 +173,8 @@ enum Command {
     Services {
         #[command(flatten)]
         pin: PinArgs,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// List tracked flows (both families) from the pinned maps: each
     /// entry's tuple, what it is translated to and its Service; or flush
@@ -181,14 +196,15 @@ enum Command {
         /// next packets are load-balanced afresh.
         #[arg(long)]
         flush: bool,
-        /// Output format.
-        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
-        output: String,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Print datapath counters (where packets went and why).
     Stats {
         #[command(flatten)]
         pin: PinArgs,
+        #[command(flatten)]
+        out: OutputArgs,
     },
     /// Ask the running agent what it programmed and what it could not
     /// (Services left out of full maps), through its --metrics-addr.
@@ -345,9 +361,13 @@ fn main() -> Result<()> {
                 .build()?
                 .block_on(agent::run(opts))
         }
-        Command::Services { pin } => {
+        Command::Services { pin, out } => {
             let state = maps::ServiceMaps::from_pins(&pin.pin_path)?.read()?;
-            print!("{}", table::render(&state));
+            if out.json() {
+                println!("{}", serde_json::to_string_pretty(&table::json(&state))?);
+            } else {
+                print!("{}", table::render(&state));
+            }
             Ok(())
         }
         Command::Conntrack {
@@ -356,7 +376,7 @@ fn main() -> Result<()> {
             port,
             proto,
             flush,
-            output,
+            out,
         } => {
             let mut ct = conntrack::Conntrack::from_pins(&pin.pin_path)?;
             let proto = proto.map(|p| match p.as_str() {
@@ -375,7 +395,7 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             let names = maps::ServiceMaps::from_pins(&pin.pin_path)?.read()?.info;
-            if output == "json" {
+            if out.json() {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&flow_table::json(&flows, &names))?
@@ -385,10 +405,19 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Stats { pin } => {
+        Command::Stats { pin, out } => {
             let values = maps::read_stats(&pin.pin_path)?;
-            for (name, v) in STAT_NAMES.iter().zip(values) {
-                println!("{name:<20} {v}");
+            if out.json() {
+                let obj: serde_json::Map<String, serde_json::Value> = STAT_NAMES
+                    .iter()
+                    .zip(values)
+                    .map(|(name, v)| (name.to_string(), v.into()))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&obj)?);
+            } else {
+                for (name, v) in STAT_NAMES.iter().zip(values) {
+                    println!("{name:<20} {v}");
+                }
             }
             Ok(())
         }

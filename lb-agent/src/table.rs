@@ -69,3 +69,17 @@ pub fn render(state: &MapState) -> String {
     }
     s
 }
+
+/// The same as JSON: an array of `{service, frontend, backends}`.
+pub fn json(state: &MapState) -> serde_json::Value {
+    rows(state)
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "service": r.name,
+                "frontend": r.frontend,
+                "backends": r.backends,
+            })
+        })
+        .collect()
+}

@@ -1,6 +1,6 @@
-//! `lb-agent conntrack`: the tracked flows read from the pinned maps (a
-//! table, or JSON), filtered and flushed, with the agent running and
-//! with it stopped.
+//! The CLI against a running agent, and a stopped one: `services`,
+//! `stats` and `conntrack` read the pinned maps (tables, and JSON for
+//! scripts); `conntrack` filters and flushes.
 mod common;
 
 use std::net::{SocketAddr, TcpStream};
@@ -26,17 +26,21 @@ fn manifest(c: &Cluster) -> String {
     )
 }
 
-fn conntrack(c: &Cluster, args: &[&str]) -> String {
+fn cli(c: &Cluster, sub: &str, args: &[&str]) -> String {
     sh(Command::new(&c.bins.agent)
-        .arg("conntrack")
+        .arg(sub)
         .arg("--pin-path")
         .arg(c.pin_path())
         .args(args))
-    .expect("lb-agent conntrack")
+    .unwrap_or_else(|e| panic!("lb-agent {sub}: {e}"))
+}
+
+fn conntrack(c: &Cluster, args: &[&str]) -> String {
+    cli(c, "conntrack", args)
 }
 
 #[test]
-fn conntrack_lists_filters_and_flushes_tracked_flows() {
+fn cli_reads_the_maps_as_tables_and_json_and_flushes_flows() {
     let mut c = Cluster::new(common::bins(), 2).expect("cluster");
     let path = c.workdir.join("services.yaml");
     std::fs::write(&path, manifest(&c)).unwrap();
@@ -88,6 +92,22 @@ fn conntrack_lists_filters_and_flushes_tracked_flows() {
     assert_eq!(entries[0]["translated"], backend.to_string());
     assert_eq!(entries[0]["protocol"], "tcp");
     assert_eq!(entries[1]["direction"], "reply");
+
+    // services and stats, as JSON.
+    let services: serde_json::Value =
+        serde_json::from_str(&cli(&c, "services", &["-o", "json"])).unwrap();
+    assert_eq!(
+        services,
+        serde_json::json!([{
+            "service": "default/hostnames:http",
+            "frontend": format!("{VIP}:80/TCP"),
+            "backends": c.pods.iter().map(|p| format!("{}:9376", p.ip)).collect::<Vec<_>>(),
+        }])
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&cli(&c, "stats", &["-o", "json"])).unwrap();
+    assert_eq!(stats["dnat_new"], 1, "{stats}");
+    assert!(stats["revnat"].as_u64().unwrap() >= 1, "{stats}");
 
     // Filters: nothing on another address or port.
     assert!(conntrack(&c, &["--addr", "10.9.9.9"]).ends_with("0 entries\n"));
