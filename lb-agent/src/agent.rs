@@ -58,6 +58,11 @@ pub struct RunOptions {
     pub service_cidrs: Vec<model::Cidr>,
     /// Where `/metrics`, `/readyz` and `/status` are served (None: off).
     pub metrics_addr: Option<SocketAddr>,
+    /// Where /healthz and /livez are served (`None`: not at all).
+    pub healthz_addr: Option<SocketAddr>,
+    /// How long a change may wait to be programmed before /healthz says
+    /// unhealthy.
+    pub health_timeout: Duration,
     /// Programs from this object file instead of the built-in ones (another
     /// build of lb-ebpf with the same map layouts, e.g. to stage an upgrade).
     pub datapath_object: Option<PathBuf>,
@@ -217,8 +222,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         },
     );
     let status = Shared::default();
+    // Everything is to program until the first sync has run.
+    queued(&status);
     if let Some(addr) = opts.metrics_addr {
         crate::metrics::serve(addr, status.clone(), opts.load.pin_dir.clone()).await?;
+    }
+    if let Some(addr) = opts.healthz_addr {
+        crate::healthz::serve(addr, status.clone(), opts.health_timeout).await?;
     }
     let mut orphans = BTreeSet::new();
     let mut links =
@@ -268,6 +278,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 let retry = pipeline.pending() && last_sync.elapsed() >= RETRY_EVERY;
                 if retry || source.changed() {
                     due.get_or_insert(last_sync + opts.min_sync_interval);
+                    queued(&status);
+                } else if due.is_none() {
+                    // Nothing waits (a change that failed to load may have
+                    // been undone): healthy again.
+                    status.update(|s| s.queued_at_ms = None);
                 }
                 if last_scan.elapsed() >= IFACE_RESCAN {
                     links.sync(&mut ebpf);
@@ -278,6 +293,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = source.event() => {
                 if source.changed() {
                     due.get_or_insert(last_sync + opts.min_sync_interval);
+                    queued(&status);
                 }
                 let (_, failing) = source.health();
                 status.update(|s| s.source_failing = failing);
@@ -335,6 +351,13 @@ fn warn_orphans(store: &ObjectStore, warned: &mut BTreeSet<NsName>) {
         warned.insert(slice);
     }
     warned.retain(|s| current.contains(s));
+}
+
+/// Notes that a change waits to be programmed (the oldest one counts).
+fn queued(status: &Shared) {
+    status.update(|s| {
+        s.queued_at_ms.get_or_insert_with(crate::healthz::now_ms);
+    });
 }
 
 async fn sleep_until(due: Option<Instant>) {
@@ -406,5 +429,7 @@ fn sync(
         s.syncs += 1;
         s.writes += report.writes as u64;
         s.refused = report.refused.clone();
+        s.queued_at_ms = None;
+        s.last_updated_ms = crate::healthz::now_ms();
     });
 }

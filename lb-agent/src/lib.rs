@@ -11,6 +11,7 @@ pub mod entry;
 pub mod filter;
 pub mod flow_table;
 pub mod healthcheck;
+pub mod healthz;
 pub mod metrics;
 pub mod model;
 pub mod node_addrs;

@@ -160,6 +160,15 @@ enum Command {
         /// "none" to disable. The default is kube-proxy's metrics address.
         #[arg(long, default_value = "127.0.0.1:10249")]
         metrics_addr: String,
+        /// Where /healthz and /livez are served (kube-proxy's
+        /// --healthz-bind-address, for kubelet probes and load balancers);
+        /// "none" to disable.
+        #[arg(long, default_value = "0.0.0.0:10256")]
+        healthz_addr: String,
+        /// Seconds a change may wait to be programmed before /healthz
+        /// reports the agent unhealthy (503).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        health_timeout_secs: u64,
         /// Load the kernel programs from this object file (another build
         /// of lb-ebpf with the same map layouts) instead of the built-in
         /// ones: stages a datapath upgrade or rollback without a new agent.
@@ -285,6 +294,8 @@ fn main() -> Result<()> {
             sock_max,
             frontends_max,
             metrics_addr,
+            healthz_addr,
+            health_timeout_secs,
             datapath_object,
         } => {
             for v6 in [false, true] {
@@ -295,6 +306,12 @@ fn main() -> Result<()> {
                     );
                 }
             }
+            let healthz_addr = match healthz_addr.as_str() {
+                "none" => None,
+                a => Some(a.parse::<SocketAddr>().with_context(|| {
+                    format!("--healthz-addr {a:?}: expected IP:PORT or \"none\"")
+                })?),
+            };
             let metrics_addr = match metrics_addr.as_str() {
                 "none" => None,
                 a => Some(a.parse::<SocketAddr>().with_context(|| {
@@ -339,6 +356,8 @@ fn main() -> Result<()> {
                 poll_interval: Duration::from_millis(poll_interval_ms),
                 service_cidrs: service_cidr,
                 metrics_addr,
+                healthz_addr,
+                health_timeout: Duration::from_secs(health_timeout_secs),
                 datapath_object,
                 external: agent::ExternalOptions {
                     node_name,

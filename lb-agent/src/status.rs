@@ -24,6 +24,13 @@ pub struct Status {
     pub source: String,
     /// Watches failing right now (the datapath keeps the last state).
     pub source_failing: Vec<String>,
+    /// When the oldest change not yet programmed was seen (Unix ms);
+    /// `None` when every change is programmed (see `healthz`).
+    #[serde(default)]
+    pub queued_at_ms: Option<u64>,
+    /// When the last sync pass ended (Unix ms).
+    #[serde(default)]
+    pub last_updated_ms: u64,
 }
 
 /// The shared handle.

@@ -4,7 +4,7 @@
 //! against the Kubernetes schemas (kubernetes-validate, strict), and what
 //! the DaemonSet must carry: host network, capabilities dropped but the
 //! four it needs, bpffs with the right propagation, node-critical
-//! priority, every taint tolerated, rolling updates, a readiness probe.
+//! priority, every taint tolerated, rolling updates, the probes.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -28,6 +28,7 @@ nodePortAddresses: 192.168.0.0/16
 serviceNodePortRange: 31000-31999
 snatPortRange: 2000-20000
 lbMode: hybrid
+healthzPort: 10257
 ";
 
 fn render(helm: &Path, values: Option<&Path>) -> String {
@@ -88,6 +89,9 @@ fn the_chart_lints_renders_and_validates_with_default_and_custom_values() {
             "mountPropagation: HostToContainer",
             "operator: Exists",
             "readinessProbe:",
+            "startupProbe:",
+            "livenessProbe:",
+            "path: /livez",
         ] {
             assert!(rendered.contains(want), "{want} missing:\n{rendered}");
         }
@@ -103,6 +107,7 @@ fn the_chart_lints_renders_and_validates_with_default_and_custom_values() {
         "--xdp-interfaces=eth0,eth1",
         "--nodeport-addresses=192.168.0.0/16",
         "--service-cidr=10.96.0.0/12,fd00:10::/108",
+        "--healthz-addr=0.0.0.0:10257",
     ] {
         assert!(custom.contains(want), "{want} missing:\n{custom}");
     }

@@ -1,6 +1,7 @@
 //! The CLI against a running agent, and a stopped one: `services`,
 //! `stats` and `conntrack` read the pinned maps (tables, and JSON for
-//! scripts); `conntrack` filters and flushes.
+//! scripts); `conntrack` filters and flushes. And the agent's health
+//! endpoint (`/healthz`, `/livez`), healthy until changes wait too long.
 mod common;
 
 use std::net::{SocketAddr, TcpStream};
@@ -42,9 +43,11 @@ fn conntrack(c: &Cluster, args: &[&str]) -> String {
 #[test]
 fn cli_reads_the_maps_as_tables_and_json_and_flushes_flows() {
     let mut c = Cluster::new(common::bins(), 2).expect("cluster");
+    c.agent_args = ["--health-timeout-secs", "1"].map(String::from).to_vec();
     let path = c.workdir.join("services.yaml");
     std::fs::write(&path, manifest(&c)).unwrap();
     c.start_agent(&path).expect("agent starts");
+    health(&c);
     // One kept-alive connection from the client pod: an orig and a reply
     // entry.
     let addr: SocketAddr = format!("{VIP}:80").parse().unwrap();
@@ -115,6 +118,33 @@ fn cli_reads_the_maps_as_tables_and_json_and_flushes_flows() {
     assert!(conntrack(&c, &["--port", "80", "--proto", "udp"]).ends_with("0 entries\n"));
     assert!(conntrack(&c, &["--addr", &backend.ip().to_string()]).ends_with("2 entries\n"));
 
+    // Changes that cannot be programmed (the manifests went away) make
+    // the agent unhealthy once they wait past the timeout; it recovers.
+    let aside = c.workdir.join("aside.yaml");
+    std::fs::rename(&path, &aside).unwrap();
+    let started = std::time::Instant::now();
+    while get_health(&c, "/healthz").0 == 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never went unhealthy"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the timeout"
+    );
+    assert_eq!(get_health(&c, "/livez").0, 503);
+    std::fs::rename(&aside, &path).unwrap();
+    let started = std::time::Instant::now();
+    while get_health(&c, "/healthz").0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never recovered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // With the agent stopped (the programs stay attached), the maps are
     // still read, and flushed.
     c.stop_agent(libc::SIGTERM);
@@ -124,4 +154,37 @@ fn cli_reads_the_maps_as_tables_and_json_and_flushes_flows() {
         "2 entries deleted\n"
     );
     assert!(conntrack(&c, &[]).ends_with("0 entries\n"));
+}
+
+/// `GET 127.0.0.1:10256<path>` in the node: (status code, JSON body).
+fn get_health(c: &Cluster, path: &str) -> (u16, serde_json::Value) {
+    let out = c
+        .node
+        .command("curl")
+        .args(["-s", "-m", "2", "-w", "\n%{http_code}"])
+        .arg(format!("http://127.0.0.1:10256{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or_default(),
+    )
+}
+
+/// Both health paths answer 200 with kube-proxy's fields.
+fn health(c: &Cluster) {
+    for path in ["/healthz", "/livez"] {
+        let (code, body) = get_health(c, path);
+        assert_eq!(code, 200, "{path}: {body}");
+        assert_eq!(body["nodeEligible"], true, "{path}: {body}");
+        for field in ["lastUpdated", "currentTime"] {
+            let t = body[field].as_str().unwrap_or_default();
+            assert!(
+                t.starts_with("20") && t.ends_with('Z'),
+                "{path} {field}: {body}"
+            );
+        }
+    }
 }
