@@ -320,7 +320,7 @@ fn main() -> Result<()> {
             };
             let cgroup = match cgroup.as_deref() {
                 Some("none") => None,
-                Some(p) => Some(PathBuf::from(p)),
+                Some(p) => Some(attach::resolve_cgroup2(std::path::Path::new(p))?),
                 None => Some(attach::cgroup2_root().context(
                     "no cgroup v2 mount found for the socket hooks: pass --cgroup PATH or --cgroup none",
                 )?),

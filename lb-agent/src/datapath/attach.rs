@@ -381,10 +381,15 @@ pub fn attach_cgroup(ebpf: &mut Ebpf, cgroup: &Path, pin_dir: &Path) -> Result<(
     Ok(())
 }
 
-/// The cgroup v2 mount point, from /proc/self/mountinfo.
-pub fn cgroup2_root() -> Option<std::path::PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|l| {
+/// The cgroup v2 mount point, from /proc/self/mountinfo: `/sys/fs/cgroup`
+/// on a unified host, `/sys/fs/cgroup/unified` on a hybrid one.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    cgroup2_mount(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
+}
+
+/// The first cgroup2 mount point in a mountinfo text.
+fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
         let (left, right) = l.split_once(" - ")?;
         if right.split_whitespace().next()? == "cgroup2" {
             left.split_whitespace().nth(4).map(Into::into)
@@ -392,4 +397,72 @@ pub fn cgroup2_root() -> Option<std::path::PathBuf> {
             None
         }
     })
+}
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+fn is_cgroup2(dir: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statfs buffer of our own.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC }
+}
+
+/// The cgroup v2 hierarchy `--cgroup` names: the directory itself, or
+/// on a hybrid host its `unified` child (the host's `/sys/fs/cgroup`
+/// mounted as is holds the v1 controllers there), so one chart serves
+/// both layouts.
+pub fn resolve_cgroup2(dir: &Path) -> Result<PathBuf> {
+    if is_cgroup2(dir) {
+        return Ok(dir.to_path_buf());
+    }
+    let unified = dir.join("unified");
+    if is_cgroup2(&unified) {
+        return Ok(unified);
+    }
+    bail!(
+        "--cgroup {}: neither it nor its unified/ is a cgroup v2 hierarchy",
+        dir.display()
+    )
+}
+
+#[cfg(test)]
+mod cgroup_tests {
+    use super::*;
+
+    const UNIFIED: &str = "\
+25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+35 25 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate
+";
+    const HYBRID: &str = "\
+25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+35 25 0:30 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+37 35 0:32 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,cpu,cpuacct
+";
+
+    #[test]
+    fn the_v2_root_is_found_in_both_layouts() {
+        assert_eq!(cgroup2_mount(UNIFIED), Some("/sys/fs/cgroup".into()));
+        assert_eq!(cgroup2_mount(HYBRID), Some("/sys/fs/cgroup/unified".into()));
+        assert_eq!(
+            cgroup2_mount("25 30 0:23 / /sys rw - sysfs sysfs rw\n"),
+            None
+        );
+    }
+
+    /// On this machine, whatever its layout: the v2 root resolves to
+    /// itself, and its parent too when it is a hybrid host's `unified`.
+    #[test]
+    fn the_cgroup_flag_takes_the_hierarchy_or_its_parent() {
+        let root = cgroup2_root().expect("cgroup v2 mounted");
+        assert_eq!(resolve_cgroup2(&root).unwrap(), root);
+        if root.ends_with("unified") {
+            assert_eq!(resolve_cgroup2(root.parent().unwrap()).unwrap(), root);
+        }
+        let err = resolve_cgroup2(Path::new("/proc")).unwrap_err().to_string();
+        assert!(err.contains("--cgroup /proc"), "{err}");
+    }
 }
