@@ -188,3 +188,32 @@ fn health(c: &Cluster) {
         }
     }
 }
+
+/// `--log-format json`: every log line is a JSON object (level, target,
+/// message and fields), for log collectors.
+#[test]
+fn logs_are_json_lines_on_request() {
+    let mut c = Cluster::new(common::bins(), 1).expect("cluster");
+    c.agent_args = ["--log-format", "json"].map(String::from).to_vec();
+    let path = c.workdir.join("services.yaml");
+    std::fs::write(&path, manifest(&c)).unwrap();
+    c.start_agent(&path).expect("agent starts");
+    let log = c.agent_log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 3, "{log}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["target"].is_string())
+    );
+    let ready = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "agent ready")
+        .unwrap_or_else(|| panic!("no ready line:\n{log}"));
+    assert_eq!(ready["level"], "INFO");
+    assert!(ready["fields"]["interfaces"].is_string(), "{ready}");
+}
