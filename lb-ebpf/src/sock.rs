@@ -163,6 +163,12 @@ fn reverse<A: SockFamily>(cookie: u64, addr: A, port: u16) -> Option<(A, u16)> {
     unsafe { A::revnat().get(A::key(cookie, addr, port, DIR_REVERSE)) }.map(A::parts)
 }
 
+/// v4-mapped `mapped` with its IPv4 address replaced by `v4`.
+#[inline(always)]
+fn remapped(mapped: In6, v4: u32) -> In6 {
+    [mapped[0], mapped[1], mapped[2], v4]
+}
+
 /// The IPv4 address inside a v4-mapped IPv6 one.
 #[inline(always)]
 fn unmapped(a: &In6) -> Option<u32> {
@@ -227,11 +233,7 @@ fn translate_forward6(ctx: &SockAddrContext, remember: bool) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let to = match unmapped(&vip) {
         Some(v4) => match forward(cookie, v4, vport, proto, remember) {
-            Forward::To(addr, port) => {
-                let mut a = vip;
-                a[3] = addr;
-                Forward::To(a, port)
-            }
+            Forward::To(addr, port) => Forward::To(remapped(vip, addr), port),
             Forward::Refuse => Forward::Refuse,
             Forward::Untouched => Forward::Untouched,
         },
@@ -274,11 +276,7 @@ fn translate_reverse6(ctx: &SockAddrContext) -> i32 {
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let vip = match unmapped(&addr) {
-        Some(v4) => reverse(cookie, v4, port).map(|(a, p)| {
-            let mut m = addr;
-            m[3] = a;
-            (m, p)
-        }),
+        Some(v4) => reverse(cookie, v4, port).map(|(a, p)| (remapped(addr, a), p)),
         None => reverse(cookie, addr, port),
     };
     if let Some((addr, port)) = vip {

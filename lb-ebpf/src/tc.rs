@@ -129,7 +129,7 @@ fn dsr_in(ctx: &TcContext, outer_dst: u32, id: u16) -> (i32, Stat) {
     }
     count(Stat::DsrDecap);
     match parse::parse(ctx) {
-        Ok(Parsed::Flow(p)) => act(ctx, flow::deliver_dsr(ctx, &p, outer_dst, id), || {
+        Ok(Parsed::Flow(p)) => act(flow::deliver_dsr(ctx, &p, outer_dst, id), || {
             reject_no_backend(ctx, &p)
         }),
         _ => (SHOT, Stat::DropMalformed),
@@ -138,7 +138,7 @@ fn dsr_in(ctx: &TcContext, outer_dst: u32, id: u16) -> (i32, Stat) {
 
 #[inline(always)]
 fn process(ctx: &TcContext, p: &Packet) -> (i32, Stat) {
-    act(ctx, flow::handle(ctx, p), || reject_no_backend(ctx, p))
+    act(flow::handle(ctx, p), || reject_no_backend(ctx, p))
 }
 
 /// The answer to a packet for a frontend without backends.
@@ -164,11 +164,7 @@ fn answered(answer: Result<i32, ()>) -> (i32, Stat) {
 /// The verdict for a flow's outcome; `no_backend` answers a packet to a
 /// frontend without backends.
 #[inline(always)]
-fn act(
-    _ctx: &TcContext,
-    outcome: Outcome,
-    no_backend: impl FnOnce() -> (i32, Stat),
-) -> (i32, Stat) {
+fn act(outcome: Outcome, no_backend: impl FnOnce() -> (i32, Stat)) -> (i32, Stat) {
     match outcome {
         Outcome::Forward(stat) => (OK, stat),
         Outcome::Redirect {
