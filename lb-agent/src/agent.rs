@@ -234,6 +234,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut links =
         Attachments::new(&opts.load.pin_dir, selector, xdp_selector)?.with_xdp_mode(opts.xdp_mode);
     links.sync(&mut ebpf);
+    attach::pin_stages(&ebpf, &opts.load.pin_dir)?;
     if let Some(cg) = &opts.cgroup {
         attach::attach_cgroup(&mut ebpf, cg, &opts.load.pin_dir)?;
     }

@@ -42,6 +42,22 @@ pub const MAP_BACKENDS6: &str = "flb_be6_v1";
 pub const MAP_CONNTRACK6: &str = "flb_ct6_v1";
 pub const MAP_SOCK_REVNAT6: &str = "flb_sock6_v1";
 pub const MAP_SNAT6: &str = "flb_snat6_v1";
+/// The IPv6 programs the IPv4 hooks hand IPv6 frames to by tail call (a
+/// program of their own: a fresh 512-byte stack, which IPv6's 40-byte
+/// keys need). Per object, never pinned: each build calls its own.
+pub const MAP_V6_TC_PROGS: &str = "flb_v6_tc";
+pub const MAP_V6_XDP_PROGS: &str = "flb_v6_xdp";
+/// Slots of [`MAP_V6_TC_PROGS`] and [`MAP_V6_XDP_PROGS`] (XDP has only
+/// ingress, tracked and new flow). The IPv6 ingress program hands each
+/// stage on by tail call too, for the same reason: a tracked flow's
+/// packet, a new flow, a reject, an ICMPv6 error.
+pub const V6_SLOT_INGRESS: u32 = 0;
+pub const V6_SLOT_EGRESS: u32 = 1;
+pub const V6_SLOT_TRACKED: u32 = 2;
+pub const V6_SLOT_NEW_FLOW: u32 = 3;
+pub const V6_SLOT_REJECT: u32 = 4;
+pub const V6_SLOT_ICMP: u32 = 5;
+pub const V6_SLOTS: u32 = 6;
 
 /// Every map the programs declare, for pinning and cleanup.
 pub const ALL_MAPS: [&str; 15] = [

@@ -65,6 +65,9 @@ const EEXIST: i64 = 17;
 /// None when `Existing::Keep` found the tuple tracked. The insert that
 /// refuses a tracked tuple doubles as the lookup, so a new connection
 /// costs no separate miss.
+// The keys and values are passed by reference into the work area:
+// passing them by value (as clippy suggests) copies them to the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 pub fn create<A: Family>(
     p: &Packet<A>,
@@ -72,15 +75,20 @@ pub fn create<A: Family>(
     existing: Existing,
 ) -> Result<Option<(A, u16)>, Error> {
     let ct = A::conntrack();
-    let fwd = key_of(p);
-    let mut fwd_v = CtValueOf {
+    let Some(w) = A::work() else {
+        return Err(Error::Internal);
+    };
+    // SAFETY: this CPU's area, used by this packet alone (see `work`).
+    let w = unsafe { &mut *w };
+    w.fwd = key_of(p);
+    w.fwd_v = CtValueOf {
         addr: f.be_addr,
         port: f.be_port,
         flags: f.flags,
         svc_id: f.svc_id,
         backend_id: f.backend_id,
     };
-    let rev_v = CtValueOf {
+    w.rev_v = CtValueOf {
         addr: p.daddr,
         port: p.dport,
         flags: f.flags | CT_FLAG_REVERSE,
@@ -94,15 +102,16 @@ pub fn create<A: Family>(
     let Some(snat_addr) = f.snat else {
         // Forward first is safe: no reply can come before this packet
         // leaves, after both writes.
-        match ct.insert(fwd, fwd_v, flags) {
+        match ct.insert(&w.fwd, &w.fwd_v, flags) {
             Ok(()) => {}
             Err(e) if e as i64 == -EEXIST => return Ok(None),
             Err(_) => return Err(Error::Internal),
         }
         // A DSR flow's replies never come back here: no reverse entry.
         if f.flags & CT_FLAG_DSR == 0 {
-            let rev = CtKeyOf::new(f.be_addr, p.saddr, f.be_port, p.sport, p.proto);
-            ct.insert(rev, rev_v, 0).map_err(|_| Error::Internal)?;
+            w.rev = CtKeyOf::new(f.be_addr, p.saddr, f.be_port, p.sport, p.proto);
+            ct.insert(&w.rev, &w.rev_v, 0)
+                .map_err(|_| Error::Internal)?;
         }
         return Ok(Some((p.saddr, p.sport)));
     };
@@ -116,30 +125,27 @@ pub fn create<A: Family>(
     // the forward entry last, so that whoever finds it finds them too.
     // A tracked tuple is looked up first here: claiming a port for it
     // would overwrite the translation its flow uses.
-    if existing == Existing::Keep && unsafe { ct.get(fwd) }.is_some() {
+    if existing == Existing::Keep && unsafe { ct.get(&w.fwd) }.is_some() {
         return Ok(None);
     }
-    let rev_v = CtValueOf {
-        flags: rev_v.flags | CT_FLAG_SNAT,
-        ..rev_v
-    };
+    w.rev_v.flags |= CT_FLAG_SNAT;
     let claim = snat::Claim {
         be_addr: f.be_addr,
         be_port: f.be_port,
         proto: p.proto,
         snat_addr,
-        rev_v,
+        rev_v: w.rev_v,
     };
     let port = match snat::claim_reverse(&claim) {
         0 => return Err(Error::SnatPorts),
         port => port as u16,
     };
-    let rev = claim.key(port);
-    fwd_v.flags |= CT_FLAG_SNAT;
-    if snat::record(&fwd, snat_addr, port, &rev, p.saddr, p.sport).is_err()
-        || ct.insert(fwd, fwd_v, BPF_ANY as u64).is_err()
+    w.rev = claim.key(port);
+    w.fwd_v.flags |= CT_FLAG_SNAT;
+    if snat::record(&w.fwd, snat_addr, port, &w.rev, p.saddr, p.sport).is_err()
+        || ct.insert(&w.fwd, &w.fwd_v, BPF_ANY as u64).is_err()
     {
-        let _ = ct.remove(rev);
+        let _ = ct.remove(&w.rev);
         return Err(Error::Internal);
     }
     Ok(Some((snat_addr, port)))

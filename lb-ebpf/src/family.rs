@@ -11,7 +11,10 @@ use lb_common::{
 };
 
 use crate::checksum::delta32;
-use crate::maps::{BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, SERVICES, SERVICES6, SNAT, SNAT6};
+use crate::maps::{
+    BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, SERVICES, SERVICES6, SNAT, SNAT6, WORK4, WORK6,
+};
+use crate::work::Work;
 
 /// An address family, implemented by its address type: `u32` (IPv4) and
 /// [`In6`] (IPv6), both in network order as on the wire.
@@ -31,6 +34,8 @@ pub trait Family: Copy + PartialEq + 'static {
     fn backends() -> &'static HashMap<u32, BackendOf<Self>>;
     fn conntrack() -> &'static LruHashMap<CtKeyOf<Self>, CtValueOf<Self>>;
     fn snat() -> &'static LruHashMap<CtKeyOf<Self>, NatValueOf<Self>>;
+    /// This CPU's work area (see `work`).
+    fn work() -> Option<*mut Work<Self>>;
 
     /// The family-independent key of the node address and source range
     /// maps (IPv4 v4-mapped).
@@ -73,6 +78,10 @@ impl Family for u32 {
     #[inline(always)]
     fn snat() -> &'static LruHashMap<CtKeyOf<Self>, NatValueOf<Self>> {
         &SNAT
+    }
+    #[inline(always)]
+    fn work() -> Option<*mut Work<Self>> {
+        WORK4.get_ptr_mut(0)
     }
     #[inline(always)]
     fn mapped(self) -> NodeAddrKey {
@@ -122,6 +131,10 @@ impl Family for In6 {
     #[inline(always)]
     fn snat() -> &'static LruHashMap<CtKeyOf<Self>, NatValueOf<Self>> {
         &SNAT6
+    }
+    #[inline(always)]
+    fn work() -> Option<*mut Work<Self>> {
+        WORK6.get_ptr_mut(0)
     }
     #[inline(always)]
     fn mapped(self) -> NodeAddrKey {

@@ -15,6 +15,8 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::generated::bpf_fib_lookup as fib_lookup,
+    macros::map,
+    maps::PerCpuArray,
     programs::{TcContext, XdpContext},
 };
 use lb_common::{HOP_CACHE_TICKS, NatValueOf};
@@ -75,8 +77,13 @@ fn ip_meta<C: Frame, A: Family>(ctx: &C) -> Option<(u8, u32, u16)> {
     })
 }
 
-/// The next hop of the packet once rewritten to `t`. Not inlined: its
-/// 64-byte parameter block would otherwise sit in every caller's frame.
+/// The FIB's parameter block, per CPU: 64 bytes the stack cannot spare
+/// (the verifier allows 512 for a whole call chain).
+#[map(name = "flb_fib_scratch")]
+static SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
+/// The next hop of the packet once rewritten to `t`. Not inlined: one
+/// copy of the helper call for every caller.
 #[inline(never)]
 pub fn lookup<C: Fib, A: Family>(ctx: &C, t: &Tuple<A>, proto: u8) -> NextHop {
     let Some((ttl, tos, _)) = ip_meta::<C, A>(ctx) else {
@@ -85,16 +92,22 @@ pub fn lookup<C: Fib, A: Family>(ctx: &C, t: &Tuple<A>, proto: u8) -> NextHop {
     if ttl <= 1 {
         return NextHop::Stack;
     }
-    let mut fib: bpf_fib_lookup = unsafe { zeroed() };
+    let Some(fib) = SCRATCH.get_ptr_mut(0) else {
+        return NextHop::Stack;
+    };
+    let fib = unsafe {
+        fib.write(zeroed());
+        &mut *fib
+    };
     fib.l4_protocol = proto;
     // tot_len stays 0: the kernel checks the packet against the egress
     // MTU itself (GSO packets included, at tc).
-    A::fib_addrs(&mut fib, t.saddr, t.daddr, tos);
+    A::fib_addrs(fib, t.saddr, t.daddr, tos);
     fib.ifindex = ctx.arrival_ifindex();
     let rc = unsafe {
         fib_lookup(
             ctx.as_ptr(),
-            &mut fib,
+            fib as *mut bpf_fib_lookup,
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )

@@ -70,10 +70,10 @@ pub fn handle<C: Hook, A: Family>(ctx: &C, p: &Packet<A>) -> Outcome {
     // all traffic; only a miss goes on to the service lookup.
     if let Some(ct) = conntrack::lookup(p) {
         if ct.is_reverse() {
-            return reverse(ctx, p, &ct);
+            return reverse_body(ctx, p, &ct);
         }
         if !p.is_syn() {
-            return established(ctx, p, &ct);
+            return established_body(ctx, p, &ct);
         }
     }
     if p.is_syn() {
@@ -83,7 +83,95 @@ pub fn handle<C: Hook, A: Family>(ctx: &C, p: &Packet<A>) -> Outcome {
     let Some(fe) = lb::lookup(p.daddr, p.dport, p.proto) else {
         return Outcome::Forward(Stat::Pass);
     };
-    new_flow(ctx, p, &fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
+    new_flow_body(ctx, p, &fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
+}
+
+/// What [`track`] leaves to its caller.
+pub enum Step<A> {
+    Done(Outcome),
+    /// A tracked flow's packet: [`follow`] takes it from here.
+    Tracked(CtValueOf<A>),
+    /// A new flow to this frontend: [`open_flow`] takes it from here.
+    Open(Frontend<A>),
+}
+
+/// [`handle`] in three parts, for a family whose dispatch, tracked-flow
+/// and new-flow paths do not fit one 512-byte stack together (IPv6): the
+/// hook runs [`follow`] and [`open_flow`] in programs of their own,
+/// reached by tail call. The tracked tuple is looked up first, SYNs
+/// included (`handle` saves that lookup for IPv4); a frontend without
+/// backends is settled here.
+#[inline(always)]
+pub fn track<A: Family>(p: &Packet<A>) -> Step<A> {
+    let fe = if let Some(ct) = conntrack::lookup(p) {
+        if ct.is_reverse() || (!p.is_syn() && !p.fragment) {
+            return Step::Tracked(ct);
+        }
+        let Some(fe) = lb::lookup(p.daddr, p.dport, p.proto) else {
+            return Step::Done(Outcome::Forward(Stat::Pass));
+        };
+        // A SYN on a tracked tuple, as in `syn_to_frontend`.
+        if !p.fragment && lb::still_serves(&fe, &ct) {
+            let key = conntrack::key_of(p);
+            if A::IS_V6 || snat::holds_port(&key, &ct) {
+                return Step::Tracked(ct);
+            }
+            if !A::IS_V6 {
+                snat::release(&key, &ct);
+            }
+        }
+        fe
+    } else {
+        match lb::lookup(p.daddr, p.dport, p.proto) {
+            Some(fe) => fe,
+            None => return Step::Done(Outcome::Forward(Stat::Pass)),
+        }
+    };
+    if p.fragment {
+        // As in `handle`: no piece of a datagram to a VIP is translated.
+        return Step::Done(Outcome::Drop(Stat::DropMalformed));
+    }
+    if fe.count == 0 {
+        return Step::Done(admit(p, &fe).unwrap_or_else(|| without_backends(&fe)));
+    }
+    Step::Open(fe)
+}
+
+/// A tracked flow's packet (see [`track`]).
+#[inline(always)]
+pub fn follow<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -> Outcome {
+    if ct.is_reverse() {
+        reverse_body(ctx, p, ct)
+    } else {
+        established_body(ctx, p, ct)
+    }
+}
+
+/// The second half of [`track`]: a new flow to `fe`.
+#[inline(always)]
+pub fn open_flow<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, fe: &Frontend<A>) -> Outcome {
+    new_flow_body(ctx, p, fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
+}
+
+/// The refusal of a packet its frontend's source ranges exclude, if they
+/// do.
+#[inline(always)]
+fn admit<A: Family>(p: &Packet<A>, fe: &Frontend<A>) -> Option<Outcome> {
+    if fe.flags & SVC_FLAG_EXTERNAL != 0 && !lb::source_allowed(fe, p.daddr, p.saddr) {
+        return Some(Outcome::Drop(Stat::DropSourceRange));
+    }
+    None
+}
+
+/// A new flow to a frontend without backends (to answer).
+#[inline(always)]
+fn without_backends<A: Family>(fe: &Frontend<A>) -> Outcome {
+    if fe.flags & SVC_FLAG_LOCAL_ONLY != 0 {
+        // kube-proxy drops, not rejects: another node may have
+        // endpoints, and the load balancer's health check steers.
+        return Outcome::Drop(Stat::DropNoLocalBackend);
+    }
+    Outcome::NoBackend
 }
 
 /// The translation a SNATed flow's entry points to (in the map: its
@@ -107,7 +195,7 @@ fn snat_of<A: Family>(
 /// A reply from a backend: its source goes back to the frontend (and its
 /// destination back to the client, if the flow was SNATed).
 #[inline(always)]
-fn reverse<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -> Outcome {
+fn reverse_body<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -> Outcome {
     let mut t = Tuple::of(p).src(ct.addr, ct.port);
     let nat = match snat_of(p, ct) {
         Ok(n) => n,
@@ -121,7 +209,7 @@ fn reverse<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -> Out
 }
 
 #[inline(always)]
-fn established<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -> Outcome {
+fn established_body<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -> Outcome {
     if ct.flags & CT_FLAG_DSR != 0 {
         return ctx.dsr(p, ct.addr, ct.port, Stat::DnatEstablished);
     }
@@ -139,7 +227,7 @@ fn established<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) ->
 
 #[inline(always)]
 fn syn_to_frontend<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, fe: &Frontend<A>) -> Outcome {
-    if let Some(done) = new_flow(ctx, p, fe, Existing::Keep) {
+    if let Some(done) = new_flow_body(ctx, p, fe, Existing::Keep) {
         return done;
     }
     // The tuple is tracked. A retransmitted SYN keeps its backend, but only
@@ -151,36 +239,31 @@ fn syn_to_frontend<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, fe: &Frontend<A>)
     {
         let key = conntrack::key_of(p);
         if lb::still_serves(fe, &ct) && (A::IS_V6 || snat::holds_port(&key, &ct)) {
-            return established(ctx, p, &ct);
+            return established_body(ctx, p, &ct);
         }
         // Replaced: its SNAT port, if it still has one, is free now.
         if !A::IS_V6 {
             snat::release(&key, &ct);
         }
     }
-    new_flow(ctx, p, fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
+    new_flow_body(ctx, p, fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
 }
 
 /// A new flow to `fe`: admission (source ranges), backend choice, then
 /// tracking and translation. `None` when `Existing::Keep` found the
 /// tuple tracked, for the caller to settle.
 #[inline(always)]
-fn new_flow<C: Hook, A: Family>(
+fn new_flow_body<C: Hook, A: Family>(
     ctx: &C,
     p: &Packet<A>,
     fe: &Frontend<A>,
     existing: Existing,
 ) -> Option<Outcome> {
-    if fe.flags & SVC_FLAG_EXTERNAL != 0 && !lb::source_allowed(fe, p.daddr, p.saddr) {
-        return Some(Outcome::Drop(Stat::DropSourceRange));
+    if let Some(refused) = admit(p, fe) {
+        return Some(refused);
     }
     let Some((id, be)) = lb::select_backend(fe) else {
-        if fe.flags & SVC_FLAG_LOCAL_ONLY != 0 {
-            // kube-proxy drops, not rejects: another node may have
-            // endpoints, and the load balancer's health check steers.
-            return Some(Outcome::Drop(Stat::DropNoLocalBackend));
-        }
-        return Some(Outcome::NoBackend);
+        return Some(without_backends(fe));
     };
     open(ctx, p, fe, id, &be, existing)
 }

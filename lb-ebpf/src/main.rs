@@ -23,6 +23,7 @@ mod snat;
 mod sock;
 mod stats;
 mod tc;
+mod work;
 mod xdp;
 
 // Only for the BPF target: host-side lint runs link std through the

@@ -1,6 +1,8 @@
 //! The maps, declared once. Names and layouts come from `lb-common`; the
 //! `name` literals must equal the `lb_common::MAP_*` constants (the agent
 //! looks maps up by those constants and fails loudly if one is missing).
+use crate::parse::Packet;
+use crate::work::Work;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
@@ -8,7 +10,7 @@ use aya_ebpf::{
 use lb_common::{
     Backend, Backend6, Config, CtKey, CtKey6, CtValue, CtValue6, DEFAULT_BACKENDS_MAX,
     DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SNAT_MAX, DEFAULT_SOCK_REVNAT_MAX,
-    DEFAULT_SVC_INFO_MAX, NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX,
+    DEFAULT_SVC_INFO_MAX, In6, NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX,
     STAT_SLOTS, ServiceKey, ServiceKey6, ServiceValue, SockKey, SockKey6, SockValue, SockValue6,
     SourceRangeKey, SvcInfo,
 };
@@ -62,3 +64,14 @@ pub static SOCK_REVNAT6: LruHashMap<SockKey6, SockValue6> =
 
 #[map(name = "flb_snat6_v1")]
 pub static SNAT6: LruHashMap<CtKey6, NatValue6> = LruHashMap::pinned(DEFAULT_SNAT_MAX, 0);
+
+// Per-CPU work areas (see `work`), never pinned. The IPv6 packet being
+// handled lives there too: off the stack, and handed on by tail call.
+#[map(name = "flb_pkt6")]
+pub static PKT6: PerCpuArray<Packet<In6>> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "flb_work4")]
+pub static WORK4: PerCpuArray<Work<u32>> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "flb_work6")]
+pub static WORK6: PerCpuArray<Work<In6>> = PerCpuArray::with_max_entries(1, 0);

@@ -4,10 +4,10 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use lb_common::{IPPROTO_ICMP, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, In6};
 use network_types::{
     eth::{EthHdr, EtherType},
-    ip::Ipv4Hdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
     udp::UdpHdr,
 };
@@ -74,10 +74,19 @@ impl Frame for XdpContext {
     fn ensure(&self, _len: usize) {}
 }
 
+/// No header we read lies further into a packet than this (a mask; the
+/// verifier ignores a bounds check on a pointer that may lie past 64 KiB
+/// with its access, so it must stay well below).
+const MAX_OFF: usize = 0xfff;
+
 /// Returns a pointer to a `T` at `off`, or `Err` when the packet is too short.
 #[inline(always)]
 pub fn ptr_at<T, C: Frame>(ctx: &C, off: usize) -> Result<*mut T, ()> {
     let (start, end) = ctx.span();
+    // The mask bounds offsets the verifier cannot follow, such as one a
+    // previous program left in a map (IPv6's stages); real ones are far
+    // below it.
+    let off = off & MAX_OFF;
     if start + off + size_of::<T>() > end {
         return Err(());
     }
@@ -99,7 +108,7 @@ pub enum Skip {
 }
 
 /// A TCP or UDP packet's addressing, all fields in network order; `A` is
-/// its family's address type (`u32`: IPv4, `lb_common::In6`: IPv6).
+/// its family's address type (`u32`: IPv4, `In6`: IPv6).
 #[derive(Clone, Copy)]
 pub struct Packet<A = u32> {
     pub l4_off: usize,
@@ -156,6 +165,10 @@ pub struct IcmpError<A = u32> {
 pub enum Parsed {
     Flow(Packet),
     IcmpError(IcmpError),
+    /// An IPv6 frame: [`parse6`] reads it, in the hooks' IPv6 path (a
+    /// frame of its own: IPv6's larger values would crowd the IPv4
+    /// path's stack).
+    Ipv6,
     /// IPv4 in IPv4 (a DSR packet, if it is to a backend here): the outer
     /// destination (the backend) and identification field (its port).
     Ipip {
@@ -200,9 +213,11 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Skip> {
     // Headers of a non-linear skb may sit outside the direct-access area.
     ctx.ensure(L3_OFF + Ipv4Hdr::LEN);
     let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|_| Skip::NotOurs)?;
-    // IPv6 passes untranslated: its tc/XDP path is not built yet (its
-    // socket hooks are).
-    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type == EtherType::Ipv6 as u16 {
+        return Ok(Parsed::Ipv6);
+    }
+    if ether_type != EtherType::Ipv4 as u16 {
         return Err(Skip::NotOurs);
     }
     let ip = ipv4_at(ctx, L3_OFF)?;
@@ -270,6 +285,150 @@ fn l4_ports<C: Frame, A>(ctx: &C, p: &mut Packet<A>) -> Result<(), Skip> {
         p.dport = u16::from_ne_bytes(udp.dst);
     }
     Ok(())
+}
+
+/// IPv6 next-header values met on the way to L4.
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DSTOPTS: u8 = 60;
+/// Extension headers skipped at most before giving up on a packet.
+const IPV6_MAX_EXT: usize = 4;
+
+/// An IPv6 header's fixed part at `off`, checked: next header and
+/// addresses.
+#[inline(always)]
+fn ipv6_at<C: Frame>(ctx: &C, off: usize) -> Result<(u8, In6, In6), Skip> {
+    let head: *const [u8; 8] = ptr_at(ctx, off).map_err(|_| Skip::Malformed)?;
+    let head = unsafe { head.read_unaligned() };
+    if head[0] >> 4 != 6 {
+        return Err(Skip::Malformed);
+    }
+    let addrs: *const [In6; 2] = ptr_at(ctx, off + 8).map_err(|_| Skip::Malformed)?;
+    let [saddr, daddr] = unsafe { addrs.read_unaligned() };
+    Ok((head[6], saddr, daddr))
+}
+
+/// An IPv6 TCP or UDP packet, or an ICMPv6 error about one. The rule for
+/// extension headers: hop-by-hop and destination options are skipped
+/// (up to [`IPV6_MAX_EXT`] headers), a fragment header marks the packet a
+/// fragment (later fragments carry no ports); anything else (routing
+/// headers, whose final destination is not the header's, AH, ESP, a
+/// longer chain) is not ours and passes untranslated, so nothing is ever
+/// translated by a misread header.
+#[inline(always)]
+pub fn parse6<C: Frame>(ctx: &C, out: &mut Packet<In6>) -> Result<Parsed6, Skip> {
+    ctx.ensure(L3_OFF + Ipv6Hdr::LEN);
+    let (mut next, saddr, daddr) = ipv6_at(ctx, L3_OFF)?;
+    let mut off = L3_OFF + Ipv6Hdr::LEN;
+    let (mut fragment, mut later) = (false, false);
+    for _ in 0..IPV6_MAX_EXT {
+        match next {
+            IPV6_HOPOPTS | IPV6_DSTOPTS => {
+                ctx.ensure(off + 2);
+                let h: *const [u8; 2] = ptr_at(ctx, off).map_err(|_| Skip::Malformed)?;
+                let (nh, len) = unsafe { ((*h)[0], (*h)[1]) };
+                next = nh;
+                off += (len as usize + 1) * 8;
+            }
+            IPV6_FRAGMENT if !fragment => {
+                ctx.ensure(off + 8);
+                let h: *const [u8; 8] = ptr_at(ctx, off).map_err(|_| Skip::Malformed)?;
+                let h = unsafe { &*h };
+                next = h[0];
+                fragment = true;
+                later = u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0;
+                off += 8;
+            }
+            _ => break,
+        }
+    }
+    out.saddr = saddr;
+    out.daddr = daddr;
+    out.l4_off = off;
+    out.proto = next;
+    out.sport = 0;
+    out.dport = 0;
+    out.ihl = off - L3_OFF;
+    out.fragment = fragment;
+    out.tcp_flags = 0;
+    if next == IPPROTO_ICMPV6 && !fragment {
+        return Ok(Parsed6::Icmp);
+    }
+    if next != IPPROTO_TCP && next != IPPROTO_UDP {
+        return Err(Skip::NotOurs);
+    }
+    if !later {
+        l4_ports(ctx, out)?;
+    }
+    Ok(Parsed6::Flow)
+}
+
+/// What the datapath may act on in an IPv6 frame.
+pub enum Parsed6 {
+    Flow,
+    /// ICMPv6 at `l4_off`, for [`icmp6_error`] to read.
+    Icmp,
+}
+
+/// ICMPv6 errors that quote the packet they are about (RFC 4443).
+const ICMP6_DEST_UNREACH: u8 = 1;
+const ICMP6_PACKET_TOO_BIG: u8 = 2;
+const ICMP6_TIME_EXCEEDED: u8 = 3;
+const ICMP6_PARAM_PROBLEM: u8 = 4;
+/// An ICMPv6 error after up to 64 bytes of outer extension headers,
+/// quoting a full inner TCP header.
+const MAX_ICMP6_LEN: usize = ETH_LEN + 40 + 64 + 8 + 40 + TcpHdr::LEN;
+
+/// An ICMPv6 error at `icmp_off` whose quote is an IPv6 TCP or UDP
+/// packet without extension headers (anything else is not ours).
+#[inline(always)]
+pub fn icmp6_error<C: Frame>(
+    ctx: &C,
+    saddr: In6,
+    daddr: In6,
+    icmp_off: usize,
+) -> Result<IcmpError<In6>, Skip> {
+    ctx.ensure(MAX_ICMP6_LEN);
+    let icmp: *const [u8; ICMP_HDR_LEN] = ptr_at(ctx, icmp_off).map_err(|_| Skip::NotOurs)?;
+    let ty = unsafe { (*icmp)[0] };
+    if !matches!(
+        ty,
+        ICMP6_DEST_UNREACH | ICMP6_PACKET_TOO_BIG | ICMP6_TIME_EXCEEDED | ICMP6_PARAM_PROBLEM
+    ) {
+        return Err(Skip::NotOurs);
+    }
+    let inner_l3_off = icmp_off + ICMP_HDR_LEN;
+    let (proto, isaddr, idaddr) = ipv6_at(ctx, inner_l3_off)?;
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Err(Skip::NotOurs);
+    }
+    let l4_off = inner_l3_off + Ipv6Hdr::LEN;
+    let ports: *const [u8; 8] = ptr_at(ctx, l4_off).map_err(|_| Skip::Malformed)?;
+    let ports = unsafe { &*ports };
+    let inner = Packet {
+        l4_off,
+        proto,
+        saddr: isaddr,
+        daddr: idaddr,
+        sport: u16::from_ne_bytes([ports[0], ports[1]]),
+        dport: u16::from_ne_bytes([ports[2], ports[3]]),
+        ihl: Ipv6Hdr::LEN,
+        fragment: false,
+        tcp_flags: 0,
+    };
+    let inner_l4_csum = if proto == IPPROTO_TCP {
+        ptr_at::<[u8; TcpHdr::LEN], _>(ctx, l4_off).is_ok()
+    } else {
+        true
+    };
+    Ok(IcmpError {
+        saddr,
+        daddr,
+        icmp_off,
+        inner_l3_off,
+        inner,
+        inner_l4_csum,
+    })
 }
 
 /// ICMP types that quote the packet they are about (RFC 792).

@@ -1,12 +1,12 @@
 //! kube-proxy REJECT parity: a packet to a VIP port without endpoints is
-//! answered, never blackholed. TCP gets a RST, UDP an ICMP port
+//! answered, never blackholed. TCP gets a RST, UDP an ICMP (ICMPv6) port
 //! unreachable. The packet is rewritten in place into the answer and sent
 //! back out of the interface it came in on.
 use aya_ebpf::{
     helpers::{bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
-use lb_common::{IPPROTO_ICMP, IPPROTO_TCP};
+use lb_common::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, In6};
 
 use crate::checksum::{finish, sum_words};
 use crate::parse::{ETH_LEN, L3_OFF, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ptr_at};
@@ -19,6 +19,10 @@ const ICMP_LEN: usize = 8;
 const QUOTE_LEN: usize = IP_LEN + 8;
 const RST_FRAME: usize = ETH_LEN + IP_LEN + TCP_LEN;
 const ICMP_FRAME: usize = ETH_LEN + IP_LEN + ICMP_LEN + QUOTE_LEN;
+const IP6_LEN: usize = 40;
+const QUOTE6_LEN: usize = IP6_LEN + 8;
+const RST6_FRAME: usize = ETH_LEN + IP6_LEN + TCP_LEN;
+const ICMP6_FRAME: usize = ETH_LEN + IP6_LEN + ICMP_LEN + QUOTE6_LEN;
 
 /// Writes the swapped Ethernet header and a fresh IPv4 header (no options).
 #[inline(always)]
@@ -62,22 +66,32 @@ pub fn tcp_rst(ctx: &TcContext, p: &Packet) -> Result<i32, ()> {
     let mut out = [0u8; RST_FRAME];
     write_l2_l3(&mut out, &eth, p, IPPROTO_TCP, (IP_LEN + TCP_LEN) as u16);
     let acc = sum_words(&out[L3_OFF + 12..L3_OFF + 20], 0);
-    write_rst(ctx, p, l4_len, &mut out[L3_OFF + IP_LEN..], acc)?;
+    write_rst(
+        ctx,
+        p,
+        L3_OFF + IP_LEN,
+        l4_len,
+        &mut out[L3_OFF + IP_LEN..],
+        acc,
+    )?;
     send_back_with(ctx, &out)
 }
 
-/// The RST's TCP header, answering the segment at `p.l4_off` that has
+/// The RST's TCP header, answering the segment at `l4_off` that has
 /// `l4_len` bytes with its header; `acc` is the pseudo-header's address
-/// sum.
+/// sum. The offset is a constant (answers are built only for packets
+/// without options or extension headers): the verifier follows it
+/// where it could not follow one read back from a map (IPv6's stages).
 #[inline(always)]
 fn write_rst<A>(
     ctx: &TcContext,
     p: &Packet<A>,
+    l4_off: usize,
     l4_len: u32,
     t: &mut [u8],
     acc: u32,
 ) -> Result<(), ()> {
-    let tcp: *const [u8; TCP_LEN] = ptr_at(ctx, p.l4_off)?;
+    let tcp: *const [u8; TCP_LEN] = ptr_at(ctx, l4_off)?;
     let tcp = unsafe { *tcp };
     let doff = ((tcp[12] >> 4) as u32) * 4;
     let payload = l4_len.saturating_sub(doff);
@@ -150,4 +164,77 @@ fn send_back_with<const N: usize>(ctx: &TcContext, frame: &[u8; N]) -> Result<i3
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let _ = unsafe { bpf_redirect(ifindex, 0) };
     Ok(REDIRECT)
+}
+
+/// Writes the swapped Ethernet header and a fresh IPv6 header from the
+/// frontend the client asked to the client.
+#[inline(always)]
+fn write_l2_l3_6(out: &mut [u8], eth: &[u8; ETH_LEN], p: &Packet<In6>, next: u8, len: u16) {
+    out[0..6].copy_from_slice(&eth[6..12]);
+    out[6..12].copy_from_slice(&eth[0..6]);
+    out[12] = 0x86;
+    out[13] = 0xdd;
+    let ip = &mut out[L3_OFF..L3_OFF + IP6_LEN];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&len.to_be_bytes());
+    ip[6] = next;
+    ip[7] = 64;
+    for i in 0..4 {
+        ip[8 + 4 * i..12 + 4 * i].copy_from_slice(&p.daddr[i].to_ne_bytes());
+        ip[24 + 4 * i..28 + 4 * i].copy_from_slice(&p.saddr[i].to_ne_bytes());
+    }
+}
+
+/// [`tcp_rst`] for IPv6 (no extension headers). The IPv6 answers are not
+/// inlined: their buffers get a frame of their own, not the flow's.
+#[inline(never)]
+pub fn tcp_rst6(ctx: &TcContext, p: &Packet<In6>) -> Result<i32, ()> {
+    if p.ihl != IP6_LEN || p.fragment || p.tcp_flags & TCP_RST != 0 {
+        return Err(());
+    }
+    let eth: *const [u8; ETH_LEN] = ptr_at(ctx, 0)?;
+    let eth = unsafe { *eth };
+    let ip: *const [u8; 8] = ptr_at(ctx, L3_OFF)?;
+    let l4_len = u16::from_be_bytes([unsafe { (*ip)[4] }, unsafe { (*ip)[5] }]) as u32;
+    let mut out = [0u8; RST6_FRAME];
+    write_l2_l3_6(&mut out, &eth, p, IPPROTO_TCP, TCP_LEN as u16);
+    let acc = sum_words(&out[L3_OFF + 8..L3_OFF + IP6_LEN], 0);
+    write_rst(
+        ctx,
+        p,
+        L3_OFF + IP6_LEN,
+        l4_len,
+        &mut out[L3_OFF + IP6_LEN..],
+        acc,
+    )?;
+    send_back_with(ctx, &out)
+}
+
+/// [`icmp_port_unreachable`] for IPv6: ICMPv6 destination unreachable,
+/// port unreachable (RFC 4443), quoting the IPv6 header and 8 bytes.
+#[inline(never)]
+pub fn icmp6_port_unreachable(ctx: &TcContext, p: &Packet<In6>) -> Result<i32, ()> {
+    if p.ihl != IP6_LEN || p.fragment {
+        return Err(());
+    }
+    let eth: *const [u8; ETH_LEN] = ptr_at(ctx, 0)?;
+    let eth = unsafe { *eth };
+    let quote: *const [u8; QUOTE6_LEN] = ptr_at(ctx, L3_OFF)?;
+    let quote = unsafe { *quote };
+    let len = ICMP_LEN + QUOTE6_LEN;
+    let mut out = [0u8; ICMP6_FRAME];
+    write_l2_l3_6(&mut out, &eth, p, IPPROTO_ICMPV6, len as u16);
+    let icmp_off = L3_OFF + IP6_LEN;
+    out[icmp_off] = 1; // destination unreachable
+    out[icmp_off + 1] = 4; // port unreachable
+    out[icmp_off + ICMP_LEN..].copy_from_slice(&quote);
+    // ICMPv6 sums a pseudo header too.
+    let acc = sum_words(&out[L3_OFF + 8..L3_OFF + IP6_LEN], 0);
+    let c = finish(sum_words(
+        &out[icmp_off..],
+        acc + IPPROTO_ICMPV6 as u32 + len as u32,
+    ));
+    out[icmp_off + 2] = c[0];
+    out[icmp_off + 3] = c[1];
+    send_back_with(ctx, &out)
 }

@@ -10,10 +10,14 @@
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::generated::{bpf_redirect, bpf_redirect_neigh},
-    macros::classifier,
+    macros::{classifier, map},
+    maps::ProgramArray,
     programs::TcContext,
 };
-use lb_common::{IPPROTO_IPIP, IPPROTO_TCP, Stat};
+use lb_common::{
+    IPPROTO_IPIP, IPPROTO_TCP, In6, Stat, V6_SLOT_EGRESS, V6_SLOT_ICMP, V6_SLOT_INGRESS,
+    V6_SLOT_NEW_FLOW, V6_SLOT_REJECT, V6_SLOT_TRACKED, V6_SLOTS,
+};
 
 use crate::{
     dsr,
@@ -21,10 +25,12 @@ use crate::{
     fib::{self, NextHop},
     flow::{self, Hook, Outcome},
     icmp,
+    maps::{PKT6, WORK6},
     nat::Tuple,
-    parse::{self, IcmpError, Packet, Parsed, Skip},
+    parse::{self, IcmpError, Packet, Parsed, Parsed6, Skip},
     reject,
     stats::count,
+    work::Work,
 };
 
 /// tc sends external packets to any next hop.
@@ -86,6 +92,11 @@ pub fn flb_tc_ingress(ctx: TcContext) -> i32 {
     let (verdict, stat) = match parse::parse(&ctx) {
         Ok(Parsed::Flow(p)) => process(&ctx, &p),
         Ok(Parsed::IcmpError(e)) => icmp_error(&ctx, &e),
+        Ok(Parsed::Ipv6) => {
+            // Returns only if the agent has not filled the slot.
+            unsafe { V6_TC.tail_call(&ctx, V6_SLOT_INGRESS) };
+            (OK, Stat::Pass)
+        }
         Ok(Parsed::Ipip { outer_dst, id }) => dsr_in(&ctx, outer_dst, id),
         Err(Skip::NotOurs) | Err(Skip::Malformed) => (OK, Stat::Pass),
     };
@@ -99,6 +110,10 @@ pub fn flb_tc_ingress(ctx: TcContext) -> i32 {
 pub fn flb_tc_egress(ctx: TcContext) -> i32 {
     let (verdict, stat) = match parse::parse(&ctx) {
         Ok(Parsed::IcmpError(e)) => icmp_error(&ctx, &e),
+        Ok(Parsed::Ipv6) => {
+            unsafe { V6_TC.tail_call(&ctx, V6_SLOT_EGRESS) };
+            return OK;
+        }
         // Everything else leaving towards a pod is not ours to count.
         _ => return OK,
     };
@@ -139,6 +154,139 @@ fn dsr_in(ctx: &TcContext, outer_dst: u32, id: u16) -> (i32, Stat) {
 #[inline(always)]
 fn process(ctx: &TcContext, p: &Packet) -> (i32, Stat) {
     act(flow::handle(ctx, p), || reject_no_backend(ctx, p))
+}
+
+/// The IPv6 programs, tail-called by the IPv4 hooks and by each other
+/// (see `lb_common::MAP_V6_TC_PROGS`): never attached. The packet is
+/// parsed once, into `PKT6`; each stage reads it there.
+#[map(name = "flb_v6_tc")]
+static V6_TC: ProgramArray = ProgramArray::with_max_entries(V6_SLOTS, 0);
+
+/// IPv6 ingress: parses, then hands the packet to its stage.
+#[classifier]
+pub fn flb_tc_ingress6(ctx: TcContext) -> i32 {
+    let (verdict, stat) = ingress6(&ctx);
+    count(stat);
+    verdict
+}
+
+#[inline(always)]
+fn ingress6(ctx: &TcContext) -> (i32, Stat) {
+    let (Some(p), Some(w)) = (PKT6.get_ptr_mut(0), WORK6.get_ptr_mut(0)) else {
+        return (OK, Stat::Pass);
+    };
+    // SAFETY: this CPU's areas, for this packet alone (see `work`).
+    let (p, w) = unsafe { (&mut *p, &mut *w) };
+    let slot = match parse::parse6(ctx, p) {
+        Ok(Parsed6::Flow) => match flow::track(p) {
+            flow::Step::Done(Outcome::NoBackend) => V6_SLOT_REJECT,
+            flow::Step::Done(o) => return act(o, || (SHOT, Stat::DropNoBackend)),
+            flow::Step::Tracked(ct) => {
+                w.ct = ct;
+                V6_SLOT_TRACKED
+            }
+            flow::Step::Open(fe) => {
+                w.fe = fe;
+                V6_SLOT_NEW_FLOW
+            }
+        },
+        Ok(Parsed6::Icmp) => V6_SLOT_ICMP,
+        Err(_) => return (OK, Stat::Pass),
+    };
+    stage6(ctx, slot)
+}
+
+/// Hands the packet to the IPv6 stage in `slot`.
+#[inline(always)]
+fn stage6(ctx: &TcContext, slot: u32) -> (i32, Stat) {
+    // Returns only if the agent has not filled the slot.
+    unsafe { V6_TC.tail_call(ctx, slot) };
+    (SHOT, Stat::DropInternal)
+}
+
+/// This CPU's parsed IPv6 packet and work area, as the ingress program
+/// left them for the stage it tail-called.
+#[inline(always)]
+fn staged6() -> Option<(&'static Packet<In6>, &'static mut Work<In6>)> {
+    let (p, w) = (PKT6.get_ptr(0)?, WORK6.get_ptr_mut(0)?);
+    // SAFETY: see `work`.
+    Some(unsafe { (&*p, &mut *w) })
+}
+
+/// A tracked IPv6 flow's packet (see `flow::track`).
+#[classifier]
+pub fn flb_tc_tracked6(ctx: TcContext) -> i32 {
+    let (verdict, stat) = match staged6() {
+        Some((p, w)) => act(flow::follow(&ctx, p, &w.ct), || (SHOT, Stat::DropInternal)),
+        None => (OK, Stat::Pass),
+    };
+    count(stat);
+    verdict
+}
+
+/// A new IPv6 flow (see `flow::track`).
+#[classifier]
+pub fn flb_tc_new6(ctx: TcContext) -> i32 {
+    let (verdict, stat) = match staged6() {
+        Some((p, w)) => act(flow::open_flow(&ctx, p, &w.fe), || {
+            (SHOT, Stat::DropNoBackend)
+        }),
+        None => (OK, Stat::Pass),
+    };
+    count(stat);
+    verdict
+}
+
+/// The answer to an IPv6 packet for a frontend without backends.
+#[classifier]
+pub fn flb_tc_reject6(ctx: TcContext) -> i32 {
+    let (verdict, stat) = match staged6() {
+        Some((p, _)) => answered(if p.proto == IPPROTO_TCP {
+            reject::tcp_rst6(&ctx, p)
+        } else {
+            reject::icmp6_port_unreachable(&ctx, p)
+        }),
+        None => (OK, Stat::Pass),
+    };
+    count(stat);
+    verdict
+}
+
+/// An ICMPv6 message, arriving or leaving: translated if it is an error
+/// about one of ours.
+#[classifier]
+pub fn flb_tc_icmp6(ctx: TcContext) -> i32 {
+    let (verdict, stat) = match staged6() {
+        Some((p, w)) => match parse::icmp6_error(&ctx, p.saddr, p.daddr, p.l4_off) {
+            Ok(e) => {
+                // Its 120 bytes in the work area, not on the stack.
+                w.icmp = e;
+                icmp_error(&ctx, &w.icmp)
+            }
+            Err(_) => (OK, Stat::Pass),
+        },
+        None => (OK, Stat::Pass),
+    };
+    if !matches!(stat, Stat::Pass) {
+        count(stat);
+    }
+    verdict
+}
+
+/// IPv6 egress: ICMPv6 errors leaving towards a pod.
+#[classifier]
+pub fn flb_tc_egress6(ctx: TcContext) -> i32 {
+    let Some(p) = PKT6.get_ptr_mut(0) else {
+        return OK;
+    };
+    // SAFETY: see `work`.
+    match parse::parse6(&ctx, unsafe { &mut *p }) {
+        Ok(Parsed6::Icmp) => {
+            unsafe { V6_TC.tail_call(&ctx, V6_SLOT_ICMP) };
+            OK
+        }
+        _ => OK,
+    }
 }
 
 /// The answer to a packet for a frontend without backends.

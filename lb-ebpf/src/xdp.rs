@@ -14,16 +14,19 @@
 //! (no reject is built at XDP).
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    macros::xdp,
+    macros::{map, xdp},
+    maps::ProgramArray,
     programs::XdpContext,
 };
-use lb_common::Stat;
+use lb_common::{In6, Stat, V6_SLOT_INGRESS, V6_SLOT_NEW_FLOW, V6_SLOT_TRACKED, V6_SLOTS};
 
 use crate::{
     family::Family,
     flow::{self, Hook, Outcome},
-    parse::{self, Packet, Parsed},
+    maps::{PKT6, WORK6},
+    parse::{self, Packet, Parsed, Parsed6},
     stats::count,
+    work::Work,
 };
 
 /// External flows whose next hop is out of the same interface (SNAT to
@@ -44,7 +47,80 @@ impl Hook for XdpContext {
 pub fn flb_xdp(ctx: XdpContext) -> u32 {
     let (verdict, stat) = match parse::parse(&ctx) {
         Ok(Parsed::Flow(p)) => act(flow::handle(&ctx, &p)),
+        Ok(Parsed::Ipv6) => {
+            // Returns only if the agent has not filled the slot.
+            unsafe { V6_XDP.tail_call(&ctx, V6_SLOT_INGRESS) };
+            (XDP_PASS, Stat::Pass)
+        }
         _ => (XDP_PASS, Stat::Pass),
+    };
+    count(stat);
+    verdict
+}
+
+#[map(name = "flb_v6_xdp")]
+static V6_XDP: ProgramArray = ProgramArray::with_max_entries(V6_SLOTS, 0);
+
+/// XDP for IPv6 frames: parses, then hands the packet to its stage, as
+/// at tc (never attached: tail-called).
+#[xdp]
+pub fn flb_xdp6(ctx: XdpContext) -> u32 {
+    let (verdict, stat) = ingress6(&ctx);
+    count(stat);
+    verdict
+}
+
+#[inline(always)]
+fn ingress6(ctx: &XdpContext) -> (u32, Stat) {
+    let (Some(p), Some(w)) = (PKT6.get_ptr_mut(0), WORK6.get_ptr_mut(0)) else {
+        return (XDP_PASS, Stat::Pass);
+    };
+    // SAFETY: this CPU's areas, for this packet alone (see `work`).
+    let (p, w) = unsafe { (&mut *p, &mut *w) };
+    if !matches!(parse::parse6(ctx, p), Ok(Parsed6::Flow)) {
+        return (XDP_PASS, Stat::Pass);
+    }
+    let slot = match flow::track(p) {
+        flow::Step::Done(o) => return act(o),
+        flow::Step::Tracked(ct) => {
+            w.ct = ct;
+            V6_SLOT_TRACKED
+        }
+        flow::Step::Open(fe) => {
+            w.fe = fe;
+            V6_SLOT_NEW_FLOW
+        }
+    };
+    // Returns only if the agent has not filled the slot.
+    unsafe { V6_XDP.tail_call(ctx, slot) };
+    (XDP_DROP, Stat::DropInternal)
+}
+
+/// This CPU's parsed IPv6 packet and work area (as at tc).
+#[inline(always)]
+fn staged6() -> Option<(&'static Packet<In6>, &'static Work<In6>)> {
+    let (p, w) = (PKT6.get_ptr(0)?, WORK6.get_ptr(0)?);
+    // SAFETY: see `work`.
+    Some(unsafe { (&*p, &*w) })
+}
+
+/// A tracked IPv6 flow's packet (see `flow::track`).
+#[xdp]
+pub fn flb_xdp_tracked6(ctx: XdpContext) -> u32 {
+    let (verdict, stat) = match staged6() {
+        Some((p, w)) => act(flow::follow(&ctx, p, &w.ct)),
+        None => (XDP_PASS, Stat::Pass),
+    };
+    count(stat);
+    verdict
+}
+
+/// A new IPv6 flow (see `flow::track`).
+#[xdp]
+pub fn flb_xdp_new6(ctx: XdpContext) -> u32 {
+    let (verdict, stat) = match staged6() {
+        Some((p, w)) => act(flow::open_flow(&ctx, p, &w.fe)),
+        None => (XDP_PASS, Stat::Pass),
     };
     count(stat);
     verdict

@@ -9,4 +9,5 @@ pub mod firewall;
 pub mod http;
 pub mod netns;
 pub mod packet;
+pub mod packet6;
 pub mod tools;

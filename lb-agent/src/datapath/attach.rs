@@ -11,12 +11,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
+    maps::ProgramArray,
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
     },
+};
+use lb_common::{
+    MAP_V6_TC_PROGS, MAP_V6_XDP_PROGS, V6_SLOT_EGRESS, V6_SLOT_ICMP, V6_SLOT_INGRESS,
+    V6_SLOT_NEW_FLOW, V6_SLOT_REJECT, V6_SLOT_TRACKED,
 };
 use tracing::{info, warn};
 
@@ -59,8 +64,79 @@ fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
         .with_context(|| format!("program {name} has the wrong type"))
 }
 
+/// The IPv6 stages and their slots in the program arrays the IPv4 hooks
+/// and the IPv6 ingress programs tail-call (see
+/// `lb_common::MAP_V6_TC_PROGS`).
+const V6_TC_STAGES: &[(&str, u32)] = &[
+    ("flb_tc_ingress6", V6_SLOT_INGRESS),
+    ("flb_tc_egress6", V6_SLOT_EGRESS),
+    ("flb_tc_tracked6", V6_SLOT_TRACKED),
+    ("flb_tc_new6", V6_SLOT_NEW_FLOW),
+    ("flb_tc_reject6", V6_SLOT_REJECT),
+    ("flb_tc_icmp6", V6_SLOT_ICMP),
+];
+const V6_XDP_STAGES: &[(&str, u32)] = &[
+    ("flb_xdp6", V6_SLOT_INGRESS),
+    ("flb_xdp_tracked6", V6_SLOT_TRACKED),
+    ("flb_xdp_new6", V6_SLOT_NEW_FLOW),
+];
+
+/// Pins of the stage arrays, beside the links: see [`pin_stages`].
+const STAGE_PINS: [(&str, &str); 2] = [
+    (MAP_V6_TC_PROGS, "v6-tc-stages"),
+    (MAP_V6_XDP_PROGS, "v6-xdp-stages"),
+];
+
+/// Loads the IPv6 stages and puts each in its program array's slot.
+fn load_stages(ebpf: &mut Ebpf) -> Result<()> {
+    let mut fds = Vec::new();
+    for (name, slot) in V6_TC_STAGES {
+        let p = tc_program(ebpf, name)?;
+        p.load().with_context(|| format!("loading {name}"))?;
+        fds.push((MAP_V6_TC_PROGS, *slot, p.fd()?.try_clone()?));
+    }
+    for (name, slot) in V6_XDP_STAGES {
+        let p = xdp_program(ebpf, name)?;
+        p.load().with_context(|| format!("loading {name}"))?;
+        fds.push((MAP_V6_XDP_PROGS, *slot, p.fd()?.try_clone()?));
+    }
+    for (map, slot, fd) in fds {
+        let mut stages: ProgramArray<_> = ebpf
+            .map_mut(map)
+            .with_context(|| format!("map {map} missing from the object"))?
+            .try_into()?;
+        stages
+            .set(slot, &fd, 0)
+            .with_context(|| format!("{map}[{slot}]"))?;
+    }
+    Ok(())
+}
+
+/// Pins this agent's stage arrays under `<pin-path>/links/`, replacing
+/// the previous agent's. A program array is emptied when its last
+/// holder in user space goes, so the pin is what keeps the attached
+/// programs reaching their IPv6 stages while no agent runs. Called once
+/// the links carry this agent's programs: until then the previous
+/// agent's programs, still attached, use the previous arrays.
+pub fn pin_stages(ebpf: &Ebpf, pin_dir: &Path) -> Result<()> {
+    for (map, name) in STAGE_PINS {
+        let pin = links_dir(pin_dir).join(name);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", pin.display())),
+        }
+        ebpf.map(map)
+            .with_context(|| format!("map {map} missing from the object"))?
+            .pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+    }
+    Ok(())
+}
+
 /// Loads every program into the kernel (verifier runs here).
 pub fn load_programs(ebpf: &mut Ebpf, with_sock: bool) -> Result<()> {
+    load_stages(ebpf)?;
     for (name, _, _) in TC_HOOKS {
         tc_program(ebpf, name)?
             .load()
