@@ -1,11 +1,12 @@
 //! IPv6 and dual-stack Services end to end: the real agent in a node
 //! namespace whose pods have an IPv4 and an IPv6 address each, real
 //! servers, real clients on the node (socket hooks: IPv6, and IPv4 from
-//! dual-stack sockets) and in a pod (the dual-stack Service's IPv4 side
-//! through tc; IPv6 at tc/XDP is not built yet).
+//! dual-stack sockets) and in a pod (tc, both families: translation, the
+//! reject, path MTU discovery).
 mod common;
 
 use std::collections::BTreeSet;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
@@ -219,6 +220,136 @@ fn dual_stack_hostnames_from_the_node_through_the_socket_hooks() {
             .lines()
             .any(|l| l.starts_with("sock_translate") && !l.ends_with(" 0")),
         "{stats}"
+    );
+}
+
+fn stat(c: &Cluster, name: &str) -> u64 {
+    let out = c.cli("stats").expect("lb-agent stats");
+    out.lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(name)).then(|| w.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no {name} in stats:\n{out}"))
+}
+
+/// From a pod, through tc: the dual-stack Service's IPv6 side and the
+/// IPv6-only Service, TCP and UDP, every backend reached, the client's
+/// own address seen by the pods, the answers from the VIP.
+#[test]
+fn ipv6_services_from_a_pod_through_tc() {
+    let (c, _fw) = setup();
+    let all: BTreeSet<String> = c.pods.iter().map(|p| p.name.clone()).collect();
+    let me = IpAddr::V6(c.client().ip6);
+    let before = stat(&c, "dnat_new");
+    for vip in [VIP6, ONLY6] {
+        let addr = SocketAddr::new(vip.parse().unwrap(), 80);
+        assert_eq!(reach_all(&c, true, addr, me), all, "{addr} from a pod");
+        let udp = SocketAddr::new(vip.parse().unwrap(), 53);
+        let answer = c
+            .client()
+            .ns
+            .run(move || udp_whoami(udp))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("UDP to {udp} from a pod: {e}"));
+        assert!(
+            all.iter().any(|n| answer.starts_with(n.as_str())),
+            "{answer}"
+        );
+    }
+    assert!(
+        stat(&c, "dnat_new") > before,
+        "the tc program translated them"
+    );
+    let flows = c.cli("conntrack").unwrap();
+    assert!(
+        flows.contains(&format!("[{}]", c.client().ip6)),
+        "conntrack lists the IPv6 flows:\n{flows}"
+    );
+}
+
+/// No endpoints, from a pod: TCP is reset and UDP gets ICMPv6 port
+/// unreachable, both at once (from the VIP, as a closed port would).
+#[test]
+fn an_ipv6_vip_without_endpoints_is_rejected_from_a_pod() {
+    let (c, _fw) = setup();
+    let tcp = SocketAddr::new(EMPTY6.parse().unwrap(), 80);
+    let started = std::time::Instant::now();
+    let err = c
+        .client()
+        .ns
+        .run(move || TcpStream::connect_timeout(&tcp, TIMEOUT).map(drop))
+        .unwrap()
+        .expect_err("no endpoints");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1), "at once");
+    let udp = SocketAddr::new(EMPTY6.parse().unwrap(), 53);
+    let err = c
+        .client()
+        .ns
+        .run(move || udp_whoami(udp))
+        .unwrap()
+        .expect_err("no endpoints");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(stat(&c, "reject_no_backend") >= 2);
+}
+
+/// Path MTU discovery through an IPv6 VIP: the backend sits behind a
+/// smaller MTU; the node's Packet Too Big must reach the client from the
+/// VIP, or the upload stalls.
+#[test]
+fn path_mtu_discovery_through_an_ipv6_vip() {
+    const SMALL_MTU: &str = "1280";
+    const UPLOAD: usize = 400_000;
+    let (c, _fw) = setup();
+    for p in &c.pods {
+        c.node
+            .ip(&[
+                "-6",
+                "route",
+                "replace",
+                &format!("{}/128", p.ip6),
+                "dev",
+                &p.host_if,
+                "mtu",
+                "lock",
+                SMALL_MTU,
+            ])
+            .expect("small MTU route");
+    }
+    let before = stat(&c, "icmp_translated");
+    let addr = SocketAddr::new(VIP6.parse().unwrap(), 80);
+    let answer = c
+        .client()
+        .ns
+        .run(move || -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+            // Without the translated error the upload stalls: fail, don't hang.
+            s.set_read_timeout(Some(Duration::from_secs(15)))?;
+            s.set_write_timeout(Some(Duration::from_secs(15)))?;
+            let head = format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {UPLOAD}\r\nConnection: close\r\n\r\n"
+            );
+            s.write_all(head.as_bytes())?;
+            s.write_all(&vec![0x5a; UPLOAD])?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp)?;
+            Ok(resp)
+        })
+        .unwrap()
+        .expect("large upload through the IPv6 VIP completes");
+    assert!(
+        answer.contains(&format!("received {UPLOAD}")),
+        "backend got the whole upload: {answer}"
+    );
+    let route = c.client().ns.ip(&["-6", "route", "get", VIP6]).unwrap();
+    assert!(
+        route.contains(&format!("mtu {SMALL_MTU}")),
+        "client's route cache to the VIP: {route}"
+    );
+    assert!(
+        stat(&c, "icmp_translated") > before,
+        "the datapath counted the translated error"
     );
 }
 

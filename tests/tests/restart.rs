@@ -1,6 +1,8 @@
 //! Restarts under traffic: programs stay attached through pinned links,
 //! maps stay pinned, and a new agent adopts both. `kill -9` and SIGTERM
-//! of the agent, mid-traffic, must cost no request and no connection.
+//! of the agent, mid-traffic, must cost no request and no connection, in
+//! either family (the Service is dual-stack; IPv6 runs through the tail-
+//! called stages, whose program arrays are pinned beside the links).
 mod common;
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -13,16 +15,28 @@ use ferrolb_tests::http::{self, Conn};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+const VIP4: &str = "10.0.1.175";
+const VIP6: &str = "fd00:10::175";
+
 fn manifest(c: &Cluster) -> String {
-    let mut eps = String::new();
+    let (mut eps, mut eps6) = (String::new(), String::new());
     for p in &c.pods {
         eps.push_str(&format!("- addresses: [\"{}\"]\n", p.ip));
+        eps6.push_str(&format!("- addresses: [\"{}\"]\n", p.ip6));
     }
+    let ports =
+        "ports: [{name: http, port: 9376, protocol: TCP}, {name: dns, port: 9376, protocol: UDP}]";
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: hostnames}}\nspec:\n  clusterIP: 10.0.1.175\n  ports:\n  - {{name: http, port: 80, targetPort: 9376}}\n  - {{name: dns, port: 53, protocol: UDP, targetPort: 9376}}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: hostnames-1, labels: {{kubernetes.io/service-name: hostnames}}}}\naddressType: IPv4\n\
-         ports: [{{name: http, port: 9376, protocol: TCP}}, {{name: dns, port: 9376, protocol: UDP}}]\nendpoints:\n{eps}"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: hostnames}}\nspec:\n  ipFamilyPolicy: RequireDualStack\n  clusterIP: {VIP4}\n  clusterIPs: [{VIP4}, \"{VIP6}\"]\n  ports:\n  - {{name: http, port: 80, targetPort: 9376}}\n  - {{name: dns, port: 53, protocol: UDP, targetPort: 9376}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: hostnames-1, labels: {{kubernetes.io/service-name: hostnames}}}}\naddressType: IPv4\n{ports}\nendpoints:\n{eps}---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: hostnames-2, labels: {{kubernetes.io/service-name: hostnames}}}}\naddressType: IPv6\n{ports}\nendpoints:\n{eps6}"
     )
+}
+
+/// The Service's address of one family, port `port`.
+fn vip(v6: bool, port: u16) -> SocketAddr {
+    let ip: std::net::IpAddr = if v6 { VIP6 } else { VIP4 }.parse().unwrap();
+    SocketAddr::new(ip, port)
 }
 
 #[derive(Default)]
@@ -51,32 +65,31 @@ impl Counts {
     }
 }
 
-fn tcp_once() -> bool {
+fn tcp_once(v6: bool) -> bool {
     let run = || -> std::io::Result<bool> {
-        let s = TcpStream::connect_timeout(&"10.0.1.175:80".parse().unwrap(), TIMEOUT)?;
+        let s = TcpStream::connect_timeout(&vip(v6, 80), TIMEOUT)?;
         s.set_read_timeout(Some(TIMEOUT))?;
         Ok(http::get_and_close(s)?.contains("hostnames-"))
     };
     run().unwrap_or(false)
 }
 
-fn udp_once() -> bool {
+fn udp_once(v6: bool) -> bool {
     let run = || -> std::io::Result<bool> {
-        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        let sock = UdpSocket::bind(if v6 { "[::]:0" } else { "0.0.0.0:0" })?;
         sock.set_read_timeout(Some(TIMEOUT))?;
-        sock.send_to(b"who", "10.0.1.175:53")?;
+        sock.send_to(b"who", vip(v6, 53))?;
         let mut buf = [0u8; 128];
         let (n, from) = sock.recv_from(&mut buf)?;
-        Ok(from == "10.0.1.175:53".parse::<SocketAddr>().unwrap()
-            && buf[..n].starts_with(b"hostnames-"))
+        Ok(from == vip(v6, 53) && buf[..n].starts_with(b"hostnames-"))
     };
     run().unwrap_or(false)
 }
 
 /// One connection kept open, one exchange every 20 ms; returns the times
 /// of the exchanges, or the first error.
-fn long_lived(stop: Arc<AtomicBool>) -> std::io::Result<Vec<Instant>> {
-    let conn = TcpStream::connect_timeout(&"10.0.1.175:80".parse().unwrap(), TIMEOUT)?;
+fn long_lived(v6: bool, stop: Arc<AtomicBool>) -> std::io::Result<Vec<Instant>> {
+    let conn = TcpStream::connect_timeout(&vip(v6, 80), TIMEOUT)?;
     conn.set_read_timeout(Some(TIMEOUT))?;
     let mut conn = Conn::new(conn)?;
     let mut times = Vec::new();
@@ -98,70 +111,75 @@ fn cluster(pods: usize) -> (Cluster, std::path::PathBuf) {
     (c, dir)
 }
 
-/// The client pod's traffic while agents come and go: a new TCP and a
-/// UDP request every 5 ms, and one kept-alive connection.
+/// Outcomes of one kind of request.
+type Loop = (&'static str, Arc<Counts>);
+/// A kept-alive connection's exchange times, or its first error.
+type LongLived = std::thread::JoinHandle<anyhow::Result<std::io::Result<Vec<Instant>>>>;
+
+/// The client pod's traffic while agents come and go, in both families:
+/// a new TCP and a UDP request every 5 ms, and one kept-alive
+/// connection.
 struct PodTraffic {
     stop: Arc<AtomicBool>,
-    tcp: Arc<Counts>,
-    udp: Arc<Counts>,
+    counts: Vec<Loop>,
     loops: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
-    long: std::thread::JoinHandle<anyhow::Result<std::io::Result<Vec<Instant>>>>,
+    long: Vec<(&'static str, LongLived)>,
 }
 
 impl PodTraffic {
     fn start(c: &Cluster) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let (tcp, udp) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
-        let mut loops = Vec::new();
-        for (counts, f) in [
-            (tcp.clone(), tcp_once as fn() -> bool),
-            (udp.clone(), udp_once),
+        let (mut counts, mut loops, mut long) = (Vec::new(), Vec::new(), Vec::new());
+        for (name, v6, f) in [
+            ("tcp4", false, tcp_once as fn(bool) -> bool),
+            ("udp4", false, udp_once),
+            ("tcp6", true, tcp_once),
+            ("udp6", true, udp_once),
         ] {
-            let stop = stop.clone();
+            let (stop, n) = (stop.clone(), Arc::new(Counts::default()));
+            counts.push((name, n.clone()));
             loops.push(c.client().ns.spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    counts.record(f());
+                    n.record(f(v6));
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }));
         }
-        let ll_stop = stop.clone();
-        let long = c.client().ns.spawn(move || long_lived(ll_stop));
+        for (name, v6) in [("IPv4", false), ("IPv6", true)] {
+            let stop = stop.clone();
+            long.push((name, c.client().ns.spawn(move || long_lived(v6, stop))));
+        }
         PodTraffic {
             stop,
-            tcp,
-            udp,
+            counts,
             loops,
             long,
         }
     }
 
     /// Stops the traffic and asserts that enough ran, that nothing failed
-    /// across `what`, and that the kept-alive connection exchanged data
+    /// across `what`, and that the kept-alive connections exchanged data
     /// after `since` (`since_what` says what happened then).
     fn finish(self, what: &str, since: Instant, since_what: &str) {
         self.stop.store(true, Ordering::SeqCst);
         for l in self.loops {
             l.join().unwrap().unwrap();
         }
-        let times = self
-            .long
-            .join()
-            .unwrap()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("the long-lived connection survives {what}: {e}"));
-        let (ts, ta, tf) = self.tcp.show();
-        let (us, ua, uf) = self.udp.show();
-        eprintln!(
-            "{what}: tcp sent {ts} answered {ta} failed {tf}; udp sent {us} answered {ua} failed {uf}"
-        );
-        assert!(ts > 50 && us > 50, "enough traffic ran: tcp {ts}, udp {us}");
-        assert_eq!(tf, 0, "TCP requests failed across {what}");
-        assert_eq!(uf, 0, "UDP requests failed across {what}");
-        assert!(
-            times.iter().filter(|t| **t > since).count() > 20,
-            "the long-lived connection exchanged data after {since_what}"
-        );
+        for (family, long) in self.long {
+            let times = long.join().unwrap().unwrap().unwrap_or_else(|e| {
+                panic!("the long-lived {family} connection survives {what}: {e}")
+            });
+            assert!(
+                times.iter().filter(|t| **t > since).count() > 20,
+                "the long-lived {family} connection exchanged data after {since_what}"
+            );
+        }
+        for (name, n) in &self.counts {
+            let (sent, answered, failed) = n.show();
+            eprintln!("{what}: {name} sent {sent} answered {answered} failed {failed}");
+            assert!(sent > 50, "enough {name} traffic ran: {sent}");
+            assert_eq!(failed, 0, "{name} requests failed across {what}");
+        }
     }
 }
 
@@ -212,10 +230,13 @@ fn cleanup_detaches_everything_and_is_idempotent() {
     c.start_agent(&dir).expect("agent");
     c.stop_agent(libc::SIGTERM);
     // Still serving with no agent running.
-    assert!(
-        c.client().ns.run(tcp_once).unwrap(),
-        "programs stay attached after SIGTERM"
-    );
+    for v6 in [false, true] {
+        // IPv6: its stages stay reachable (their program arrays pinned).
+        assert!(
+            c.client().ns.run(move || tcp_once(v6)).unwrap(),
+            "programs stay attached after SIGTERM (IPv6: {v6})"
+        );
+    }
     let before = tc_links(&c);
     assert_eq!(
         before.len(),
@@ -226,10 +247,12 @@ fn cleanup_detaches_everything_and_is_idempotent() {
     c.cli("cleanup").expect("cleanup");
     c.cli("cleanup").expect("cleanup again is fine");
     assert!(!c.pin_path().exists(), "pins removed");
-    assert!(
-        !c.client().ns.run(tcp_once).unwrap(),
-        "no translation after cleanup"
-    );
+    for v6 in [false, true] {
+        assert!(
+            !c.client().ns.run(move || tcp_once(v6)).unwrap(),
+            "no translation after cleanup (IPv6: {v6})"
+        );
+    }
     // None of the links it had is left in the kernel.
     let left: Vec<_> = before
         .values()
@@ -260,10 +283,12 @@ fn runs_with_only_its_capabilities_and_names_a_missing_one() {
     c.agent_prefix = only("+bpf,+net_admin,+perfmon");
     c.start_agent(&dir)
         .expect("agent with CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON");
-    assert!(
-        c.client().ns.run(tcp_once).unwrap(),
-        "serves with least privilege"
-    );
+    for v6 in [false, true] {
+        assert!(
+            c.client().ns.run(move || tcp_once(v6)).unwrap(),
+            "serves with least privilege (IPv6: {v6})"
+        );
+    }
 }
 
 /// Link pin name (`tc-ingress-<ifindex>`, ...) -> (link id, program id),
