@@ -27,7 +27,8 @@ use lb_agent::{
     reconcile,
 };
 use lb_common::{
-    BENCH_FRAME_LEN, BenchFrame, MAP_BENCH_FRAME, MAP_BENCH_TC_PROG, MAP_BENCH_XDP_PROG,
+    BENCH_FRAME_LEN, BENCH_FRAME6_LEN, BenchFrame, MAP_BENCH_FRAME, MAP_BENCH_TC_PROG,
+    MAP_BENCH_XDP_PROG,
 };
 
 use crate::report::Report;
@@ -46,7 +47,7 @@ pub(crate) trait Runnable:
 }
 impl<T: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>> Runnable for T {}
 
-fn run_once(prog: &impl Runnable, frame: &[u8]) -> Result<(u32, f64, Vec<u8>)> {
+pub(crate) fn run_once(prog: &impl Runnable, frame: &[u8]) -> Result<(u32, f64, Vec<u8>)> {
     run_once_on(prog, frame, None)
 }
 
@@ -101,14 +102,22 @@ impl<P: Runnable> Harness<'_, P> {
     /// ns per packet of `target` on `frame` in the kernel's loop (the
     /// median of `loops` loops), each run a new flow when `fresh`.
     pub fn warm_ns(&mut self, target: &ProgramFd, frame: &[u8], fresh: bool) -> Result<f64> {
-        let mut bytes = [0u8; BENCH_FRAME_LEN];
-        bytes.copy_from_slice(&frame[..BENCH_FRAME_LEN]);
+        // The harness restores the headers only: IPv4 or IPv6 by EtherType.
+        let v6 = frame[12..14] == [0x86, 0xdd];
+        let len = if v6 {
+            BENCH_FRAME6_LEN
+        } else {
+            BENCH_FRAME_LEN
+        };
+        let mut bytes = [0u8; BENCH_FRAME6_LEN];
+        bytes[..len].copy_from_slice(&frame[..len]);
         self.next.set(0, target, 0)?;
         // `next` carries on: no run ever reuses an earlier new flow's address.
         let next = self.frame.get(&0, 0)?.next;
         let f = BenchFrame {
             bytes,
-            _pad: [0; 2],
+            v6: v6 as u8,
+            _pad: 0,
             fresh_source: fresh as u32,
             next,
         };

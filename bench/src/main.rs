@@ -2,6 +2,7 @@
 //! kube-proxy-shaped baselines in one run, and writes BENCHMARKS.md.
 mod control;
 mod datapath;
+mod families;
 mod nodeport_traffic;
 mod northsouth;
 mod plot;
@@ -78,6 +79,8 @@ fn main() -> Result<()> {
     if o.wants("datapath") {
         eprintln!("==> 1. per-packet datapath cost");
         datapath::run(&o, &mut r)?;
+        eprintln!("==> 1f. IPv6 beside IPv4");
+        families::run(&o, &mut r)?;
     }
     if o.wants("northsouth") {
         eprintln!("==> 1e. north-south per-packet cost");

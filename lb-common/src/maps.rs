@@ -436,20 +436,25 @@ pub const MAP_BENCH_XDP_PROG: &str = "flb_bench_xdp_prog";
 /// Bytes of a frame the harness restores: Ethernet, IPv4 and TCP headers
 /// without options, every byte a translation can change.
 pub const BENCH_FRAME_LEN: usize = 54;
+/// The same for an IPv6 frame (no extension headers).
+pub const BENCH_FRAME6_LEN: usize = 74;
 
 /// The harness's frame. With `fresh_source` set, each run gets the source
-/// address `frame's + next` and bumps `next`: every run is a new flow.
+/// address `frame's + next` (IPv6: its last 32 bits) and bumps `next`:
+/// every run is a new flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct BenchFrame {
-    pub bytes: [u8; BENCH_FRAME_LEN],
-    pub _pad: [u8; 2],
+    /// `BENCH_FRAME_LEN` bytes, or `BENCH_FRAME6_LEN` with `v6` set.
+    pub bytes: [u8; BENCH_FRAME6_LEN],
+    pub v6: u8,
+    pub _pad: u8,
     pub fresh_source: u32,
     pub next: u32,
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<BenchFrame>() == 64);
+    assert!(core::mem::size_of::<BenchFrame>() == 84);
     assert!(core::mem::size_of::<ServiceKey>() == 12);
     assert!(core::mem::size_of::<ServiceValue>() == 12);
     assert!(core::mem::size_of::<Backend>() == 8);
