@@ -115,10 +115,6 @@ pub fn create<A: Family>(
         }
         return Ok(Some((p.saddr, p.sport)));
     };
-    if A::IS_V6 {
-        // Never asked (see `flow::open`); compiled out for IPv6.
-        return Err(Error::Internal);
-    }
     // SNAT: the reply tuple (backend -> node address:port) must be unique
     // among every flow's, so the reverse entry is claimed first, with a
     // port no other flow to this backend holds; then the translations;
@@ -136,11 +132,11 @@ pub fn create<A: Family>(
         snat_addr,
         rev_v: w.rev_v,
     };
-    let port = match snat::claim_reverse(&claim) {
+    let port = match snat::claim_reverse(w, claim) {
         0 => return Err(Error::SnatPorts),
         port => port as u16,
     };
-    w.rev = claim.key(port);
+    w.rev = w.probe.claim.key(port);
     w.fwd_v.flags |= CT_FLAG_SNAT;
     if snat::record(&w.fwd, snat_addr, port, &w.rev, p.saddr, p.sport).is_err()
         || ct.insert(&w.fwd, &w.fwd_v, BPF_ANY as u64).is_err()

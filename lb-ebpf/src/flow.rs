@@ -113,12 +113,10 @@ pub fn track<A: Family>(p: &Packet<A>) -> Step<A> {
         // A SYN on a tracked tuple, as in `syn_to_frontend`.
         if !p.fragment && lb::still_serves(&fe, &ct) {
             let key = conntrack::key_of(p);
-            if A::IS_V6 || snat::holds_port(&key, &ct) {
+            if snat::holds_port(&key, &ct) {
                 return Step::Tracked(ct);
             }
-            if !A::IS_V6 {
-                snat::release(&key, &ct);
-            }
+            snat::release(&key, &ct);
         }
         fe
     } else {
@@ -181,8 +179,7 @@ fn snat_of<A: Family>(
     p: &Packet<A>,
     ct: &CtValueOf<A>,
 ) -> Result<Option<*mut NatValueOf<A>>, Outcome> {
-    // IPv6 flows are never SNATed (yet: see `open`).
-    if A::IS_V6 || ct.flags & CT_FLAG_SNAT == 0 {
+    if ct.flags & CT_FLAG_SNAT == 0 {
         return Ok(None);
     }
     match snat::lookup(&conntrack::key_of(p)) {
@@ -238,13 +235,11 @@ fn syn_to_frontend<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, fe: &Frontend<A>)
         && !ct.is_reverse()
     {
         let key = conntrack::key_of(p);
-        if lb::still_serves(fe, &ct) && (A::IS_V6 || snat::holds_port(&key, &ct)) {
+        if lb::still_serves(fe, &ct) && snat::holds_port(&key, &ct) {
             return established_body(ctx, p, &ct);
         }
         // Replaced: its SNAT port, if it still has one, is free now.
-        if !A::IS_V6 {
-            snat::release(&key, &ct);
-        }
+        snat::release(&key, &ct);
     }
     new_flow_body(ctx, p, fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
 }
@@ -287,12 +282,6 @@ fn open<C: Hook, A: Family>(
     // this node (kube-proxy masquerades too).
     let direct = elsewhere && !A::IS_V6 && dsr::enabled_for(p.proto);
     let snat = if elsewhere && !direct {
-        if A::IS_V6 {
-            // Not built for IPv6 yet: its 40-byte keys take the SNAT
-            // path's stack past the verifier's 512 bytes. IPv6
-            // externalTrafficPolicy Cluster reaches local backends only.
-            return Some(Outcome::Drop(Stat::DropSnat));
-        }
         match lb::config().and_then(A::snat_addr) {
             Some(a) => Some(a),
             None => return Some(Outcome::Drop(Stat::DropSnat)),

@@ -12,6 +12,10 @@
 //! tracked tuple checks that its flow still holds one (`holds_port`):
 //! otherwise a client reusing the tuple would send into the flow that
 //! took the port over.
+// Keys and values go to the map helpers by reference into the work area:
+// by value (as clippy suggests) they would be copied to the stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_prandom_u32, generated::bpf_loop},
@@ -26,6 +30,7 @@ use crate::clock;
 use crate::family::Family;
 use crate::lb;
 use crate::parse::{Packet, TCP_FIN, TCP_RST};
+use crate::work::Work;
 
 /// A port claim: the reply tuple's fixed parts and the reverse entry to
 /// insert under it.
@@ -46,10 +51,13 @@ impl<A: Copy> Claim<A> {
     }
 }
 
-/// The probing loop's state, for `bpf_loop`'s callback.
+/// The probing loop's state, for `bpf_loop`'s callback: in the work
+/// area (see `work`), as is the key each probe builds. On the stack they
+/// would sit under the callback's frame, past the 512 bytes the verifier
+/// allows a call chain with IPv6 keys.
 #[repr(C)]
-struct Probe<A> {
-    claim: Claim<A>,
+pub struct Probe<A> {
+    pub claim: Claim<A>,
     /// The port to try next (host order), and the range it wraps in.
     port: u32,
     min: u32,
@@ -63,21 +71,28 @@ struct Probe<A> {
 /// One probe: claims `s.port` if free or reclaimable. Run through
 /// `bpf_loop`, so the verifier checks the body once, not once per try.
 extern "C" fn probe<A: Family>(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    let s = unsafe { &mut *(ctx as *mut Probe<A>) };
+    // SAFETY: `ctx` holds the work area's address (see `claim_reverse`),
+    // which waits on this loop without touching it.
+    let w = unsafe { &mut **(ctx as *mut *mut Work<A>) };
+    let s = &mut w.probe;
     let nport = (s.port as u16).to_be();
-    let rev = s.claim.key(nport);
+    w.probe_key = s.claim.key(nport);
     let ct = A::conntrack();
-    let claimed = ct.insert(rev, s.claim.rev_v, BPF_NOEXIST as u64).is_ok()
-        || match reclaimable(&rev, s.now, s.closed) {
+    let claimed = ct
+        .insert(&w.probe_key, &s.claim.rev_v, BPF_NOEXIST as u64)
+        .is_ok()
+        || match reclaimable(&w.probe_key, &mut w.probe_holder, s.now, s.closed) {
             Reclaim::No => false,
             Reclaim::Yes { holder } => {
-                let ok = ct.insert(rev, s.claim.rev_v, BPF_ANY as u64).is_ok();
+                let ok = ct
+                    .insert(&w.probe_key, &s.claim.rev_v, BPF_ANY as u64)
+                    .is_ok();
                 // The old flow's forward entries go with its port: a
                 // client reusing that tuple starts a new flow instead of
                 // sending into the one that holds the port now.
-                if ok && let Some(fwd) = holder {
-                    let _ = ct.remove(fwd);
-                    let _ = A::snat().remove(fwd);
+                if ok && holder {
+                    let _ = ct.remove(&w.probe_holder);
+                    let _ = A::snat().remove(&w.probe_holder);
                 }
                 ok
             }
@@ -95,7 +110,7 @@ extern "C" fn probe<A: Family>(_i: u64, ctx: *mut core::ffi::c_void) -> i64 {
 /// inserts the flow's reverse entry under it; returns the port (network
 /// order), 0 when none is free.
 #[inline(always)]
-pub fn claim_reverse<A: Family>(claim: &Claim<A>) -> u32 {
+pub fn claim_reverse<A: Family>(w: &mut Work<A>, claim: Claim<A>) -> u32 {
     let Some(cfg) = lb::config() else {
         return 0;
     };
@@ -110,8 +125,8 @@ pub fn claim_reverse<A: Family>(claim: &Claim<A>) -> u32 {
         + unsafe { bpf_get_prandom_u32() }
             .checked_rem(span)
             .unwrap_or(0);
-    let mut s = Probe {
-        claim: *claim,
+    w.probe = Probe {
+        claim,
         port,
         min,
         max,
@@ -122,22 +137,25 @@ pub fn claim_reverse<A: Family>(claim: &Claim<A>) -> u32 {
         },
         found: 0,
     };
+    let mut area: *mut Work<A> = w;
     unsafe {
         bpf_loop(
             SNAT_PORT_TRIES,
             probe::<A> as *mut core::ffi::c_void,
-            &mut s as *mut Probe<A> as *mut core::ffi::c_void,
+            // The state is in the work area; the helper takes a stack
+            // pointer only, so it gets one to the area's address.
+            &mut area as *mut *mut Work<A> as *mut core::ffi::c_void,
             0,
         )
     };
-    s.found
+    unsafe { (*area).probe.found }
 }
 
-/// Whether a reply tuple's port may be taken, and the forward key of the
-/// flow that held it, to remove with it.
-enum Reclaim<A> {
+/// Whether a reply tuple's port may be taken, and whether a flow held it
+/// whose forward key (left in `holder`) is to be removed with it.
+enum Reclaim {
     No,
-    Yes { holder: Option<CtKeyOf<A>> },
+    Yes { holder: bool },
 }
 
 /// Whether the reply tuple `rev` is free to claim: held by a SNATed flow
@@ -146,10 +164,15 @@ enum Reclaim<A> {
 /// protocol's lifetime, or whose translation the LRU already evicted. A
 /// tuple of any other flow is never taken.
 #[inline(always)]
-fn reclaimable<A: Family>(rev: &CtKeyOf<A>, now: u32, closed: u32) -> Reclaim<A> {
+fn reclaimable<A: Family>(
+    rev: &CtKeyOf<A>,
+    holder: &mut CtKeyOf<A>,
+    now: u32,
+    closed: u32,
+) -> Reclaim {
     let Some(ct) = (unsafe { A::conntrack().get(rev) }) else {
         // Gone since the insert failed: free.
-        return Reclaim::Yes { holder: None };
+        return Reclaim::Yes { holder: false };
     };
     let snat_reverse = CT_FLAG_REVERSE | CT_FLAG_SNAT;
     if ct.flags & snat_reverse != snat_reverse {
@@ -157,12 +180,12 @@ fn reclaimable<A: Family>(rev: &CtKeyOf<A>, now: u32, closed: u32) -> Reclaim<A>
     }
     let snat = A::snat();
     let Some(r) = (unsafe { snat.get(rev) }) else {
-        return Reclaim::Yes { holder: None };
+        return Reclaim::Yes { holder: false };
     };
     // The forward side: client -> frontend, if it still uses this port
     // (a replaced flow's forward entry may have moved on to another).
-    let fwd = CtKeyOf::new(r.addr, ct.addr, r.port, ct.port, rev.proto);
-    let f = unsafe { snat.get(fwd) }.filter(|f| f.addr == rev.daddr && f.port == rev.dport);
+    *holder = CtKeyOf::new(r.addr, ct.addr, r.port, ct.port, rev.proto);
+    let f = unsafe { snat.get(&*holder) }.filter(|f| f.addr == rev.daddr && f.port == rev.dport);
     let (mut state, mut idle) = (r.state, now.wrapping_sub(r.seen));
     if let Some(f) = f {
         state |= f.state;
@@ -175,7 +198,7 @@ fn reclaimable<A: Family>(rev: &CtKeyOf<A>, now: u32, closed: u32) -> Reclaim<A>
     };
     if (state & NAT_CLOSING != 0 && idle >= closed) || idle >= lifetime {
         Reclaim::Yes {
-            holder: f.map(|_| fwd),
+            holder: f.is_some(),
         }
     } else {
         Reclaim::No

@@ -8,6 +8,7 @@ use lb_common::{CtKeyOf, CtValueOf};
 
 use crate::lb::Frontend;
 use crate::parse::IcmpError;
+use crate::snat::Probe;
 
 #[repr(C)]
 pub struct Work<A> {
@@ -24,4 +25,9 @@ pub struct Work<A> {
     pub ct: CtValueOf<A>,
     /// An ICMP error being translated.
     pub icmp: IcmpError<A>,
+    /// A SNAT port search's state and the reply tuple it tries.
+    pub probe: Probe<A>,
+    pub probe_key: CtKeyOf<A>,
+    /// The forward key of the flow that held a reclaimed port.
+    pub probe_holder: CtKeyOf<A>,
 }

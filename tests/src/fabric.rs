@@ -56,7 +56,7 @@ impl Fabric {
 /// 10.244.1.0/24 behind it), [`CLIENT`] and [`OUTSIDER`] as static
 /// neighbours; `pod0` leads to the local pod [`LOCAL_POD`].
 pub mod static_node {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use anyhow::{Context, Result};
 
@@ -72,6 +72,11 @@ pub mod static_node {
     pub const PEER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
     pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x64];
     pub const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
+    /// The same places in IPv6 (the node's wire is dual-stack).
+    pub const NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 2);
+    pub const PEER_NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 1);
+    pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x64);
+    pub const REMOTE_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 5);
 
     fn mac(m: [u8; 6]) -> String {
         m.map(|b| format!("{b:02x}")).join(":")
@@ -119,7 +124,39 @@ pub mod static_node {
                 "permanent",
             ])?;
         }
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{NODE6}/64"),
+            "dev",
+            "wire0",
+            "nodad",
+        ])?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:244:1::/64",
+            "via",
+            &PEER_NODE6.to_string(),
+        ])?;
+        for (addr, m) in [(PEER_NODE6, PEER_NODE_MAC), (CLIENT6, CLIENT_MAC)] {
+            ns.ip(&[
+                "-6",
+                "neigh",
+                "add",
+                &addr.to_string(),
+                "lladdr",
+                &mac(m),
+                "dev",
+                "wire0",
+                "nud",
+                "permanent",
+            ])?;
+        }
         ns.run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))??;
+        ns.run(|| std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1"))??;
         let line = ns.ip(&["-o", "link", "show", "wire0"])?;
         let ifindex = line
             .split(':')

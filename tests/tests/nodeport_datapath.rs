@@ -1,7 +1,8 @@
 //! North-south through BPF_PROG_TEST_RUN, tc and XDP: NodePort DNAT and
 //! SNAT, the reverse translation of replies, the next hop written from
 //! the FIB (MACs, TTL), checksums recomputed exactly, and the drops
-//! (externalTrafficPolicy Local without endpoints, loadBalancerSourceRanges).
+//! (externalTrafficPolicy Local without endpoints, loadBalancerSourceRanges);
+//! IPv6 NodePort to another node's pod, SNATed as IPv4 is.
 //!
 //! The test's thread enters a namespace of its own, shaped like node-b of
 //! the end-to-end test: `wire0` on 192.168.50.0/24 (node address
@@ -10,16 +11,17 @@
 //! lookups the programs make resolve there, not in the machine's namespace.
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use aya::programs::{Xdp, XdpMode};
 use common::datapath::{Datapath, Hook, Verdict};
 use ferrolb_tests::fabric::static_node::{
-    self, CLIENT, CLIENT_MAC, LOCAL_POD, NODE, OUTSIDER, PEER_NODE_MAC as NODE_A_MAC, POD_MAC,
-    REMOTE_POD, WIRE_MAC,
+    self, CLIENT, CLIENT_MAC, CLIENT6, LOCAL_POD, NODE, NODE6, OUTSIDER,
+    PEER_NODE_MAC as NODE_A_MAC, POD_MAC, REMOTE_POD, REMOTE_POD6, WIRE_MAC,
 };
 use ferrolb_tests::netns::NetNs;
 use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_SYN};
+use ferrolb_tests::packet6::{Frame6, addrs6, checksum_valid6};
 use lb_agent::datapath::PROG_XDP_PASS;
 use lb_agent::model::{BackendAddr, FrontendKey, FrontendKind, FrontendState, Proto};
 use lb_common::{SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_SOURCE_RANGES};
@@ -77,7 +79,7 @@ fn node_datapath(tag: &str, ifindex: u32) -> Datapath {
     let ext = SVC_FLAG_EXTERNAL;
     let any = Ipv4Addr::UNSPECIFIED;
     let mut dp = Datapath::new(tag, &[]);
-    dp.program_states(&[
+    let mut states = vec![
         frontend(
             any,
             30080,
@@ -118,8 +120,27 @@ fn node_datapath(tag: &str, ifindex: u32) -> Datapath {
             ext | SVC_FLAG_SOURCE_RANGES,
             vec![be(LOCAL_POD, true)],
         ),
-    ]);
-    dp.ext.sync_node_addrs(&[NODE.into()].into()).unwrap();
+    ];
+    // The same NodePort over IPv6, to node-a's pod's IPv6 address.
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let (key, mut state) = frontend(any, 30080, proto, FrontendKind::NodePort, ext, vec![]);
+        state.backends = vec![BackendAddr {
+            addr: REMOTE_POD6.into(),
+            port: 9376,
+            local: false,
+        }];
+        states.push((
+            FrontendKey {
+                addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                ..key
+            },
+            state,
+        ));
+    }
+    dp.program_states(&states);
+    dp.ext
+        .sync_node_addrs(&[NODE.into(), NODE6.into()].into())
+        .unwrap();
     dp.ext.set_config(&config((61000, 65535), 0)).unwrap();
     dp.xdp_ifindex = ifindex;
     dp
@@ -136,8 +157,14 @@ fn config(ports: (u16, u16), closed_ticks: u32) -> lb_common::Config {
         snat_v4: u32::from_ne_bytes(NODE.octets()),
         snat_closed_ticks: closed_ticks,
         flags: 0,
-        snat_v6: [0; 4],
+        snat_v6: words6(NODE6),
     }
+}
+
+/// An IPv6 address as the maps hold it: four words in network order.
+fn words6(a: std::net::Ipv6Addr) -> [u32; 4] {
+    let o = a.octets();
+    std::array::from_fn(|i| u32::from_ne_bytes(o[4 * i..4 * i + 4].try_into().unwrap()))
 }
 
 /// XDP test runs on `wire0` need its receive queue registered, which a
@@ -210,6 +237,48 @@ fn nodeport_to_another_node_is_snated_and_replies_are_translated_back() {
                 packet::checksums_valid(&back),
                 "{hook:?} {proto}: reply checksums"
             );
+            assert_eq!(macs(&back), (CLIENT_MAC, WIRE_MAC));
+        }
+    }
+}
+
+/// The same over IPv6: DNAT to node-a's pod, SNAT to the node's IPv6
+/// address from the SNAT port range, hop limit and MACs from the FIB,
+/// checksums exact, and the reply translated back to the client.
+#[test]
+fn ipv6_nodeport_to_another_node_is_snated_and_replies_are_translated_back() {
+    for (hook, tag) in [(Hook::Tc, "tc6"), (Hook::Xdp, "xdp6")] {
+        let (_ns, wire) = enter_node(tag);
+        let mut dp = node_datapath(&format!("np-snat-{tag}"), wire);
+        if hook == Hook::Xdp {
+            register_xdp_rxq(&mut dp);
+        }
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let sport = 42000 + proto as u16;
+            let request = |flags: u8| match proto {
+                Proto::Udp => Frame6::udp((CLIENT6, sport), (NODE6, 30080), b"whoami").build(),
+                _ => Frame6::tcp((CLIENT6, sport), (NODE6, 30080), flags).build(),
+            };
+            let (v, out) = dp.run_on(hook, &request(TCP_SYN));
+            assert_eq!(v, sent(hook), "{hook:?} {proto}: first packet");
+            let (src, dst) = addrs6(&out);
+            assert_eq!(dst, (REMOTE_POD6, 9376), "{hook:?} {proto}: DNAT");
+            assert_eq!(src.0, NODE6, "{hook:?} {proto}: SNAT to the node");
+            assert!((61000..=65535).contains(&src.1), "SNAT port {}", src.1);
+            assert!(checksum_valid6(&out), "{hook:?} {proto}: checksum");
+            assert_eq!(macs(&out), (NODE_A_MAC, WIRE_MAC), "next hop node-a");
+            assert_eq!(out[packet::ETH + 7], 63, "hop limit");
+            let (v, again) = dp.run_on(hook, &request(TCP_ACK));
+            assert_eq!(v, sent(hook));
+            assert_eq!(addrs6(&again), (src, dst), "the flow keeps its translation");
+            let reply = match proto {
+                Proto::Udp => Frame6::udp((REMOTE_POD6, 9376), src, b"pod-1-0").build(),
+                _ => Frame6::tcp((REMOTE_POD6, 9376), src, TCP_SYN | TCP_ACK).build(),
+            };
+            let (v, back) = dp.run_on(hook, &reply);
+            assert_eq!(v, sent(hook), "{hook:?} {proto}: reply");
+            assert_eq!(addrs6(&back), ((NODE6, 30080), (CLIENT6, sport)));
+            assert!(checksum_valid6(&back), "{hook:?} {proto}: reply checksum");
             assert_eq!(macs(&back), (CLIENT_MAC, WIRE_MAC));
         }
     }
