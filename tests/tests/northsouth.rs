@@ -8,10 +8,12 @@
 //! node-b: 192.168.50.2, pod 10.244.2.5 (pod-2-0)
 //! client 192.168.50.100 (inside loadBalancerSourceRanges), client 192.168.50.101
 //! (outside); both route the LoadBalancer/external IPs 192.168.60.0/24 via node-a.
+//! The IPv6 test adds fd00:50::1, ::2 and the client ::64 on the same
+//! network, pods fd00:244:s::h, and an IPv6 NodePort Service.
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use ferrolb_tests::cluster::Cluster;
@@ -29,6 +31,35 @@ const LB_LOCAL: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 10);
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 20);
 const LB_RANGES: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 30);
 const TIMEOUT: Duration = Duration::from_secs(2);
+const NODE_A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 1);
+const NODE_B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 2);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x64);
+
+/// The IPv6 test's Service: `my-nginx`'s pods by their IPv6 addresses
+/// behind an IPv6 NodePort.
+const MANIFESTS6: &str = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: my-nginx6}
+spec:
+  type: NodePort
+  ipFamilies: [IPv6]
+  clusterIP: "fd00:10::2:10"
+  ports:
+  - {name: http, protocol: TCP, port: 80, targetPort: 9376, nodePort: 30090}
+  - {name: udp, protocol: UDP, port: 80, targetPort: 9376, nodePort: 30090}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: my-nginx6-1, labels: {kubernetes.io/service-name: my-nginx6}}
+addressType: IPv6
+ports: [{name: http, protocol: TCP, port: 9376}, {name: udp, protocol: UDP, port: 9376}]
+endpoints:
+- {addresses: ["fd00:244:1::5"], nodeName: node-a}
+- {addresses: ["fd00:244:1::6"], nodeName: node-a}
+- {addresses: ["fd00:244:2::5"], nodeName: node-b}
+"#;
 
 /// The same manifests on both nodes: endpoints carry their nodeName, each
 /// agent tells its own from the others' by its `--node-name`.
@@ -129,12 +160,22 @@ fn topology() -> Topology {
     topology_with(false, &[])
 }
 
+/// [`topology`] with IPv6 beside IPv4 on the network and the routes, the
+/// nodes' IPv6 SNAT addresses, and [`MANIFESTS6`].
+fn topology6() -> Topology {
+    build(false, &[], true)
+}
+
 /// With `xdp`, both nodes run the XDP program on their uplink too, found
 /// as the default route's interface (`--devices auto`), whose address is
 /// also the SNAT address (no `--node-ip`). Frames on the fabric then
 /// carry complete checksums, as from a NIC (XDP's own checksum updates
 /// are what the receivers verify).
 fn topology_with(xdp: bool, extra: &[&str]) -> Topology {
+    build(xdp, extra, false)
+}
+
+fn build(xdp: bool, extra: &[&str], v6: bool) -> Topology {
     let mut a = node(1, 2, "node-a", NODE_A);
     let mut b = node(2, 1, "node-b", NODE_B);
     for c in [&mut a, &mut b] {
@@ -168,6 +209,19 @@ fn topology_with(xdp: bool, extra: &[&str]) -> Topology {
     b.node
         .ip(&["route", "add", "10.244.1.0/24", "via", &NODE_A.to_string()])
         .unwrap();
+    if v6 {
+        for (c, me, other, theirs) in [
+            (&mut a, NODE_A6, NODE_B6, "fd00:244:2::/64"),
+            (&mut b, NODE_B6, NODE_A6, "fd00:244:1::/64"),
+        ] {
+            add6(&c.node, "uplink0", me);
+            c.node
+                .ip(&["-6", "route", "add", theirs, "via", &other.to_string()])
+                .unwrap();
+            c.agent_args
+                .extend(["--node-ip".to_string(), me.to_string()]);
+        }
+    }
     if xdp {
         // A default route on the fabric (to the first client; no traffic
         // takes it) makes uplink0 the devices `auto` finds.
@@ -181,6 +235,9 @@ fn topology_with(xdp: bool, extra: &[&str]) -> Topology {
     for (i, ip) in [CLIENT, OUTSIDER].into_iter().enumerate() {
         let ns = NetNs::new(&format!("{}-c{i}", a.id)).expect("client namespace");
         fabric.plug(&ns, "eth0", ip).unwrap();
+        if v6 && i == 0 {
+            add6(&ns, "eth0", CLIENT6);
+        }
         // The load balancer's addresses lead to node-a.
         ns.ip(&[
             "route",
@@ -212,10 +269,29 @@ fn topology_with(xdp: bool, extra: &[&str]) -> Topology {
     };
     for c in [&mut t.a, &mut t.b] {
         let path = c.workdir.join("services.yaml");
-        std::fs::write(&path, MANIFESTS).unwrap();
+        let manifests = if v6 {
+            format!("{MANIFESTS}{MANIFESTS6}")
+        } else {
+            MANIFESTS.to_string()
+        };
+        std::fs::write(&path, manifests).unwrap();
         c.start_agent(&path).expect("agent starts");
     }
     t
+}
+
+/// An IPv6 address on `ifname` of `ns`, usable at once (no DAD).
+fn add6(ns: &NetNs, ifname: &str, addr: Ipv6Addr) {
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{addr}/64"),
+        "dev",
+        ifname,
+        "nodad",
+    ])
+    .unwrap();
 }
 
 impl Topology {
@@ -248,7 +324,8 @@ impl Topology {
 }
 
 /// `GET /whoami` from `ns` to `to:port`: (pod name, address the pod saw).
-fn whoami(ns: &NetNs, to: Ipv4Addr, port: u16) -> std::io::Result<(String, String)> {
+fn whoami(ns: &NetNs, to: impl Into<IpAddr>, port: u16) -> std::io::Result<(String, String)> {
+    let to = to.into();
     ns.run(move || {
         let s = TcpStream::connect_timeout(&SocketAddr::from((to, port)), TIMEOUT)?;
         s.set_read_timeout(Some(TIMEOUT))?;
@@ -295,6 +372,43 @@ fn http_status(ns: &NetNs, to: Ipv4Addr, port: u16) -> (u16, String) {
 fn nodeport_with_cluster_policy_reaches_every_pod_and_snats_across_nodes() {
     let t = topology();
     nodeport_cluster_policy(&t);
+    t.finish();
+}
+
+/// An IPv6 NodePort with externalTrafficPolicy Cluster, through either
+/// node: every pod answers; those on the other node see the ingress
+/// node's IPv6 address (SNAT), local ones the client's.
+#[test]
+fn ipv6_nodeport_with_cluster_policy_reaches_every_pod_and_snats_across_nodes() {
+    let t = topology6();
+    for (via, other_node_pods) in [
+        (NODE_A6, vec!["pod-2-0"]),
+        (NODE_B6, vec!["pod-1-0", "pod-1-1"]),
+    ] {
+        let mut seen = BTreeSet::new();
+        for i in 0..60 {
+            let (name, peer) = whoami(t.client(), via, 30090).unwrap_or_else(|e| {
+                panic!(
+                    "NodePort [{via}]:30090, request {i}: {e}\n{}\n{}",
+                    t.stats(),
+                    t.a.agent_log_text()
+                )
+            });
+            let expected = if other_node_pods.contains(&name.as_str()) {
+                via
+            } else {
+                CLIENT6
+            };
+            assert_eq!(peer, expected.to_string(), "{name} via {via}");
+            seen.insert(name);
+            if seen.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 3, "NodePort via {via} reached only {seen:?}");
+    }
+    let stats = t.b.cli("stats").unwrap();
+    assert!(stat(&stats, "snat_new") > 0, "node-b SNATed:\n{stats}");
     t.finish();
 }
 
