@@ -70,10 +70,10 @@ pub fn handle<C: Hook, A: Family>(ctx: &C, p: &Packet<A>) -> Outcome {
     // all traffic; only a miss goes on to the service lookup.
     if let Some(ct) = conntrack::lookup(p) {
         if ct.is_reverse() {
-            return reverse_body(ctx, p, &ct);
+            return reverse(ctx, p, &ct);
         }
         if !p.is_syn() {
-            return established_body(ctx, p, &ct);
+            return established(ctx, p, &ct);
         }
     }
     if p.is_syn() {
@@ -83,7 +83,7 @@ pub fn handle<C: Hook, A: Family>(ctx: &C, p: &Packet<A>) -> Outcome {
     let Some(fe) = lb::lookup(p.daddr, p.dport, p.proto) else {
         return Outcome::Forward(Stat::Pass);
     };
-    new_flow_body(ctx, p, &fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
+    new_flow(ctx, p, &fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
 }
 
 /// What [`track`] leaves to its caller.
@@ -110,13 +110,8 @@ pub fn track<A: Family>(p: &Packet<A>) -> Step<A> {
         let Some(fe) = lb::lookup(p.daddr, p.dport, p.proto) else {
             return Step::Done(Outcome::Forward(Stat::Pass));
         };
-        // A SYN on a tracked tuple, as in `syn_to_frontend`.
-        if !p.fragment && lb::still_serves(&fe, &ct) {
-            let key = conntrack::key_of(p);
-            if snat::holds_port(&key, &ct) {
-                return Step::Tracked(ct);
-            }
-            snat::release(&key, &ct);
+        if !p.fragment && syn_keeps_flow(p, &fe, &ct) {
+            return Step::Tracked(ct);
         }
         fe
     } else {
@@ -139,16 +134,16 @@ pub fn track<A: Family>(p: &Packet<A>) -> Step<A> {
 #[inline(always)]
 pub fn follow<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -> Outcome {
     if ct.is_reverse() {
-        reverse_body(ctx, p, ct)
+        reverse(ctx, p, ct)
     } else {
-        established_body(ctx, p, ct)
+        established(ctx, p, ct)
     }
 }
 
 /// The second half of [`track`]: a new flow to `fe`.
 #[inline(always)]
 pub fn open_flow<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, fe: &Frontend<A>) -> Outcome {
-    new_flow_body(ctx, p, fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
+    new_flow(ctx, p, fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
 }
 
 /// The refusal of a packet its frontend's source ranges exclude, if they
@@ -192,7 +187,7 @@ fn snat_of<A: Family>(
 /// A reply from a backend: its source goes back to the frontend (and its
 /// destination back to the client, if the flow was SNATed).
 #[inline(always)]
-fn reverse_body<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -> Outcome {
+fn reverse<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -> Outcome {
     let mut t = Tuple::of(p).src(ct.addr, ct.port);
     let nat = match snat_of(p, ct) {
         Ok(n) => n,
@@ -206,7 +201,7 @@ fn reverse_body<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -
 }
 
 #[inline(always)]
-fn established_body<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -> Outcome {
+fn established<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -> Outcome {
     if ct.flags & CT_FLAG_DSR != 0 {
         return ctx.dsr(p, ct.addr, ct.port, Stat::DnatEstablished);
     }
@@ -224,7 +219,7 @@ fn established_body<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A
 
 #[inline(always)]
 fn syn_to_frontend<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, fe: &Frontend<A>) -> Outcome {
-    if let Some(done) = new_flow_body(ctx, p, fe, Existing::Keep) {
+    if let Some(done) = new_flow(ctx, p, fe, Existing::Keep) {
         return done;
     }
     // The tuple is tracked. A retransmitted SYN keeps its backend, but only
@@ -233,22 +228,32 @@ fn syn_to_frontend<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, fe: &Frontend<A>)
     // gone, nor to a SNAT port another flow has taken since.
     if let Some(ct) = conntrack::lookup(p)
         && !ct.is_reverse()
+        && syn_keeps_flow(p, fe, &ct)
     {
-        let key = conntrack::key_of(p);
-        if lb::still_serves(fe, &ct) && snat::holds_port(&key, &ct) {
-            return established_body(ctx, p, &ct);
-        }
-        // Replaced: its SNAT port, if it still has one, is free now.
-        snat::release(&key, &ct);
+        return established(ctx, p, &ct);
     }
-    new_flow_body(ctx, p, fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
+    new_flow(ctx, p, fe, Existing::Replace).unwrap_or(Outcome::Drop(Stat::DropInternal))
+}
+
+/// Whether a SYN on the tracked tuple of `ct` keeps that flow: only while
+/// its backend still serves `fe` and, if SNATed, it still holds its port.
+/// Else the flow is replaced, and its SNAT port, if it still has one, is
+/// freed now.
+#[inline(always)]
+fn syn_keeps_flow<A: Family>(p: &Packet<A>, fe: &Frontend<A>, ct: &CtValueOf<A>) -> bool {
+    let key = conntrack::key_of(p);
+    if lb::still_serves(fe, ct) && snat::holds_port(&key, ct) {
+        return true;
+    }
+    snat::release(&key, ct);
+    false
 }
 
 /// A new flow to `fe`: admission (source ranges), backend choice, then
 /// tracking and translation. `None` when `Existing::Keep` found the
 /// tuple tracked, for the caller to settle.
 #[inline(always)]
-fn new_flow_body<C: Hook, A: Family>(
+fn new_flow<C: Hook, A: Family>(
     ctx: &C,
     p: &Packet<A>,
     fe: &Frontend<A>,

@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    IPPROTO_IPIP, IPPROTO_TCP, In6, Stat, V6_SLOT_EGRESS, V6_SLOT_ICMP, V6_SLOT_INGRESS,
-    V6_SLOT_NEW_FLOW, V6_SLOT_REJECT, V6_SLOT_TRACKED, V6_SLOTS,
+    IPPROTO_IPIP, IPPROTO_TCP, Stat, V6_SLOT_EGRESS, V6_SLOT_ICMP, V6_SLOT_INGRESS, V6_SLOT_REJECT,
+    V6_SLOTS,
 };
 
 use crate::{
@@ -30,7 +30,7 @@ use crate::{
     parse::{self, IcmpError, Packet, Parsed, Parsed6, Skip},
     reject,
     stats::count,
-    work::Work,
+    work,
 };
 
 /// tc sends external packets to any next hop.
@@ -178,17 +178,10 @@ fn ingress6(ctx: &TcContext) -> (i32, Stat) {
     // SAFETY: this CPU's areas, for this packet alone (see `work`).
     let (p, w) = unsafe { (&mut *p, &mut *w) };
     let slot = match parse::parse6(ctx, p) {
-        Ok(Parsed6::Flow) => match flow::track(p) {
-            flow::Step::Done(Outcome::NoBackend) => V6_SLOT_REJECT,
-            flow::Step::Done(o) => return act(o, || (SHOT, Stat::DropNoBackend)),
-            flow::Step::Tracked(ct) => {
-                w.ct = ct;
-                V6_SLOT_TRACKED
-            }
-            flow::Step::Open(fe) => {
-                w.fe = fe;
-                V6_SLOT_NEW_FLOW
-            }
+        Ok(Parsed6::Flow) => match work::hand_over(w, flow::track(p)) {
+            Ok(slot) => slot,
+            Err(Outcome::NoBackend) => V6_SLOT_REJECT,
+            Err(o) => return act(o, || (SHOT, Stat::DropNoBackend)),
         },
         Ok(Parsed6::Icmp) => V6_SLOT_ICMP,
         Err(_) => return (OK, Stat::Pass),
@@ -204,19 +197,10 @@ fn stage6(ctx: &TcContext, slot: u32) -> (i32, Stat) {
     (SHOT, Stat::DropInternal)
 }
 
-/// This CPU's parsed IPv6 packet and work area, as the ingress program
-/// left them for the stage it tail-called.
-#[inline(always)]
-fn staged6() -> Option<(&'static Packet<In6>, &'static mut Work<In6>)> {
-    let (p, w) = (PKT6.get_ptr(0)?, WORK6.get_ptr_mut(0)?);
-    // SAFETY: see `work`.
-    Some(unsafe { (&*p, &mut *w) })
-}
-
 /// A tracked IPv6 flow's packet (see `flow::track`).
 #[classifier]
 pub fn flb_tc_tracked6(ctx: TcContext) -> i32 {
-    let (verdict, stat) = match staged6() {
+    let (verdict, stat) = match work::staged6() {
         Some((p, w)) => act(flow::follow(&ctx, p, &w.ct), || (SHOT, Stat::DropInternal)),
         None => (OK, Stat::Pass),
     };
@@ -227,7 +211,7 @@ pub fn flb_tc_tracked6(ctx: TcContext) -> i32 {
 /// A new IPv6 flow (see `flow::track`).
 #[classifier]
 pub fn flb_tc_new6(ctx: TcContext) -> i32 {
-    let (verdict, stat) = match staged6() {
+    let (verdict, stat) = match work::staged6() {
         Some((p, w)) => act(flow::open_flow(&ctx, p, &w.fe), || {
             (SHOT, Stat::DropNoBackend)
         }),
@@ -240,7 +224,7 @@ pub fn flb_tc_new6(ctx: TcContext) -> i32 {
 /// The answer to an IPv6 packet for a frontend without backends.
 #[classifier]
 pub fn flb_tc_reject6(ctx: TcContext) -> i32 {
-    let (verdict, stat) = match staged6() {
+    let (verdict, stat) = match work::staged6() {
         Some((p, _)) => answered(if p.proto == IPPROTO_TCP {
             reject::tcp_rst6(&ctx, p)
         } else {
@@ -256,7 +240,7 @@ pub fn flb_tc_reject6(ctx: TcContext) -> i32 {
 /// about one of ours.
 #[classifier]
 pub fn flb_tc_icmp6(ctx: TcContext) -> i32 {
-    let (verdict, stat) = match staged6() {
+    let (verdict, stat) = match work::staged6() {
         Some((p, w)) => match parse::icmp6_error(&ctx, p.saddr, p.daddr, p.l4_off) {
             Ok(e) => {
                 // Its 120 bytes in the work area, not on the stack.

@@ -4,10 +4,12 @@
 //! with their values, do not fit beside the rest of the new-flow path.
 //! A program runs to completion on its CPU (softirq, or bottom halves
 //! disabled at tc egress), so no two packets share an area at once.
-use lb_common::{CtKeyOf, CtValueOf};
+use lb_common::{CtKeyOf, CtValueOf, In6, V6_SLOT_NEW_FLOW, V6_SLOT_TRACKED};
 
+use crate::flow::{Outcome, Step};
 use crate::lb::Frontend;
-use crate::parse::IcmpError;
+use crate::maps::{PKT6, WORK6};
+use crate::parse::{IcmpError, Packet};
 use crate::snat::Probe;
 
 #[repr(C)]
@@ -30,4 +32,31 @@ pub struct Work<A> {
     pub probe_key: CtKeyOf<A>,
     /// The forward key of the flow that held a reclaimed port.
     pub probe_holder: CtKeyOf<A>,
+}
+
+/// This CPU's parsed IPv6 packet and work area, as the IPv6 ingress
+/// program left them for the stage it tail-called (tc and XDP alike).
+#[inline(always)]
+pub fn staged6() -> Option<(&'static Packet<In6>, &'static mut Work<In6>)> {
+    let (p, w) = (PKT6.get_ptr(0)?, WORK6.get_ptr_mut(0)?);
+    // SAFETY: this CPU's areas, for this packet alone (see above).
+    Some(unsafe { (&*p, &mut *w) })
+}
+
+/// Hands a dispatched IPv6 packet on: what its stage needs into the work
+/// area, and the stage's slot; `Err` with the outcome when no stage is
+/// needed.
+#[inline(always)]
+pub fn hand_over(w: &mut Work<In6>, step: Step<In6>) -> Result<u32, Outcome> {
+    match step {
+        Step::Done(o) => Err(o),
+        Step::Tracked(ct) => {
+            w.ct = ct;
+            Ok(V6_SLOT_TRACKED)
+        }
+        Step::Open(fe) => {
+            w.fe = fe;
+            Ok(V6_SLOT_NEW_FLOW)
+        }
+    }
 }

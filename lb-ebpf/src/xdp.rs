@@ -18,7 +18,7 @@ use aya_ebpf::{
     maps::ProgramArray,
     programs::XdpContext,
 };
-use lb_common::{In6, Stat, V6_SLOT_INGRESS, V6_SLOT_NEW_FLOW, V6_SLOT_TRACKED, V6_SLOTS};
+use lb_common::{Stat, V6_SLOT_INGRESS, V6_SLOTS};
 
 use crate::{
     family::Family,
@@ -26,7 +26,7 @@ use crate::{
     maps::{PKT6, WORK6},
     parse::{self, Packet, Parsed, Parsed6},
     stats::count,
-    work::Work,
+    work,
 };
 
 /// External flows whose next hop is out of the same interface (SNAT to
@@ -80,34 +80,19 @@ fn ingress6(ctx: &XdpContext) -> (u32, Stat) {
     if !matches!(parse::parse6(ctx, p), Ok(Parsed6::Flow)) {
         return (XDP_PASS, Stat::Pass);
     }
-    let slot = match flow::track(p) {
-        flow::Step::Done(o) => return act(o),
-        flow::Step::Tracked(ct) => {
-            w.ct = ct;
-            V6_SLOT_TRACKED
-        }
-        flow::Step::Open(fe) => {
-            w.fe = fe;
-            V6_SLOT_NEW_FLOW
-        }
+    let slot = match work::hand_over(w, flow::track(p)) {
+        Ok(slot) => slot,
+        Err(o) => return act(o),
     };
     // Returns only if the agent has not filled the slot.
     unsafe { V6_XDP.tail_call(ctx, slot) };
     (XDP_DROP, Stat::DropInternal)
 }
 
-/// This CPU's parsed IPv6 packet and work area (as at tc).
-#[inline(always)]
-fn staged6() -> Option<(&'static Packet<In6>, &'static Work<In6>)> {
-    let (p, w) = (PKT6.get_ptr(0)?, WORK6.get_ptr(0)?);
-    // SAFETY: see `work`.
-    Some(unsafe { (&*p, &*w) })
-}
-
 /// A tracked IPv6 flow's packet (see `flow::track`).
 #[xdp]
 pub fn flb_xdp_tracked6(ctx: XdpContext) -> u32 {
-    let (verdict, stat) = match staged6() {
+    let (verdict, stat) = match work::staged6() {
         Some((p, w)) => act(flow::follow(&ctx, p, &w.ct)),
         None => (XDP_PASS, Stat::Pass),
     };
@@ -118,7 +103,7 @@ pub fn flb_xdp_tracked6(ctx: XdpContext) -> u32 {
 /// A new IPv6 flow (see `flow::track`).
 #[xdp]
 pub fn flb_xdp_new6(ctx: XdpContext) -> u32 {
-    let (verdict, stat) = match staged6() {
+    let (verdict, stat) = match work::staged6() {
         Some((p, w)) => act(flow::open_flow(&ctx, p, &w.fe)),
         None => (XDP_PASS, Stat::Pass),
     };

@@ -106,24 +106,6 @@ pub mod static_node {
         ])?;
         ns.ip(&["route", "add", &format!("{LOCAL_POD}/32"), "dev", "pod0"])?;
         let outsider_mac = [0x02, 0, 0, 0, 0, 0x65];
-        for (addr, m, dev) in [
-            (PEER_NODE, PEER_NODE_MAC, "wire0"),
-            (CLIENT, CLIENT_MAC, "wire0"),
-            (OUTSIDER, outsider_mac, "wire0"),
-            (LOCAL_POD, POD_MAC, "pod0"),
-        ] {
-            ns.ip(&[
-                "neigh",
-                "add",
-                &addr.to_string(),
-                "lladdr",
-                &mac(m),
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ])?;
-        }
         ns.ip(&[
             "-6",
             "addr",
@@ -141,16 +123,24 @@ pub mod static_node {
             "via",
             &PEER_NODE6.to_string(),
         ])?;
-        for (addr, m) in [(PEER_NODE6, PEER_NODE_MAC), (CLIENT6, CLIENT_MAC)] {
+        // `ip neigh` takes the family from the address.
+        let neighbours: [(std::net::IpAddr, _, _); 6] = [
+            (PEER_NODE.into(), PEER_NODE_MAC, "wire0"),
+            (CLIENT.into(), CLIENT_MAC, "wire0"),
+            (OUTSIDER.into(), outsider_mac, "wire0"),
+            (LOCAL_POD.into(), POD_MAC, "pod0"),
+            (PEER_NODE6.into(), PEER_NODE_MAC, "wire0"),
+            (CLIENT6.into(), CLIENT_MAC, "wire0"),
+        ];
+        for (addr, m, dev) in neighbours {
             ns.ip(&[
-                "-6",
                 "neigh",
                 "add",
                 &addr.to_string(),
                 "lladdr",
                 &mac(m),
                 "dev",
-                "wire0",
+                dev,
                 "nud",
                 "permanent",
             ])?;
