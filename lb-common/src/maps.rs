@@ -50,14 +50,16 @@ pub const MAP_V6_XDP_PROGS: &str = "flb_v6_xdp";
 /// Slots of [`MAP_V6_TC_PROGS`] and [`MAP_V6_XDP_PROGS`] (XDP has only
 /// ingress, tracked and new flow). The IPv6 ingress program hands each
 /// stage on by tail call too, for the same reason: a tracked flow's
-/// packet, a new flow, a reject, an ICMPv6 error.
+/// packet, a new flow, a reject, an ICMPv6 error, a DSR packet to take
+/// out of its tunnel (tc only).
 pub const V6_SLOT_INGRESS: u32 = 0;
 pub const V6_SLOT_EGRESS: u32 = 1;
 pub const V6_SLOT_TRACKED: u32 = 2;
 pub const V6_SLOT_NEW_FLOW: u32 = 3;
 pub const V6_SLOT_REJECT: u32 = 4;
 pub const V6_SLOT_ICMP: u32 = 5;
-pub const V6_SLOTS: u32 = 6;
+pub const V6_SLOT_DSR: u32 = 6;
+pub const V6_SLOTS: u32 = 7;
 
 /// Every map the programs declare, for pinning and cleanup.
 pub const ALL_MAPS: [&str; 15] = [
@@ -143,8 +145,10 @@ pub const CT_FLAG_DSR: u16 = 8;
 pub const CFG_DSR_TCP: u32 = 1;
 pub const CFG_DSR_UDP: u32 = 2;
 
-/// Protocol number of IPv4-in-IPv4, the DSR encapsulation.
+/// Protocol number of IPv4-in-IPv4, the IPv4 DSR encapsulation.
 pub const IPPROTO_IPIP: u8 = 4;
+/// Next header of IPv6-in-IPv6, the IPv6 DSR encapsulation.
+pub const IPPROTO_IPV6: u8 = 41;
 
 /// Length of the service name stored for the CLI.
 pub const SVC_NAME_LEN: usize = 64;

@@ -285,7 +285,7 @@ fn open<C: Hook, A: Family>(
     // externalTrafficPolicy Cluster to a backend elsewhere: direct server
     // return where configured, else SNAT, so the reply returns through
     // this node (kube-proxy masquerades too).
-    let direct = elsewhere && !A::IS_V6 && dsr::enabled_for(p.proto);
+    let direct = elsewhere && dsr::enabled_for(p.proto);
     let snat = if elsewhere && !direct {
         match lb::config().and_then(A::snat_addr) {
             Some(a) => Some(a),

@@ -4,7 +4,9 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use lb_common::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, In6};
+use lb_common::{
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP, In6,
+};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -354,6 +356,14 @@ pub fn parse6<C: Frame>(ctx: &C, out: &mut Packet<In6>) -> Result<Parsed6, Skip>
     if next == IPPROTO_ICMPV6 && !fragment {
         return Ok(Parsed6::Icmp);
     }
+    if next == IPPROTO_IPV6 && !fragment && off == L3_OFF + Ipv6Hdr::LEN {
+        // The flow label's low 16 bits, as `dsr` wrote them.
+        let head: *const [u8; 4] = ptr_at(ctx, L3_OFF).map_err(|_| Skip::Malformed)?;
+        let head = unsafe { head.read_unaligned() };
+        return Ok(Parsed6::Tunnel {
+            port: u16::from_ne_bytes([head[2], head[3]]),
+        });
+    }
     if next != IPPROTO_TCP && next != IPPROTO_UDP {
         return Err(Skip::NotOurs);
     }
@@ -368,6 +378,12 @@ pub enum Parsed6 {
     Flow,
     /// ICMPv6 at `l4_off`, for [`icmp6_error`] to read.
     Icmp,
+    /// IPv6 in IPv6 without extension headers (a DSR packet, if it is to
+    /// a backend here): the outer destination is the packet's `daddr`,
+    /// `port` the backend's port from the flow label.
+    Tunnel {
+        port: u16,
+    },
 }
 
 /// ICMPv6 errors that quote the packet they are about (RFC 4443).

@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    IPPROTO_IPIP, IPPROTO_TCP, Stat, V6_SLOT_EGRESS, V6_SLOT_ICMP, V6_SLOT_INGRESS, V6_SLOT_REJECT,
-    V6_SLOTS,
+    IPPROTO_TCP, In6, Stat, V6_SLOT_DSR, V6_SLOT_EGRESS, V6_SLOT_ICMP, V6_SLOT_INGRESS,
+    V6_SLOT_REJECT, V6_SLOTS,
 };
 
 use crate::{
@@ -39,14 +39,9 @@ impl Hook for TcContext {
 
     #[inline(always)]
     fn dsr<A: Family>(&self, p: &Packet<A>, be_addr: A, be_port: u16, stat: Stat) -> Outcome {
-        // IPIP carries IPv4 only (flows of other families are never DSR).
-        let Some(be_addr) = be_addr.v4() else {
-            return Outcome::Drop(Stat::DropInternal);
-        };
-        let node = match crate::lb::config() {
-            Some(c) if c.snat_v4 != 0 => c.snat_v4,
+        let Some(node) = crate::lb::config().and_then(A::snat_addr) else {
             // No address of ours to send from.
-            _ => return Outcome::Drop(Stat::DropSnat),
+            return Outcome::Drop(Stat::DropSnat);
         };
         if dsr::encapsulate(self, node, be_addr, be_port).is_err() {
             return Outcome::Drop(Stat::DropInternal);
@@ -58,7 +53,7 @@ impl Hook for TcContext {
             sport: p.sport,
             dport: p.dport,
         };
-        match fib::lookup(self, &outer, IPPROTO_IPIP) {
+        match fib::lookup(self, &outer, dsr::tunnel_proto::<A>()) {
             NextHop::Found { ifindex, macs, .. } => {
                 if self.store(0, &macs, 0).is_err() {
                     return Outcome::Drop(Stat::DropInternal);
@@ -139,7 +134,7 @@ fn dsr_in(ctx: &TcContext, outer_dst: u32, id: u16) -> (i32, Stat) {
     if !dsr::ours(outer_dst) {
         return (OK, Stat::Pass);
     }
-    if dsr::decapsulate(ctx).is_err() {
+    if dsr::decapsulate::<u32>(ctx).is_err() {
         return (SHOT, Stat::DropInternal);
     }
     count(Stat::DsrDecap);
@@ -184,7 +179,12 @@ fn ingress6(ctx: &TcContext) -> (i32, Stat) {
             Err(o) => return act(o, || (SHOT, Stat::DropNoBackend)),
         },
         Ok(Parsed6::Icmp) => V6_SLOT_ICMP,
-        Err(_) => return (OK, Stat::Pass),
+        Ok(Parsed6::Tunnel { port }) if dsr::ours(p.daddr) => {
+            w.dsr_backend = p.daddr;
+            w.dsr_port = port;
+            V6_SLOT_DSR
+        }
+        _ => return (OK, Stat::Pass),
     };
     stage6(ctx, slot)
 }
@@ -255,6 +255,34 @@ pub fn flb_tc_icmp6(ctx: TcContext) -> i32 {
         count(stat);
     }
     verdict
+}
+
+/// An IPv6 DSR packet for a backend behind this node (see `dsr`): out of
+/// its tunnel and on to the backend.
+#[classifier]
+pub fn flb_tc_dsr6(ctx: TcContext) -> i32 {
+    let (verdict, stat) = dsr_in6(&ctx);
+    count(stat);
+    verdict
+}
+
+#[inline(always)]
+fn dsr_in6(ctx: &TcContext) -> (i32, Stat) {
+    let (Some(p), Some(w)) = (PKT6.get_ptr_mut(0), WORK6.get_ptr_mut(0)) else {
+        return (OK, Stat::Pass);
+    };
+    // SAFETY: see `work`.
+    let (p, w) = unsafe { (&mut *p, &*w) };
+    if dsr::decapsulate::<In6>(ctx).is_err() {
+        return (SHOT, Stat::DropInternal);
+    }
+    count(Stat::DsrDecap);
+    match parse::parse6(ctx, p) {
+        Ok(Parsed6::Flow) => act(flow::deliver_dsr(ctx, p, w.dsr_backend, w.dsr_port), || {
+            (SHOT, Stat::DropInternal)
+        }),
+        _ => (SHOT, Stat::DropMalformed),
+    }
 }
 
 /// IPv6 egress: ICMPv6 errors leaving towards a pod.

@@ -32,6 +32,10 @@ pub struct Work<A> {
     pub probe_key: CtKeyOf<A>,
     /// The forward key of the flow that held a reclaimed port.
     pub probe_holder: CtKeyOf<A>,
+    /// A DSR packet's backend, from its tunnel's outer header, handed to
+    /// the stage that takes it out (IPv6).
+    pub dsr_backend: A,
+    pub dsr_port: u16,
 }
 
 /// This CPU's parsed IPv6 packet and work area, as the IPv6 ingress

@@ -340,11 +340,12 @@ fn whoami(ns: &NetNs, to: impl Into<IpAddr>, port: u16) -> std::io::Result<(Stri
 /// came from).
 fn whoami_udp(
     ns: &NetNs,
-    to: Ipv4Addr,
+    to: impl Into<IpAddr>,
     port: u16,
 ) -> std::io::Result<(String, String, SocketAddr)> {
+    let to = to.into();
     ns.run(move || {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = UdpSocket::bind(if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
         s.set_read_timeout(Some(TIMEOUT))?;
         s.send_to(b"whoami", (to, port))?;
         let mut buf = [0u8; 256];
@@ -669,6 +670,48 @@ fn dsr_replies_leave_the_backends_node_and_keep_the_client_address() {
         );
         assert_eq!(from, SocketAddr::from((EXTERNAL_IP, 80)));
     }
+    t.finish();
+}
+
+/// IPv6 direct server return (`--lb-mode hybrid`): flows through node-a's
+/// IPv6 NodePort to the pod on node-b go there in IPv6-in-IPv6 and are
+/// answered by node-b straight to the client, which the pod sees; local
+/// pods are DNATed as always; UDP stays SNATed through node-a.
+#[test]
+fn ipv6_dsr_replies_leave_the_backends_node_and_keep_the_client_address() {
+    let t = build(false, &["--lb-mode", "hybrid"], true);
+    let mut remote = 0;
+    let mut seen = BTreeSet::new();
+    for i in 0..60 {
+        let (name, peer) = whoami(t.client(), NODE_A6, 30090)
+            .unwrap_or_else(|e| panic!("request {i}: {e}\n{}", t.stats()));
+        assert_eq!(peer, CLIENT6.to_string(), "{name}: DSR keeps the client");
+        remote += usize::from(name == "pod-2-0");
+        seen.insert(name);
+        if seen.len() == 3 && remote >= 3 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 3, "reached only {seen:?}");
+    let (a, b) = (t.a.cli("stats").unwrap(), t.b.cli("stats").unwrap());
+    assert!(stat(&a, "dsr_new") >= remote as u64, "node-a:\n{a}");
+    assert_eq!(stat(&a, "snat_new"), 0, "node-a SNATed TCP:\n{a}");
+    assert!(stat(&b, "dsr_decap") >= remote as u64, "node-b:\n{b}");
+    assert!(stat(&b, "revnat") > 0, "node-b answered nothing:\n{b}");
+    // UDP: SNAT through node-a for the remote pod, as hybrid says.
+    let mut snated = false;
+    for i in 0..30 {
+        let (name, peer, from) = whoami_udp(t.client(), NODE_A6, 30090)
+            .unwrap_or_else(|e| panic!("UDP datagram {i}: {e}\n{}", t.stats()));
+        assert_eq!(from, SocketAddr::from((NODE_A6, 30090)));
+        if name == "pod-2-0" {
+            assert_eq!(peer, NODE_A6.to_string(), "UDP to node-b is SNATed");
+            snated = true;
+            break;
+        }
+        assert_eq!(peer, CLIENT6.to_string(), "{name} is local to node-a");
+    }
+    assert!(snated, "no datagram reached pod-2-0");
     t.finish();
 }
 

@@ -20,7 +20,7 @@ use aya::{
     },
 };
 use lb_common::{
-    MAP_V6_TC_PROGS, MAP_V6_XDP_PROGS, V6_SLOT_EGRESS, V6_SLOT_ICMP, V6_SLOT_INGRESS,
+    MAP_V6_TC_PROGS, MAP_V6_XDP_PROGS, V6_SLOT_DSR, V6_SLOT_EGRESS, V6_SLOT_ICMP, V6_SLOT_INGRESS,
     V6_SLOT_NEW_FLOW, V6_SLOT_REJECT, V6_SLOT_TRACKED,
 };
 use tracing::{info, warn};
@@ -74,6 +74,7 @@ const V6_TC_STAGES: &[(&str, u32)] = &[
     ("flb_tc_new6", V6_SLOT_NEW_FLOW),
     ("flb_tc_reject6", V6_SLOT_REJECT),
     ("flb_tc_icmp6", V6_SLOT_ICMP),
+    ("flb_tc_dsr6", V6_SLOT_DSR),
 ];
 const V6_XDP_STAGES: &[(&str, u32)] = &[
     ("flb_xdp6", V6_SLOT_INGRESS),
