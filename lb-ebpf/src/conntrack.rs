@@ -22,11 +22,15 @@ pub fn key_of<A: Family>(p: &Packet<A>) -> CtKeyOf<A> {
     CtKeyOf::new(p.saddr, p.daddr, p.sport, p.dport, p.proto)
 }
 
-/// The entry the reply to the packet `q` would match. An ICMP error
+/// The key the reply to the packet `q` would match. An ICMP error
 /// quotes a packet; the entry that explains it is the one its answer hits.
 #[inline(always)]
-pub fn lookup_reply_to<A: Family>(q: &Packet<A>) -> Option<CtValueOf<A>> {
-    let k = CtKeyOf::new(q.daddr, q.saddr, q.dport, q.sport, q.proto);
+pub fn reply_key<A: Family>(q: &Packet<A>) -> CtKeyOf<A> {
+    CtKeyOf::new(q.daddr, q.saddr, q.dport, q.sport, q.proto)
+}
+
+#[inline(always)]
+pub fn lookup_key<A: Family>(k: &CtKeyOf<A>) -> Option<CtValueOf<A>> {
     unsafe { A::conntrack().get(k) }.copied()
 }
 

@@ -387,7 +387,7 @@ fn routed<C: Hook, A: Family>(
     if C::SAME_INTERFACE_ONLY && ifindex != ctx.arrival_ifindex() {
         return Outcome::Forward(Stat::Pass);
     }
-    if ctx.rewrite(p, t).is_err() || ctx.route(p, ttl, macs.as_ref()).is_err() {
+    if ctx.rewrite(p, t).is_err() || ctx.route::<A>(p.proto, ttl, macs.as_ref()).is_err() {
         return Outcome::Drop(Stat::DropInternal);
     }
     Outcome::Redirect {

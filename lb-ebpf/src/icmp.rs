@@ -12,51 +12,82 @@
 //!   its forward entry: the quote's source goes to the backend, and the
 //!   outer destination (the VIP) too, so the backend receives it.
 //!
+//! A SNATed flow (external, to a backend on another node) changed at both
+//! ends: its SNAT entry under the same key holds the other end, so the
+//! quote's other end is restored too (client, or this node's address and
+//! port), and in the first case the outer destination (this node) becomes
+//! the client. That is what lets path MTU discovery work across a
+//! NodePort either way.
+//!
 //! Rewrites inside the ICMP payload are stores with incremental checksums
 //! computed here: the ICMP checksum covers the quote, no csum helper applies.
 //! ICMPv6 alike, but its checksum covers the outer addresses too (a
 //! pseudo header) and the quoted header has no checksum of its own.
 use core::mem::size_of;
 
-use lb_common::{CT_FLAG_SNAT, IPPROTO_UDP};
+use lb_common::{CT_FLAG_EXTERNAL, CT_FLAG_SNAT, IPPROTO_UDP};
 
 use crate::checksum::replace;
 use crate::conntrack;
 use crate::family::Family;
 use crate::parse::{IP_CSUM_OFF, IcmpError, L3_OFF, ptr_at};
+use crate::snat;
 use aya_ebpf::programs::TcContext;
 
 /// Whether an error was about one of our flows.
 pub enum Outcome {
     NotOurs,
     Translated,
+    /// Translated, about an external flow: for the caller to route. The
+    /// stack would drop it whenever its source became this node's address
+    /// (a NodePort's): a local source on an arriving packet is a martian.
+    External,
 }
 
 #[inline(always)]
 pub fn translate<A: Family>(ctx: &TcContext, e: &IcmpError<A>) -> Result<Outcome, ()> {
     let q = &e.inner;
-    let Some(ct) = conntrack::lookup_reply_to(q) else {
+    // The key in the work area: the IPv6 stage's stack has no room left.
+    let Some(w) = A::work() else {
         return Ok(Outcome::NotOurs);
     };
-    if ct.flags & CT_FLAG_SNAT != 0 {
-        // Both ends of a SNATed flow changed; not translated (yet): the
-        // error passes as it is.
+    let key = unsafe { &mut (*w).fwd };
+    *key = conntrack::reply_key(q);
+    let Some(ct) = conntrack::lookup_key(key) else {
         return Ok(Outcome::NotOurs);
-    }
+    };
+    let snat = if ct.flags & CT_FLAG_SNAT != 0 {
+        match snat::lookup(key) {
+            Some(n) => Some(unsafe { ((*n).addr, (*n).port) }),
+            // Evicted apart from its conntrack entry: nothing to restore.
+            None => return Ok(Outcome::NotOurs),
+        }
+    } else {
+        None
+    };
     if ct.is_reverse() {
-        let from_backend = e.saddr == q.daddr;
         rewrite_quote(ctx, e, QuoteSide::Destination, ct.addr, ct.port)?;
-        if from_backend {
+        if e.saddr == q.daddr {
+            // From the backend itself.
             rewrite_outer(ctx, e, A::SRC_OFF, ct.addr)?;
         }
-        return Ok(Outcome::Translated);
-    }
-    if e.daddr == q.saddr {
+        if let Some((client, client_port)) = snat {
+            rewrite_quote(ctx, e, QuoteSide::Source, client, client_port)?;
+            rewrite_outer(ctx, e, A::DST_OFF, client)?;
+        }
+    } else if e.daddr == q.saddr {
         rewrite_quote(ctx, e, QuoteSide::Source, ct.addr, ct.port)?;
         rewrite_outer(ctx, e, A::DST_OFF, ct.addr)?;
-        return Ok(Outcome::Translated);
+        if let Some((node, node_port)) = snat {
+            rewrite_quote(ctx, e, QuoteSide::Destination, node, node_port)?;
+        }
+    } else {
+        return Ok(Outcome::NotOurs);
     }
-    Ok(Outcome::NotOurs)
+    if ct.flags & CT_FLAG_EXTERNAL != 0 {
+        return Ok(Outcome::External);
+    }
+    Ok(Outcome::Translated)
 }
 
 #[derive(Clone, Copy)]

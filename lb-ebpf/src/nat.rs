@@ -56,18 +56,18 @@ impl<A: Copy> Tuple<A> {
 pub trait Nat: Frame {
     fn rewrite<A: Family>(&self, p: &Packet<A>, to: &Tuple<A>) -> Result<(), ()>;
     /// What a router does before sending a packet on: TTL (hop limit)
-    /// decremented (`ttl` is the packet's), and the MACs of the next hop
-    /// when known.
-    fn route<A: Family>(&self, p: &Packet<A>, ttl: u8, macs: Option<&[u8; 12]>) -> Result<(), ()>;
+    /// decremented (`ttl` is the packet's, `proto` its IP protocol), and
+    /// the MACs of the next hop when known.
+    fn route<A: Family>(&self, proto: u8, ttl: u8, macs: Option<&[u8; 12]>) -> Result<(), ()>;
 }
 
 /// The 16-bit word the IPv4 TTL shares with the protocol, before and
 /// after the decrement (native order, as the checksum code takes it).
 #[inline(always)]
-fn ttl_words<A>(p: &Packet<A>, ttl: u8) -> (u16, u16) {
+fn ttl_words(proto: u8, ttl: u8) -> (u16, u16) {
     (
-        u16::from_ne_bytes([ttl, p.proto]),
-        u16::from_ne_bytes([ttl.wrapping_sub(1), p.proto]),
+        u16::from_ne_bytes([ttl, proto]),
+        u16::from_ne_bytes([ttl.wrapping_sub(1), proto]),
     )
 }
 
@@ -191,11 +191,11 @@ impl Nat for TcContext {
     }
 
     #[inline(always)]
-    fn route<A: Family>(&self, p: &Packet<A>, ttl: u8, macs: Option<&[u8; 12]>) -> Result<(), ()> {
+    fn route<A: Family>(&self, proto: u8, ttl: u8, macs: Option<&[u8; 12]>) -> Result<(), ()> {
         self.store(L3_OFF + A::TTL_OFF, &ttl.wrapping_sub(1), 0)
             .map_err(|_| ())?;
         if !A::IS_V6 {
-            let (old, new) = ttl_words(p, ttl);
+            let (old, new) = ttl_words(proto, ttl);
             self.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 2)
                 .map_err(|_| ())?;
         }
@@ -257,11 +257,11 @@ impl Nat for XdpContext {
     }
 
     #[inline(always)]
-    fn route<A: Family>(&self, p: &Packet<A>, ttl: u8, macs: Option<&[u8; 12]>) -> Result<(), ()> {
+    fn route<A: Family>(&self, proto: u8, ttl: u8, macs: Option<&[u8; 12]>) -> Result<(), ()> {
         if A::IS_V6 {
             unsafe { ptr_at::<u8, _>(self, L3_OFF + A::TTL_OFF)?.write(ttl.wrapping_sub(1)) };
         } else {
-            let (old, new) = ttl_words(p, ttl);
+            let (old, new) = ttl_words(proto, ttl);
             let csum = ptr_at::<u16, _>(self, IP_CSUM_OFF)?;
             let word = ptr_at::<u16, _>(self, L3_OFF + A::TTL_OFF)?;
             unsafe {

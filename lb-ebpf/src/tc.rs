@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    IPPROTO_TCP, In6, Stat, V6_SLOT_DSR, V6_SLOT_EGRESS, V6_SLOT_ICMP, V6_SLOT_INGRESS,
-    V6_SLOT_REJECT, V6_SLOTS,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, In6, Stat, V6_SLOT_DSR, V6_SLOT_EGRESS,
+    V6_SLOT_ICMP, V6_SLOT_INGRESS, V6_SLOT_REJECT, V6_SLOTS,
 };
 
 use crate::{
@@ -26,8 +26,8 @@ use crate::{
     flow::{self, Hook, Outcome},
     icmp,
     maps::{PKT6, WORK6},
-    nat::Tuple,
-    parse::{self, IcmpError, Packet, Parsed, Parsed6, Skip},
+    nat::{Nat, Tuple},
+    parse::{self, IcmpError, L3_OFF, Packet, Parsed, Parsed6, Skip},
     reject,
     stats::count,
     work,
@@ -122,8 +122,46 @@ pub fn flb_tc_egress(ctx: TcContext) -> i32 {
 fn icmp_error<A: Family>(ctx: &TcContext, e: &IcmpError<A>) -> (i32, Stat) {
     match icmp::translate(ctx, e) {
         Ok(icmp::Outcome::Translated) => (OK, Stat::IcmpTranslated),
+        Ok(icmp::Outcome::External) => act(route_error::<A>(ctx), || (SHOT, Stat::DropInternal)),
         Ok(icmp::Outcome::NotOurs) => (OK, Stat::Pass),
         Err(()) => (SHOT, Stat::DropInternal),
+    }
+}
+
+/// A translated ICMP error about an external flow, sent to its next hop
+/// as the flow's own packets are.
+#[inline(always)]
+fn route_error<A: Family>(ctx: &TcContext) -> Outcome {
+    let proto = if A::IS_V6 {
+        IPPROTO_ICMPV6
+    } else {
+        IPPROTO_ICMP
+    };
+    // The addresses as translated.
+    let Ok(addrs) = parse::ptr_at::<[A; 2], _>(ctx, L3_OFF + A::SRC_OFF) else {
+        return Outcome::Drop(Stat::DropInternal);
+    };
+    let [saddr, daddr] = unsafe { addrs.read_unaligned() };
+    let t = Tuple {
+        saddr,
+        daddr,
+        sport: 0,
+        dport: 0,
+    };
+    let (ifindex, macs, ttl) = match fib::lookup(ctx, &t, proto) {
+        NextHop::Found {
+            ifindex, macs, ttl, ..
+        } => (ifindex, Some(macs), ttl),
+        NextHop::Unresolved { ifindex, ttl } => (ifindex, None, ttl),
+        NextHop::Stack => return Outcome::ToStack(Stat::IcmpTranslated),
+    };
+    if ctx.route::<A>(proto, ttl, macs.as_ref()).is_err() {
+        return Outcome::Drop(Stat::DropInternal);
+    }
+    Outcome::Redirect {
+        stat: Stat::IcmpTranslated,
+        ifindex,
+        neigh: macs.is_none(),
     }
 }
 

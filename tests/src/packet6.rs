@@ -154,3 +154,43 @@ pub fn addrs6(f: &[u8]) -> ((Ipv6Addr, u16), (Ipv6Addr, u16)) {
         (a(ETH + 24), u16::from_be_bytes([f[l4 + 2], f[l4 + 3]])),
     )
 }
+
+/// An ICMPv6 checksum, pseudo header included.
+pub fn icmp6_checksum_valid(f: &[u8]) -> bool {
+    let len = f.len() - ETH - IP6;
+    let mut acc = sum16(&f[ETH + 8..ETH + 40], 0);
+    acc += 58 + len as u32;
+    fold(sum16(&f[ETH + IP6..], acc)) == 0
+}
+
+/// An ICMPv6 error from `src` to `dst` quoting `quoted` (a frame).
+pub fn icmp6_error(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let quote = &quoted[ETH..];
+    let mut f = vec![0u8; ETH + IP6 + 8];
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    f[ETH] = 0x60;
+    f[ETH + 4..ETH + 6].copy_from_slice(&((8 + quote.len()) as u16).to_be_bytes());
+    f[ETH + 6] = 58;
+    f[ETH + 7] = 64;
+    f[ETH + 8..ETH + 24].copy_from_slice(&src.octets());
+    f[ETH + 24..ETH + 40].copy_from_slice(&dst.octets());
+    f[ETH + IP6] = ty;
+    f[ETH + IP6 + 4..ETH + IP6 + 8].copy_from_slice(&rest);
+    f.extend_from_slice(quote);
+    let len = f.len() - ETH - IP6;
+    let mut acc = sum16(&f[ETH + 8..ETH + 40], 0);
+    acc += 58 + len as u32;
+    let c = fold(sum16(&f[ETH + IP6..], acc));
+    f[ETH + IP6 + 2..ETH + IP6 + 4].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// The packet an ICMPv6 error frame quotes, as a frame of its own (so
+/// `addrs6` and `checksum_valid6` apply to it).
+pub fn quoted6(icmp: &[u8]) -> Vec<u8> {
+    let mut f = icmp[..ETH].to_vec();
+    f.extend_from_slice(&icmp[ETH + IP6 + 8..]);
+    f
+}

@@ -8,10 +8,11 @@ mod common;
 use std::net::{IpAddr, Ipv6Addr};
 
 use common::datapath::{Datapath, HOOKS, Hook, Verdict};
-use ferrolb_tests::packet::{ETH, fold, sum16};
+use ferrolb_tests::packet::ETH;
 use ferrolb_tests::packet::{TCP_ACK, TCP_RST, TCP_SYN};
 use ferrolb_tests::packet6::{
     DSTOPTS, FRAGMENT, Frame6, HOPOPTS, IP6, ROUTING, addrs6, checksum_valid6,
+    icmp6_checksum_valid, icmp6_error, quoted6,
 };
 use lb_agent::model::{BackendAddr, FrontendKey, Proto};
 
@@ -239,38 +240,6 @@ fn a_v6_vip_without_endpoints_is_rejected_with_rst_and_icmpv6() {
     assert_eq!(dp.stats()["reject_no_backend"], 2);
 }
 
-/// An ICMPv6 checksum, pseudo header included.
-fn icmp6_checksum_valid(f: &[u8]) -> bool {
-    let len = f.len() - ETH - IP6;
-    let mut acc = sum16(&f[ETH + 8..ETH + 40], 0);
-    acc += 58 + len as u32;
-    fold(sum16(&f[ETH + IP6..], acc)) == 0
-}
-
-/// An ICMPv6 error from `src` to `dst` quoting `quoted` (a frame).
-fn icmp6_error(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
-    let quote = &quoted[ETH..];
-    let mut f = vec![0u8; ETH + IP6 + 8];
-    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
-    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-    f[ETH] = 0x60;
-    f[ETH + 4..ETH + 6].copy_from_slice(&((8 + quote.len()) as u16).to_be_bytes());
-    f[ETH + 6] = 58;
-    f[ETH + 7] = 64;
-    f[ETH + 8..ETH + 24].copy_from_slice(&src.octets());
-    f[ETH + 24..ETH + 40].copy_from_slice(&dst.octets());
-    f[ETH + IP6] = ty;
-    f[ETH + IP6 + 4..ETH + IP6 + 8].copy_from_slice(&rest);
-    f.extend_from_slice(quote);
-    let len = f.len() - ETH - IP6;
-    let mut acc = sum16(&f[ETH + 8..ETH + 40], 0);
-    acc += 58 + len as u32;
-    let c = fold(sum16(&f[ETH + IP6..], acc));
-    f[ETH + IP6 + 2..ETH + IP6 + 4].copy_from_slice(&c.to_be_bytes());
-    f
-}
-
 /// Packet Too Big from the backend about a DNATed segment reaches the
 /// client as if the VIP sent it, quoting the segment as the client sent
 /// it: path MTU discovery works through a v6 Service.
@@ -287,8 +256,7 @@ fn packet_too_big_from_a_backend_reaches_the_client_from_the_vip() {
     assert_eq!(&out[ETH + 8..ETH + 24], &vip().octets(), "outer source");
     assert_eq!(&out[ETH + 24..ETH + 40], &client().octets());
     assert!(icmp6_checksum_valid(&out), "ICMPv6 checksum");
-    let mut quoted = out[..ETH].to_vec();
-    quoted.extend_from_slice(&out[ETH + IP6 + 8..]);
+    let quoted = quoted6(&out);
     assert_eq!(addrs6(&quoted), ((client(), 43000), (vip(), 80)));
     assert!(checksum_valid6(&quoted), "quoted TCP checksum");
     assert_eq!(dp.stats()["icmp_translated"], 1);

@@ -16,12 +16,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use aya::programs::{Xdp, XdpMode};
 use common::datapath::{Datapath, Hook, Verdict};
 use ferrolb_tests::fabric::static_node::{
-    self, CLIENT, CLIENT_MAC, CLIENT6, LOCAL_POD, NODE, NODE6, OUTSIDER,
-    PEER_NODE_MAC as NODE_A_MAC, POD_MAC, REMOTE_POD, REMOTE_POD6, WIRE_MAC,
+    self, CLIENT, CLIENT_MAC, CLIENT6, LOCAL_POD, NODE, NODE6, OUTSIDER, PEER_NODE as NODE_A,
+    PEER_NODE_MAC as NODE_A_MAC, PEER_NODE6, POD_MAC, REMOTE_POD, REMOTE_POD6, WIRE_MAC,
 };
 use ferrolb_tests::netns::NetNs;
 use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_SYN};
-use ferrolb_tests::packet6::{Frame6, addrs6, checksum_valid6};
+use ferrolb_tests::packet6::{
+    Frame6, addrs6, checksum_valid6, icmp6_checksum_valid, icmp6_error, quoted6,
+};
 use lb_agent::datapath::PROG_XDP_PASS;
 use lb_agent::model::{BackendAddr, FrontendKey, FrontendKind, FrontendState, Proto};
 use lb_common::{SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, SVC_FLAG_SOURCE_RANGES};
@@ -282,6 +284,103 @@ fn ipv6_nodeport_to_another_node_is_snated_and_replies_are_translated_back() {
             assert_eq!(macs(&back), (CLIENT_MAC, WIRE_MAC));
         }
     }
+}
+
+/// ICMP errors about a SNATed flow, translated at both ends (tc): a
+/// "fragmentation needed" from a router towards node-a's pod about the
+/// SNATed request reaches the client about the request it sent; a port
+/// unreachable from the pod itself comes from the NodePort; one from the
+/// client's side about a reply reaches the pod about the packet it sent.
+/// Without this, path MTU discovery through a NodePort fails either way.
+#[test]
+fn icmp_errors_about_snated_flows_are_translated_at_both_ends() {
+    const FRAG_NEEDED: (u8, u8) = (3, 4);
+    const PORT_UNREACH: (u8, u8) = (3, 3);
+    let mtu = [0, 0, 0x05, 0x00];
+    let (_ns, wire) = enter_node("icmp");
+    let mut dp = node_datapath("np-icmp", wire);
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let sport = 44000 + proto as u16;
+        let request = match proto {
+            Proto::Udp => Frame::udp((CLIENT, sport), (NODE, 30080), b"whoami").build(),
+            _ => Frame::tcp((CLIENT, sport), (NODE, 30080), TCP_SYN).build(),
+        };
+        let (_, out) = dp.run_on(Hook::Tc, &request);
+        let snat = packet::src(&out);
+        assert_eq!(snat.0, NODE, "{proto}: SNATed");
+        // Towards the pod: from a router, and from the pod itself.
+        for (from, ty) in [(NODE_A, FRAG_NEEDED), (REMOTE_POD, PORT_UNREACH)] {
+            let err = packet::icmp_error(from, NODE, ty, mtu, &out, 48);
+            let (v, got) = dp.run_on(Hook::Tc, &err);
+            assert_eq!(v, Verdict::Redirect, "{proto} {ty:?}: routed");
+            assert_eq!(macs(&got), (CLIENT_MAC, WIRE_MAC));
+            assert_eq!(ttl(&got), 63);
+            let sender = if from == REMOTE_POD { NODE } else { from };
+            assert_eq!(
+                (packet::src(&got).0, packet::dst(&got).0),
+                (sender, CLIENT),
+                "{proto} {ty:?}: outer addresses"
+            );
+            assert!(packet::checksums_valid(&got), "{proto} {ty:?}: ICMP");
+            let q = packet::quoted(&got);
+            assert_eq!(
+                (packet::src(&q), packet::dst(&q)),
+                ((CLIENT, sport), (NODE, 30080)),
+                "{proto} {ty:?}: the quote is what the client sent"
+            );
+            assert!(packet::checksums_valid(&q), "{proto} {ty:?}: quote");
+        }
+        // Towards the client: an error about the reply.
+        let reply = match proto {
+            Proto::Udp => Frame::udp((REMOTE_POD, 9376), snat, b"pod-1-0").build(),
+            _ => Frame::tcp((REMOTE_POD, 9376), snat, TCP_SYN | TCP_ACK).build(),
+        };
+        let (_, back) = dp.run_on(Hook::Tc, &reply);
+        assert_eq!(packet::dst(&back), (CLIENT, sport));
+        let err = packet::icmp_error(OUTSIDER, NODE, FRAG_NEEDED, mtu, &back, 48);
+        let (v, got) = dp.run_on(Hook::Tc, &err);
+        assert_eq!(v, Verdict::Redirect, "{proto}: routed");
+        assert_eq!(macs(&got), (NODE_A_MAC, WIRE_MAC));
+        assert_eq!(
+            (packet::src(&got).0, packet::dst(&got).0),
+            (OUTSIDER, REMOTE_POD)
+        );
+        assert!(packet::checksums_valid(&got), "{proto}: ICMP");
+        let q = packet::quoted(&got);
+        assert_eq!(
+            (packet::src(&q), packet::dst(&q)),
+            ((REMOTE_POD, 9376), snat),
+            "{proto}: the quote is what the pod sent"
+        );
+        assert!(packet::checksums_valid(&q), "{proto}: quote");
+    }
+    // IPv6: Packet Too Big both ways.
+    let request = Frame6::tcp((CLIENT6, 45000), (NODE6, 30080), TCP_SYN).build();
+    let (_, out) = dp.run_on(Hook::Tc, &request);
+    let snat = addrs6(&out).0;
+    let router = PEER_NODE6;
+    let ptb = icmp6_error(router, NODE6, 2, 1280u32.to_be_bytes(), &out);
+    let (v, got) = dp.run_on(Hook::Tc, &ptb);
+    assert_eq!((v, macs(&got)), (Verdict::Redirect, (CLIENT_MAC, WIRE_MAC)));
+    assert_eq!(&got[packet::ETH + 24..packet::ETH + 40], &CLIENT6.octets());
+    assert!(icmp6_checksum_valid(&got), "ICMPv6 checksum");
+    let q = quoted6(&got);
+    assert_eq!(addrs6(&q), ((CLIENT6, 45000), (NODE6, 30080)));
+    assert!(checksum_valid6(&q), "quoted checksum");
+    let reply = Frame6::tcp((REMOTE_POD6, 9376), snat, TCP_SYN | TCP_ACK).build();
+    let (_, back) = dp.run_on(Hook::Tc, &reply);
+    let ptb = icmp6_error(router, NODE6, 2, 1280u32.to_be_bytes(), &back);
+    let (v, got) = dp.run_on(Hook::Tc, &ptb);
+    assert_eq!((v, macs(&got)), (Verdict::Redirect, (NODE_A_MAC, WIRE_MAC)));
+    assert_eq!(
+        &got[packet::ETH + 24..packet::ETH + 40],
+        &REMOTE_POD6.octets()
+    );
+    assert!(icmp6_checksum_valid(&got), "ICMPv6 checksum");
+    let q = quoted6(&got);
+    assert_eq!(addrs6(&q), ((REMOTE_POD6, 9376), snat));
+    assert!(checksum_valid6(&q), "quoted checksum");
+    assert_eq!(dp.stats()["icmp_translated"], 8);
 }
 
 #[test]

@@ -59,6 +59,22 @@ endpoints:
 - {addresses: ["fd00:244:1::5"], nodeName: node-a}
 - {addresses: ["fd00:244:1::6"], nodeName: node-a}
 - {addresses: ["fd00:244:2::5"], nodeName: node-b}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: closed6}
+spec:
+  type: NodePort
+  ipFamilies: [IPv6]
+  clusterIP: "fd00:10::2:14"
+  ports: [{protocol: UDP, port: 80, targetPort: 9999, nodePort: 30093}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: closed6-1, labels: {kubernetes.io/service-name: closed6}}
+addressType: IPv6
+ports: [{protocol: UDP, port: 9999}]
+endpoints: [{addresses: ["fd00:244:2::5"], nodeName: node-b}]
 "#;
 
 /// The same manifests on both nodes: endpoints carry their nodeName, each
@@ -137,6 +153,36 @@ metadata: {name: lb-ranges-1, labels: {kubernetes.io/service-name: lb-ranges}}
 addressType: IPv4
 ports: [{protocol: TCP, port: 9376}]
 endpoints: [{addresses: ["10.244.1.6"], nodeName: node-a}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: closed-remote}
+spec:
+  type: NodePort
+  clusterIP: 10.0.2.14
+  ports: [{protocol: UDP, port: 80, targetPort: 9999, nodePort: 30083}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: closed-remote-1, labels: {kubernetes.io/service-name: closed-remote}}
+addressType: IPv4
+ports: [{protocol: UDP, port: 9999}]
+endpoints: [{addresses: ["10.244.2.5"], nodeName: node-b}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: closed-local}
+spec:
+  type: NodePort
+  clusterIP: 10.0.2.15
+  ports: [{protocol: UDP, port: 80, targetPort: 9999, nodePort: 30084}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: closed-local-1, labels: {kubernetes.io/service-name: closed-local}}
+addressType: IPv4
+ports: [{protocol: UDP, port: 9999}]
+endpoints: [{addresses: ["10.244.1.5"], nodeName: node-a}]
 "#;
 
 struct Topology {
@@ -410,6 +456,59 @@ fn ipv6_nodeport_with_cluster_policy_reaches_every_pod_and_snats_across_nodes() 
     }
     let stats = t.b.cli("stats").unwrap();
     assert!(stat(&stats, "snat_new") > 0, "node-b SNATed:\n{stats}");
+    t.finish();
+}
+
+/// ICMP errors from pods reach external clients: UDP to a port no pod
+/// listens on, through node-a's NodePort, comes back as "port
+/// unreachable" on the client's connected socket (ECONNREFUSED at once,
+/// not a timeout), whether the pod is on node-b (the flow SNATed: the
+/// error arrives for node-a's address and port) or on node-a (its source
+/// becomes node-a's address, which the stack would drop as a martian),
+/// over IPv4 and IPv6.
+#[test]
+fn icmp_errors_from_pods_reach_external_clients() {
+    let t = topology6();
+    // Every datagram gets its error: no ICMP rate limit in the pods.
+    for c in [&t.a, &t.b] {
+        for pod in &c.pods {
+            pod.ns
+                .run(|| {
+                    std::fs::write("/proc/sys/net/ipv4/icmp_ratelimit", "0")?;
+                    std::fs::write("/proc/sys/net/ipv6/icmp/ratelimit", "0")
+                })
+                .unwrap()
+                .unwrap();
+        }
+    }
+    for (to, port) in [
+        (IpAddr::from(NODE_A), 30083),
+        (IpAddr::from(NODE_A), 30084),
+        (IpAddr::from(NODE_A6), 30093),
+    ] {
+        for i in 0..5 {
+            let got = t
+                .client()
+                .run(move || -> std::io::Result<usize> {
+                    let s = UdpSocket::bind(if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
+                    s.set_read_timeout(Some(TIMEOUT))?;
+                    s.connect((to, port))?;
+                    s.send(b"anyone?")?;
+                    s.recv(&mut [0u8; 64])
+                })
+                .unwrap();
+            match got {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                other => panic!(
+                    "{to}:{port} datagram {i}: {other:?}, want ECONNREFUSED\n{}",
+                    t.stats()
+                ),
+            }
+        }
+    }
+    let a = t.a.cli("stats").unwrap();
+    assert!(stat(&a, "icmp_translated") >= 15, "node-a:\n{a}");
+    assert!(stat(&a, "snat_new") >= 10, "node-a:\n{a}");
     t.finish();
 }
 
