@@ -34,6 +34,16 @@ pub fn lookup_key<A: Family>(k: &CtKeyOf<A>) -> Option<CtValueOf<A>> {
     unsafe { A::conntrack().get(k) }.copied()
 }
 
+/// For a SYN that opens a connection no frontend translates (straight to
+/// a pod, as the socket hooks send them): an entry under its reply's key
+/// is a closed translated flow's reverse entry that the client's reused
+/// port now collides with, and it would rewrite this connection's
+/// replies to the old frontend. The newest connection wins.
+#[inline(always)]
+pub fn forget_reply_of<A: Family>(p: &Packet<A>) {
+    let _ = A::conntrack().remove(reply_key(p));
+}
+
 /// What [`create`] does when the tuple already has a forward entry.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Existing {

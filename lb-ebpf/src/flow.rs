@@ -78,7 +78,7 @@ pub fn handle<C: Hook, A: Family>(ctx: &C, p: &Packet<A>) -> Outcome {
     }
     if p.is_syn() {
         // Not to a frontend (looked up above): nothing to translate.
-        return Outcome::Forward(Stat::Pass);
+        return not_ours(p);
     }
     let Some(fe) = lb::lookup(p.daddr, p.dport, p.proto) else {
         return Outcome::Forward(Stat::Pass);
@@ -108,7 +108,7 @@ pub fn track<A: Family>(p: &Packet<A>) -> Step<A> {
             return Step::Tracked(ct);
         }
         let Some(fe) = lb::lookup(p.daddr, p.dport, p.proto) else {
-            return Step::Done(Outcome::Forward(Stat::Pass));
+            return Step::Done(not_ours(p));
         };
         if !p.fragment && syn_keeps_flow(p, &fe, &ct) {
             return Step::Tracked(ct);
@@ -117,7 +117,7 @@ pub fn track<A: Family>(p: &Packet<A>) -> Step<A> {
     } else {
         match lb::lookup(p.daddr, p.dport, p.proto) {
             Some(fe) => fe,
-            None => return Step::Done(Outcome::Forward(Stat::Pass)),
+            None => return Step::Done(not_ours(p)),
         }
     };
     if p.fragment {
@@ -128,6 +128,16 @@ pub fn track<A: Family>(p: &Packet<A>) -> Step<A> {
         return Step::Done(admit(p, &fe).unwrap_or_else(|| without_backends(&fe)));
     }
     Step::Open(fe)
+}
+
+/// A packet to no frontend, untracked: passed on untranslated (a SYN
+/// first clears its reply tuple, as in [`handle`]).
+#[inline(always)]
+fn not_ours<A: Family>(p: &Packet<A>) -> Outcome {
+    if p.is_syn() {
+        conntrack::forget_reply_of(p);
+    }
+    Outcome::Forward(Stat::Pass)
 }
 
 /// A tracked flow's packet (see [`track`]).

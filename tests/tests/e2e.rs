@@ -601,6 +601,34 @@ fn tcp_from(c: &Cluster, port: u16) -> std::io::Result<String> {
         .unwrap()
 }
 
+/// A connection through the socket hooks that reuses the tuple of an
+/// earlier connection translated at tc (the same client port, and with one
+/// backend the same pod): the old flow's reverse entry must not rewrite
+/// the new connection's replies to the VIP, which the client would reset
+/// (the socket hooks connect it to the pod itself). Clients on other
+/// nodes, or outside the hooked cgroup, mix the two paths this way.
+#[test]
+fn a_socket_connection_reusing_a_tc_flows_tuple_gets_its_replies() {
+    let s = setup(1, |c| hostnames(&[c.pods[0].ip]));
+    let c = &s.cluster;
+    let pod = c.pods[0].name.clone();
+    let port = 45_123;
+    assert_eq!(tcp_from(c, port).expect("through tc"), pod);
+    let translated = c.cli("stats").unwrap();
+    assert!(
+        translated.lines().any(|l| l.starts_with("dnat_new ")),
+        "tc translated the first connection:\n{translated}"
+    );
+    let in_cgroup = InCgroup::enter(&c.cgroup).unwrap();
+    let again = tcp_from(c, port);
+    drop(in_cgroup);
+    assert_eq!(
+        again.expect("through the socket hooks, same client port"),
+        pod
+    );
+    s.assert_no_firewall_rules();
+}
+
 #[test]
 fn flows_to_a_pod_removed_from_the_slice_are_purged() {
     let s = setup(3, |c| {
