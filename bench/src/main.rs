@@ -10,6 +10,7 @@ mod report;
 mod stats;
 mod synth;
 mod traffic;
+mod traffic6;
 
 use std::path::PathBuf;
 
@@ -91,6 +92,8 @@ fn main() -> Result<()> {
         traffic::run(&o, &mut r)?;
         eprintln!("==> 2b. north-south traffic");
         nodeport_traffic::run(&o, &mut r)?;
+        eprintln!("==> 2f. IPv6 traffic beside IPv4");
+        traffic6::run(&o, &mut r)?;
     }
     if o.wants("control") {
         eprintln!("==> 3. control plane");

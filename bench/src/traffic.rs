@@ -6,7 +6,7 @@
 //! baselines' rules live only in this benchmark's throwaway node
 //! namespace.
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use crate::stats::{Spread, fmt, percentile, spread};
 use crate::{Opts, synth};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 175);
-const IPERF_PORT: u16 = 5201;
+pub(crate) const IPERF_PORT: u16 = 5201;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -47,19 +47,19 @@ impl Mode {
 
 /// One run's figures.
 #[derive(Clone, Copy, Default)]
-struct Figures {
-    gbps: f64,
-    rr_per_s: f64,
-    rr_p50_us: f64,
-    rr_p99_us: f64,
-    cps: f64,
-    cps_p50_us: f64,
-    cps_p99_us: f64,
-    cpu_us_per_conn: f64,
+pub(crate) struct Figures {
+    pub gbps: f64,
+    pub rr_per_s: f64,
+    pub rr_p50_us: f64,
+    pub rr_p99_us: f64,
+    pub cps: f64,
+    pub cps_p50_us: f64,
+    pub cps_p99_us: f64,
+    pub cpu_us_per_conn: f64,
 }
 
 /// Busy and total jiffies from /proc/stat, all CPUs.
-fn cpu_jiffies() -> (u64, u64) {
+pub(crate) fn cpu_jiffies() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let v: Vec<u64> = text
         .lines()
@@ -113,7 +113,7 @@ pub(crate) fn new_connections(addr: SocketAddr, dur: Duration) -> std::io::Resul
 }
 
 /// Kills a helper process when dropped.
-struct Guard(Child);
+pub(crate) struct Guard(pub Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -122,7 +122,8 @@ impl Drop for Guard {
     }
 }
 
-fn iperf(cluster: &Cluster, target: Ipv4Addr, secs: u64) -> Result<f64> {
+pub(crate) fn iperf(cluster: &Cluster, target: impl Into<IpAddr>, secs: u64) -> Result<f64> {
+    let target: IpAddr = target.into();
     let out = cluster
         .client()
         .ns
@@ -273,46 +274,79 @@ impl Setup {
         // Which path carried the connections, from the agent's counters.
         let ferrolb = matches!(self.mode, Mode::Ferrolb | Mode::FerrolbSock);
         let before = if ferrolb { paths(c)? } else { (0, 0) };
-        let gbps = iperf(c, self.target, secs)?;
-        let (rr_per_s, rr) = c.client().ns.run(move || request_response(addr, dur))??;
-        let (b0, _) = cpu_jiffies();
-        let (cps, conn) = c.client().ns.run(move || new_connections(addr, dur))??;
-        let (b1, _) = cpu_jiffies();
-        // Jiffies are 10 ms (USER_HZ = 100).
-        let cpu_us = (b1 - b0) as f64 * 10_000.0 / conn.len().max(1) as f64;
+        let (f, conns) = figures(c, self.target.into(), addr, dur)?;
         if ferrolb {
-            let after = paths(c)?;
-            let (tc, sock) = (after.0 - before.0, after.1 - before.1);
-            // A reused tuple may count as established: tc counts at least
-            // one new flow, never all of them.
-            let ok = match self.mode {
-                Mode::FerrolbSock => sock >= conn.len() as u64 && tc == 0,
-                _ => tc > 0 && sock == 0,
-            };
-            ensure!(
-                ok,
-                "{}: {} connections, but the agent counted {tc} new tc flows and {sock} socket \
-                 translations: the traffic took another path",
+            check_path(
+                c,
+                before,
+                conns,
+                self.mode == Mode::FerrolbSock,
                 self.mode.name(),
-                conn.len()
-            );
+            )?;
         }
-        Ok(Figures {
-            gbps,
-            rr_per_s,
-            rr_p50_us: percentile(&rr, 50.0),
-            rr_p99_us: percentile(&rr, 99.0),
-            cps,
-            cps_p50_us: percentile(&conn, 50.0),
-            cps_p99_us: percentile(&conn, 99.0),
-            cpu_us_per_conn: cpu_us,
-        })
+        Ok(f)
     }
+}
+
+/// Bulk TCP (iperf3 to `target`), request/response and new connections
+/// (to `addr`) from the client pod, `dur` each; and how many connections
+/// the last run made.
+pub(crate) fn figures(
+    c: &Cluster,
+    target: IpAddr,
+    addr: SocketAddr,
+    dur: Duration,
+) -> Result<(Figures, usize)> {
+    let gbps = iperf(c, target, dur.as_secs())?;
+    let (rr_per_s, rr) = c.client().ns.run(move || request_response(addr, dur))??;
+    let (b0, _) = cpu_jiffies();
+    let (cps, conn) = c.client().ns.run(move || new_connections(addr, dur))??;
+    let (b1, _) = cpu_jiffies();
+    // Jiffies are 10 ms (USER_HZ = 100).
+    let cpu_us = (b1 - b0) as f64 * 10_000.0 / conn.len().max(1) as f64;
+    let f = Figures {
+        gbps,
+        rr_per_s,
+        rr_p50_us: percentile(&rr, 50.0),
+        rr_p99_us: percentile(&rr, 99.0),
+        cps,
+        cps_p50_us: percentile(&conn, 50.0),
+        cps_p99_us: percentile(&conn, 99.0),
+        cpu_us_per_conn: cpu_us,
+    };
+    Ok((f, conn.len()))
+}
+
+/// Confirms from the agent's counters (`before`: [`paths`] before the
+/// run) that `conns` connections took the path measured: the socket hooks
+/// (`sock`) or tc.
+pub(crate) fn check_path(
+    c: &Cluster,
+    before: (u64, u64),
+    conns: usize,
+    sock_path: bool,
+    what: &str,
+) -> Result<()> {
+    let after = paths(c)?;
+    let (tc, sock) = (after.0 - before.0, after.1 - before.1);
+    // A reused tuple may count as established: tc counts at least one new
+    // flow, never all of them.
+    let ok = if sock_path {
+        sock >= conns as u64 && tc == 0
+    } else {
+        tc > 0 && sock == 0
+    };
+    ensure!(
+        ok,
+        "{what}: {conns} connections, but the agent counted {tc} new tc flows and {sock} socket \
+         translations: the traffic took another path"
+    );
+    Ok(())
 }
 
 /// The agent's (new tc flows, socket translations) counters, from its
 /// metrics in the node namespace.
-fn paths(c: &Cluster) -> Result<(u64, u64)> {
+pub(crate) fn paths(c: &Cluster) -> Result<(u64, u64)> {
     let text = c.metrics()?;
     let count = |outcome: &str| {
         let want = format!("ferrolb_datapath_packets_total{{outcome=\"{outcome}\"}} ");
@@ -323,11 +357,11 @@ fn paths(c: &Cluster) -> Result<(u64, u64)> {
     Ok((count("dnat_new")?, count("sock_translate")?))
 }
 
-fn col(f: &[Figures], get: impl Fn(&Figures) -> f64) -> Spread {
+pub(crate) fn col(f: &[Figures], get: impl Fn(&Figures) -> f64) -> Spread {
     spread(&f.iter().map(get).collect::<Vec<_>>())
 }
 
-fn cell(s: Spread, digits: usize) -> String {
+pub(crate) fn cell(s: Spread, digits: usize) -> String {
     let [a, b, c] = fmt(s, digits);
     format!("{b} ({a}-{c})")
 }
