@@ -6,14 +6,19 @@
 //! bed's `static_node`): the programs' FIB lookups resolve there, so
 //! external packets take their real path to a next hop (tc redirect,
 //! XDP_TX) rather than failing over to the stack. XDP runs as if
-//! received on `wire0` (its context names the interface).
-use std::net::Ipv4Addr;
+//! received on `wire0` (its context names the interface). IPv6 cases
+//! beside the IPv4 ones: the same NodePort over IPv6, to the other
+//! node's pod's IPv6 address, SNATed to the node's.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 use aya::programs::{Program, ProgramFd, Xdp, XdpMode};
 use ferrolb_tests::bpffs::Bpffs;
-use ferrolb_tests::fabric::static_node::{self, CLIENT, LOCAL_POD, NODE, REMOTE_POD};
+use ferrolb_tests::fabric::static_node::{
+    self, CLIENT, CLIENT6, LOCAL_POD, NODE, NODE6, REMOTE_POD, REMOTE_POD6,
+};
 use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_SYN};
+use ferrolb_tests::packet6::{Frame6, addrs6};
 use lb_agent::{
     datapath::{PROG_XDP_PASS, external::ExternalMaps, loader},
     model::{BackendAddr, Desired, FrontendKey, FrontendKind, FrontendState, Proto},
@@ -30,6 +35,9 @@ use crate::report::Report;
 use crate::stats::{fmt, interquartile_mean, spread};
 
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const CLUSTER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
+/// New IPv6 flows come from here up (the harness varies the last 32 bits).
+const WARM_CLIENTS6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 0);
 const NODEPORT_REMOTE: u16 = 30080;
 const NODEPORT_LOCAL: u16 = 30081;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -80,7 +88,10 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
          untranslated, which is what its figure costs). The ClusterIP conntrack hit, measured here in \
          the same run and conditions, is the reference of the target. Warm and cold as in tables 1 \
          and 1b; new flows start from an emptied conntrack map each loop of 1000 (every new flow \
-         claims a SNAT port). Mpps: packets per second one core would forward at the warm total.",
+         claims a SNAT port). The IPv6 cases are the same over IPv6 (NodePort on the node's IPv6 \
+         address to the other node's pod's, SNAT to the node's; the ClusterIP hit for reference), run \
+         as tail-called stages as in table 1f. Mpps: packets per second one core would forward at the \
+         warm total.",
         &[
             "hook",
             "case",
@@ -91,17 +102,30 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         ],
         rows,
     );
-    let added = |case: usize, hook: usize| spread(&figures[case][hook].warm_added).median;
-    let (np, hit) = (added(1, 1), added(0, 1));
-    r.target(
-        "XDP: NodePort established (SNAT) adds <= 2x a ClusterIP conntrack hit",
-        format!("{np:.0} ns vs {hit:.0} ns ({:.1}x)", np / hit.max(1.0)),
-        np <= 2.0 * hit,
-    );
+    let added = |name: &str| {
+        let i = cases.iter().position(|c| c.name == name).expect("case");
+        spread(&figures[i][1].warm_added).median
+    };
+    for (family, np, hit) in [
+        ("", CASE_NP_EST, CASE_CLUSTER_HIT),
+        ("IPv6 ", CASE_NP_EST6, CASE_CLUSTER_HIT6),
+    ] {
+        let (np, hit) = (added(np), added(hit));
+        r.target(
+            &format!("XDP: {family}NodePort established (SNAT) adds <= 2x a {family}ClusterIP conntrack hit"),
+            format!("{np:.0} ns vs {hit:.0} ns ({:.1}x)", np / hit.max(1.0)),
+            np <= 2.0 * hit,
+        );
+    }
     Ok(())
 }
 
-fn be(addr: Ipv4Addr, local: bool) -> BackendAddr {
+const CASE_CLUSTER_HIT: &str = "ClusterIP established (conntrack hit)";
+const CASE_NP_EST: &str = "NodePort established, SNAT";
+const CASE_CLUSTER_HIT6: &str = "IPv6 ClusterIP established (conntrack hit)";
+const CASE_NP_EST6: &str = "IPv6 NodePort established, SNAT";
+
+fn be(addr: impl Into<IpAddr>, local: bool) -> BackendAddr {
     BackendAddr {
         addr: addr.into(),
         port: 9376,
@@ -110,7 +134,7 @@ fn be(addr: Ipv4Addr, local: bool) -> BackendAddr {
 }
 
 fn frontend(
-    addr: Ipv4Addr,
+    addr: impl Into<IpAddr>,
     port: u16,
     kind: FrontendKind,
     backend: BackendAddr,
@@ -169,12 +193,24 @@ fn measure(quick: bool) -> Result<(Vec<Case>, Vec<[Figures; 2]>)> {
             FrontendKind::NodePort,
             be(LOCAL_POD, true),
         ),
+        frontend(
+            CLUSTER_IP6,
+            80,
+            FrontendKind::ClusterIp,
+            be(REMOTE_POD6, false),
+        ),
+        frontend(
+            Ipv6Addr::UNSPECIFIED,
+            NODEPORT_REMOTE,
+            FrontendKind::NodePort,
+            be(REMOTE_POD6, false),
+        ),
     ]);
     let mut rec = reconcile::Reconciler::new(l.maps.read()?);
     let ops = rec.plan_all(&desired);
     let errs = l.maps.apply(&ops, rec.mirror_mut());
     anyhow::ensure!(errs.is_empty(), "programming: {:?}", errs.first());
-    ext.sync_node_addrs(&[NODE.into()].into())?;
+    ext.sync_node_addrs(&[NODE.into(), NODE6.into()].into())?;
     ext.set_config(&lb_common::Config {
         nodeport_min: lb_common::DEFAULT_NODEPORT_MIN,
         nodeport_max: lb_common::DEFAULT_NODEPORT_MAX,
@@ -183,7 +219,7 @@ fn measure(quick: bool) -> Result<(Vec<Case>, Vec<[Figures; 2]>)> {
         snat_v4: u32::from_ne_bytes(NODE.octets()),
         snat_closed_ticks: 0,
         flags: 0,
-        snat_v6: [0; 4],
+        snat_v6: words6(NODE6),
     })?;
     // A veth registers the receive queue XDP test runs name only once an
     // XDP program is attached: the pass program is.
@@ -193,8 +229,11 @@ fn measure(quick: bool) -> Result<(Vec<Case>, Vec<[Figures; 2]>)> {
         .context("pass program")?
         .try_into()?;
     xdp_pass.attach("wire0", XdpMode::default())?;
-    let md: [u32; 6] = [0, 54, 0, wire, 0, 0];
-    let xdp_ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    // The XDP context: the frame's end, and the interface it came in on.
+    let xdp_ctx = |frame: &[u8]| -> Vec<u8> {
+        let md: [u32; 6] = [0, frame.len() as u32, 0, wire, 0, 0];
+        md.iter().flat_map(|v| v.to_ne_bytes()).collect()
+    };
 
     let cases = flows(&l)?;
     let reps = if quick { 3 } else { 9 };
@@ -206,7 +245,7 @@ fn measure(quick: bool) -> Result<(Vec<Case>, Vec<[Figures; 2]>)> {
         for (h, (_, prog_name, pass_name, harness_name, _)) in HOOKS.iter().enumerate() {
             let (prog, pass) = (program(&l.ebpf, prog_name)?, program(&l.ebpf, pass_name)?);
             let fds = (prog.fd()?, pass.fd()?);
-            let ctx = (h == 1).then(|| xdp_ctx.clone());
+            let ctx = (h == 1).then(|| xdp_ctx(&c.frame));
             let baseline = [TC_ACT_OK, XDP_PASS][h];
             let run = Run {
                 fds,
@@ -225,7 +264,8 @@ fn measure(quick: bool) -> Result<(Vec<Case>, Vec<[Figures; 2]>)> {
                 }
                 _ => anyhow::bail!("{harness_name}: unexpected program type"),
             };
-            let ctx = (h == 1).then_some(xdp_ctx.as_slice());
+            let ctx = (h == 1).then(|| xdp_ctx(&c.frame));
+            let ctx = ctx.as_deref();
             let cold_added = match (prog, pass) {
                 (Program::SchedClassifier(p), Program::SchedClassifier(b)) => {
                     cold(p, b, c, ctx, samples, &mut l.conntrack)?
@@ -263,19 +303,28 @@ fn flows(l: &Loaded) -> Result<Vec<Case>> {
         let reply = Frame::tcp(packet::dst(&out), packet::src(&out), TCP_ACK).build();
         Ok((est, reply))
     };
+    let open6 = |dst: (Ipv6Addr, u16), sport: u16| -> Result<(Vec<u8>, Vec<u8>)> {
+        let syn = Frame6::tcp((CLIENT6, sport), dst, TCP_SYN).build();
+        let (_, _, out) = run_once_on(tc, &syn, None)?;
+        let est = Frame6::tcp((CLIENT6, sport), dst, TCP_ACK).build();
+        let (from, to) = addrs6(&out);
+        Ok((est, Frame6::tcp(to, from, TCP_ACK).build()))
+    };
     let (cluster_est, _) = open((CLUSTER_IP, 80), 45000)?;
     let (np_est, np_reply) = open((NODE, NODEPORT_REMOTE), 45001)?;
     let (local_est, _) = open((NODE, NODEPORT_LOCAL), 45002)?;
+    let (cluster_est6, _) = open6((CLUSTER_IP6, 80), 45003)?;
+    let (np_est6, np_reply6) = open6((NODE6, NODEPORT_REMOTE), 45004)?;
     let sent = [TC_ACT_REDIRECT, XDP_TX];
     Ok(vec![
         Case {
-            name: "ClusterIP established (conntrack hit)",
+            name: CASE_CLUSTER_HIT,
             frame: cluster_est,
             fresh: false,
             verdict: [TC_ACT_OK, XDP_PASS],
         },
         Case {
-            name: "NodePort established, SNAT",
+            name: CASE_NP_EST,
             frame: np_est,
             fresh: false,
             verdict: sent,
@@ -293,11 +342,35 @@ fn flows(l: &Loaded) -> Result<Vec<Case>> {
             // XDP: another interface's next hop is left to tc, untranslated.
             verdict: [TC_ACT_REDIRECT, XDP_PASS],
         },
+        Case {
+            name: CASE_CLUSTER_HIT6,
+            frame: cluster_est6,
+            fresh: false,
+            verdict: [TC_ACT_OK, XDP_PASS],
+        },
+        Case {
+            name: CASE_NP_EST6,
+            frame: np_est6,
+            fresh: false,
+            verdict: sent,
+        },
+        Case {
+            name: "IPv6 NodePort reply, SNAT reversed",
+            frame: np_reply6,
+            fresh: false,
+            verdict: sent,
+        },
         // Last: measuring new flows empties the conntrack map, and with it
         // the flows the cases above measure.
         Case {
             name: "NodePort new flow, SNAT to another node",
             frame: Frame::tcp((WARM_CLIENTS, 40000), (NODE, NODEPORT_REMOTE), TCP_SYN).build(),
+            fresh: true,
+            verdict: sent,
+        },
+        Case {
+            name: "IPv6 NodePort new flow, SNAT to another node",
+            frame: Frame6::tcp((WARM_CLIENTS6, 40000), (NODE6, NODEPORT_REMOTE), TCP_SYN).build(),
             fresh: true,
             verdict: sent,
         },
@@ -374,6 +447,13 @@ fn cold<P: Runnable>(
         if !c.fresh {
             return c.frame.clone();
         }
+        if c.frame[12..14] == [0x86, 0xdd] {
+            let ((_, sport), dst) = addrs6(&c.frame);
+            let src = Ipv6Addr::from(
+                u128::from(Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 0)) + k as u128,
+            );
+            return Frame6::tcp((src, sport), dst, TCP_SYN).build();
+        }
         let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 250, 0, 0)) + k as u32);
         let mut f = c.frame.clone();
         f[packet::ETH + 12..packet::ETH + 16].copy_from_slice(&src.octets());
@@ -398,4 +478,12 @@ fn cold<P: Runnable>(
         base.push(run_once_on(pass, &f, ctx)?.1);
     }
     Ok(interquartile_mean(&ours) - interquartile_mean(&base))
+}
+
+/// An IPv6 address as the maps hold it: four words in network order.
+fn words6(a: Ipv6Addr) -> [u32; 4] {
+    let o = a.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
