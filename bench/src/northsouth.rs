@@ -154,7 +154,7 @@ fn frontend(
             } else {
                 0
             },
-            source_ranges: Vec::new(),
+            ..Default::default()
         },
     )
 }

@@ -61,6 +61,9 @@ pub struct ServiceEntry {
     /// `spec.loadBalancerSourceRanges`, IPv4 ones (others have no
     /// IPv4 frontend to apply to yet).
     pub source_ranges: Vec<Cidr>,
+    /// `sessionAffinity: ClientIP`: its
+    /// `sessionAffinityConfig.clientIP.timeoutSeconds` (default 10800).
+    pub affinity_secs: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -199,6 +202,13 @@ fn service(s: &Service) -> ServiceEntry {
         .filter_map(|r| r.trim().parse().ok())
         .collect();
     out.publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
+    if spec.session_affinity.as_deref() == Some("ClientIP") {
+        let timeout = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref()?.timeout_seconds);
+        out.affinity_secs = Some(timeout.map_or(lb_common::DEFAULT_AFFINITY_SECS, |t| t as u32));
+    }
     out.cluster_ips = spec
         .cluster_ips
         .iter()

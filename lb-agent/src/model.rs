@@ -132,6 +132,8 @@ pub struct FrontendState {
     pub flags: u16,
     /// `loadBalancerSourceRanges` (LoadBalancer frontends only).
     pub source_ranges: Vec<Cidr>,
+    /// `sessionAffinity: ClientIP`: its timeout in seconds.
+    pub affinity_secs: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -440,12 +442,16 @@ fn service_frontends(
             if !source_ranges.is_empty() {
                 flags |= lb_common::SVC_FLAG_SOURCE_RANGES;
             }
+            if svc.affinity_secs.is_some() {
+                flags |= lb_common::SVC_FLAG_AFFINITY;
+            }
             FrontendState {
                 name: name.clone(),
                 backends: backends.clone(),
                 kind,
                 flags,
                 source_ranges,
+                affinity_secs: svc.affinity_secs,
             }
         };
         let fk = |addr: IpAddr, port: u16| FrontendKey { addr, port, proto };
@@ -883,6 +889,46 @@ mod external_tests {
             addr: addr.parse().unwrap(),
             port,
             proto: Proto::Tcp,
+        }
+    }
+
+    #[test]
+    fn session_affinity_reaches_every_frontend_of_the_service_with_its_timeout() {
+        let d = desired(&store(&web(
+            "  type: NodePort\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
+            "",
+        )));
+        assert_eq!(d.frontends.len(), 2, "{d:?}");
+        for st in d.frontends.values() {
+            assert_eq!(st.affinity_secs, Some(60));
+            assert_ne!(st.flags & lb_common::SVC_FLAG_AFFINITY, 0);
+        }
+        // The default timeout, and none without ClientIP.
+        let d = desired(&store(&web("  sessionAffinity: ClientIP\n", "")));
+        assert_eq!(
+            d.frontends[&fe("10.0.0.20", 80)].affinity_secs,
+            Some(10_800)
+        );
+        let d = desired(&store(&web("  sessionAffinity: None\n", "")));
+        assert_eq!(d.frontends[&fe("10.0.0.20", 80)].affinity_secs, None);
+        assert_eq!(
+            d.frontends[&fe("10.0.0.20", 80)].flags & lb_common::SVC_FLAG_AFFINITY,
+            0
+        );
+    }
+
+    #[test]
+    fn bad_session_affinity_fields_are_named() {
+        for (extra, field) in [
+            ("  sessionAffinity: Sticky\n", "spec.sessionAffinity"),
+            (
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 86401}}\n",
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            ),
+        ] {
+            let docs = parse_str(Path::new("t.yaml"), &web(extra, "")).unwrap();
+            let e = docs[0].result.as_ref().unwrap_err().to_string();
+            assert!(e.contains(field), "{extra}: {e}");
         }
     }
 

@@ -385,7 +385,9 @@ impl Reconciler {
                         }
                     }
                     let master = ServiceValue {
-                        backend_id: 0,
+                        // The master's backend_id field carries the
+                        // affinity timeout (see `ServiceValue`).
+                        backend_id: st.affinity_secs.map_or(0, lb_common::affinity_ticks),
                         count,
                         flags: st.flags,
                         svc_id,

@@ -4,18 +4,25 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use lb_common::port_from_net;
+use lb_common::{HOP_CLOCK_SHIFT, port_from_net};
 
 use crate::reconcile::{MapState, frontend_of, info_name};
 
 pub struct Row {
     pub name: String,
     pub frontend: String,
+    /// `sessionAffinity: ClientIP`: the timeout in seconds.
+    pub affinity_secs: Option<u32>,
     pub backends: Vec<String>,
 }
 
+/// Seconds from the clock ticks the master entry holds.
+fn ticks_to_secs(ticks: u32) -> u32 {
+    ((u64::from(ticks) << HOP_CLOCK_SHIFT) as f64 / 1e9).round() as u32
+}
+
 pub fn rows(state: &MapState) -> Vec<Row> {
-    let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let mut out: BTreeMap<(String, String), (Option<u32>, Vec<String>)> = BTreeMap::new();
     for (k, v) in &state.services {
         if k.slot() != 0 {
             continue;
@@ -37,12 +44,14 @@ pub fn rows(state: &MapState) -> Vec<Row> {
                 backends.push(SocketAddr::new(b.addr(), port).to_string());
             }
         }
-        out.insert((name, fk.to_string()), backends);
+        let affinity = (v.affinity_ticks() != 0).then(|| ticks_to_secs(v.affinity_ticks()));
+        out.insert((name, fk.to_string()), (affinity, backends));
     }
     out.into_iter()
-        .map(|((name, frontend), backends)| Row {
+        .map(|((name, frontend), (affinity_secs, backends))| Row {
             name,
             frontend,
+            affinity_secs,
             backends,
         })
         .collect()
@@ -58,19 +67,31 @@ pub fn render(state: &MapState) -> String {
         .unwrap_or(0)
         .max(8);
     let mut s = String::new();
-    let _ = writeln!(s, "{:<w0$}  {:<w1$}  BACKENDS", "SERVICE", "FRONTEND");
+    let _ = writeln!(
+        s,
+        "{:<w0$}  {:<w1$}  {:<16}  BACKENDS",
+        "SERVICE", "FRONTEND", "AFFINITY"
+    );
     for r in rows {
         let b = if r.backends.is_empty() {
             "<none: rejected>".to_string()
         } else {
             r.backends.join(",")
         };
-        let _ = writeln!(s, "{:<w0$}  {:<w1$}  {}", r.name, r.frontend, b);
+        let affinity = r
+            .affinity_secs
+            .map_or("-".to_string(), |t| format!("ClientIP {t}s"));
+        let _ = writeln!(
+            s,
+            "{:<w0$}  {:<w1$}  {:<16}  {}",
+            r.name, r.frontend, affinity, b
+        );
     }
     s
 }
 
-/// The same as JSON: an array of `{service, frontend, backends}`.
+/// The same as JSON: an array of `{service, frontend, affinity_secs,
+/// backends}` (`affinity_secs` null without session affinity).
 pub fn json(state: &MapState) -> serde_json::Value {
     rows(state)
         .into_iter()
@@ -78,6 +99,7 @@ pub fn json(state: &MapState) -> serde_json::Value {
             serde_json::json!({
                 "service": r.name,
                 "frontend": r.frontend,
+                "affinity_secs": r.affinity_secs,
                 "backends": r.backends,
             })
         })

@@ -59,6 +59,9 @@ fn ip(field: String, value: &str) -> Result<(), FieldError> {
         .map_err(|_| err(field, format!("{value:?} is not a valid IP address")))
 }
 
+/// The API server's limit on a session affinity timeout (one day).
+const MAX_AFFINITY_SECS: i32 = 86_400;
+
 pub fn object(obj: &Object) -> Result<(), FieldError> {
     if obj.meta().name.as_deref().unwrap_or("").is_empty() {
         return Err(err("metadata.name", "is required"));
@@ -121,6 +124,27 @@ pub fn service(s: &Service) -> Result<(), FieldError> {
     }
     if let Some(p) = spec.health_check_node_port {
         port("spec.healthCheckNodePort".into(), p)?;
+    }
+    match spec.session_affinity.as_deref() {
+        None | Some("None") | Some("ClientIP") => {}
+        Some(other) => {
+            return Err(err(
+                "spec.sessionAffinity",
+                format!("unknown value {other:?} (expected None or ClientIP)"),
+            ));
+        }
+    }
+    let timeout = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref()?.timeout_seconds);
+    if let Some(t) = timeout
+        && !(1..=MAX_AFFINITY_SECS).contains(&t)
+    {
+        return Err(err(
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            format!("{t} is out of range 1-{MAX_AFFINITY_SECS} (as the API server allows)"),
+        ));
     }
     let ingress = s
         .status

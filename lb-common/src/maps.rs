@@ -32,6 +32,9 @@ pub const MAP_CONFIG: &str = "flb_cfg_v1";
 /// `loadBalancerSourceRanges` per frontend (LPM trie over
 /// [`SourceRangeKey`]), family independent.
 pub const MAP_SOURCE_RANGES: &str = "flb_srcrange_v1";
+/// Session affinity (`sessionAffinity: ClientIP`): which backend a client
+/// of a frontend was last given (LRU over [`AffinityKey`]), both families.
+pub const MAP_AFFINITY: &str = "flb_aff_v1";
 
 /// The IPv6 maps: the same layouts over [`In6`] addresses ([`ServiceKey6`],
 /// [`Backend6`], [`CtKey6`], ...), beside the IPv4 ones so that IPv4 keys
@@ -62,7 +65,7 @@ pub const V6_SLOT_DSR: u32 = 6;
 pub const V6_SLOTS: u32 = 7;
 
 /// Every map the programs declare, for pinning and cleanup.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 16] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -73,6 +76,7 @@ pub const ALL_MAPS: [&str; 15] = [
     MAP_SNAT,
     MAP_CONFIG,
     MAP_SOURCE_RANGES,
+    MAP_AFFINITY,
     MAP_SERVICES6,
     MAP_BACKENDS6,
     MAP_CONNTRACK6,
@@ -89,6 +93,7 @@ pub const DEFAULT_SVC_INFO_MAX: u32 = 65_536;
 pub const DEFAULT_SNAT_MAX: u32 = 262_144;
 pub const NODE_ADDRS_MAX: u32 = 1024;
 pub const SOURCE_RANGES_MAX: u32 = 65_536;
+pub const DEFAULT_AFFINITY_MAX: u32 = 65_536;
 
 /// kube-proxy's default `--service-node-port-range`.
 pub const DEFAULT_NODEPORT_MIN: u16 = 30_000;
@@ -117,6 +122,26 @@ pub const SVC_FLAG_EXTERNAL: u16 = 1;
 pub const SVC_FLAG_LOCAL_ONLY: u16 = 2;
 /// `loadBalancerSourceRanges` apply: sources outside them are dropped.
 pub const SVC_FLAG_SOURCE_RANGES: u16 = 4;
+/// `sessionAffinity: ClientIP`: a client's new flows go to the backend
+/// its last one went to, while that was less than the master entry's
+/// [`ServiceValue::affinity_ticks`] ago and the backend still serves.
+pub const SVC_FLAG_AFFINITY: u16 = 8;
+
+/// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_SECS: u32 = 10_800;
+
+/// An affinity timeout in the datapath's clock ticks (2^[`HOP_CLOCK_SHIFT`]
+/// ns; Kubernetes' largest timeout, 86400 s, is 82 million).
+pub const fn affinity_ticks(secs: u32) -> u32 {
+    ((secs as u64 * 1_000_000_000) >> HOP_CLOCK_SHIFT) as u32
+}
+
+/// [`AffinityKey::scope`]: who a session is bound to. Packets (tc, XDP)
+/// carry the client's address; a socket's connect() has no source address
+/// yet, so the socket hooks bind the client's network namespace (a pod),
+/// as Cilium's socket LB does.
+pub const AFFINITY_BY_ADDR: u32 = 0;
+pub const AFFINITY_BY_NETNS: u32 = 1;
 
 /// Backend flags. The backend runs on this node.
 pub const BACKEND_FLAG_LOCAL: u8 = 1;
@@ -197,13 +222,50 @@ impl<A> ServiceKeyOf<A> {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceValue {
-    /// Backend id (backend slots); 0 on the master entry.
+    /// Backend id (backend slots). On the master entry: the affinity
+    /// timeout in clock ticks under [`SVC_FLAG_AFFINITY`], else 0 (read it
+    /// through [`ServiceValue::affinity_ticks`]).
     pub backend_id: u32,
     /// Number of backend slots in use (master entry only).
     pub count: u16,
     pub flags: u16,
     /// Stable id of this frontend (master entry only), key of `MAP_SVC_INFO`.
     pub svc_id: u32,
+}
+
+impl ServiceValue {
+    /// A master entry's session affinity timeout in clock ticks (0: none).
+    #[inline(always)]
+    pub const fn affinity_ticks(&self) -> u32 {
+        if self.flags & SVC_FLAG_AFFINITY != 0 {
+            self.backend_id
+        } else {
+            0
+        }
+    }
+}
+
+/// A session: a frontend (`svc_id`) and its client, an address (v4-mapped
+/// for IPv4) or a network namespace cookie (words 0 and 1), per `scope`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey {
+    pub svc_id: u32,
+    pub scope: u32,
+    pub client: [u32; 4],
+}
+
+/// The backend a session was given: its id, the frontend slot it had
+/// then (the datapath uses the session only while that slot still holds
+/// it: a backend that left the Service, or whose slot moved, is never
+/// used), and when the session last opened a flow, in clock ticks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub slot: u16,
+    pub _pad: u16,
+    pub last: u32,
 }
 
 #[repr(C)]
@@ -478,6 +540,8 @@ const _: () = {
     assert!(core::mem::size_of::<NatValue6>() == 48);
     assert!(core::mem::size_of::<SockKey6>() == 32);
     assert!(core::mem::size_of::<SockValue6>() == 20);
+    assert!(core::mem::size_of::<AffinityKey>() == 24);
+    assert!(core::mem::size_of::<AffinityValue>() == 12);
 };
 
 #[cfg(feature = "user")]
@@ -513,6 +577,8 @@ mod user {
         CtValue6,
         NatValue6,
         SockKey6,
-        SockValue6
+        SockValue6,
+        AffinityKey,
+        AffinityValue
     );
 }

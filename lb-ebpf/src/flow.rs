@@ -3,8 +3,8 @@
 //! entry (and SNAT, for external flows to other nodes) -> NAT. The hook
 //! decides only how to act on the outcome.
 use lb_common::{
-    BACKEND_FLAG_LOCAL, BackendOf, CT_FLAG_DSR, CT_FLAG_EXTERNAL, CT_FLAG_SNAT, CtValueOf,
-    NatValueOf, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, Stat,
+    AFFINITY_BY_ADDR, BACKEND_FLAG_LOCAL, BackendOf, CT_FLAG_DSR, CT_FLAG_EXTERNAL, CT_FLAG_SNAT,
+    CtValueOf, NatValueOf, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, Stat,
 };
 
 use crate::{
@@ -272,7 +272,11 @@ fn new_flow<C: Hook, A: Family>(
     if let Some(refused) = admit(p, fe) {
         return Some(refused);
     }
-    let Some((id, be)) = lb::select_backend(fe) else {
+    let client = || lb::Client {
+        scope: AFFINITY_BY_ADDR,
+        id: p.saddr.mapped().addr,
+    };
+    let Some((id, be)) = lb::select_backend(fe, client) else {
         return Some(without_backends(fe));
     };
     open(ctx, p, fe, id, &be, existing)

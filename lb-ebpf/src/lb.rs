@@ -5,6 +5,7 @@ use lb_common::{
     ServiceValue, SourceRangeKey,
 };
 
+use crate::affinity;
 use crate::family::Family;
 use crate::maps::{CONFIG, NODE_ADDRS, SOURCE_RANGES};
 use aya_ebpf::maps::lpm_trie::Key;
@@ -20,6 +21,8 @@ pub struct Frontend<A = u32> {
     pub count: u16,
     pub flags: u16,
     pub svc_id: u32,
+    /// Session affinity timeout in clock ticks; 0: none.
+    pub affinity: u32,
 }
 
 /// Looks up the master entry of VIP:port/proto.
@@ -33,6 +36,7 @@ pub fn lookup_frontend<A: Family>(addr: A, port: u16, proto: u8) -> Option<Front
         count: v.count,
         flags: v.flags,
         svc_id: v.svc_id,
+        affinity: v.affinity_ticks(),
     })
 }
 
@@ -97,14 +101,44 @@ pub fn still_serves<A: Family>(fe: &Frontend<A>, ct: &CtValueOf<A>) -> bool {
             .is_some_and(|b| b.addr == ct.addr && b.port == ct.port)
 }
 
-/// Picks one backend with equal probability, as kube-proxy's `statistic
-/// --mode random` chains do. Returns the backend id and its address.
+/// Who a new flow comes from, for session affinity: an address (packets)
+/// or a network namespace (sockets), as [`AffinityKey`] keeps them.
+pub struct Client {
+    pub scope: u32,
+    pub id: [u32; 4],
+}
+
+/// Picks the backend of a new flow from `client` (asked for only when
+/// needed): the one its session
+/// holds, for a frontend with session affinity, else one with equal
+/// probability, as kube-proxy's `statistic --mode random` chains do.
+/// Returns the backend id and its address.
 #[inline(always)]
-pub fn select_backend<A: Family>(fe: &Frontend<A>) -> Option<(u32, BackendOf<A>)> {
+pub fn select_backend<A: Family>(
+    fe: &Frontend<A>,
+    client: impl FnOnce() -> Client,
+) -> Option<(u32, BackendOf<A>)> {
     if fe.count == 0 {
         return None;
     }
-    let slot = (unsafe { bpf_get_prandom_u32() } % fe.count as u32) as u16 + 1;
+    if fe.affinity != 0 {
+        return affinity::select(fe, &client());
+    }
+    at_slot(fe, random_slot(fe.count)?)
+}
+
+/// One of slots 1..=count with equal probability. The count is checked
+/// here: read back from map memory after a helper call, the compiler
+/// cannot know it is not zero, and a division by zero would be a panic.
+#[inline(always)]
+pub fn random_slot(count: u16) -> Option<u16> {
+    let r = unsafe { bpf_get_prandom_u32() };
+    r.checked_rem(count as u32).map(|s| s as u16 + 1)
+}
+
+/// The backend in slot `slot` of `fe`: its id and address.
+#[inline(always)]
+pub fn at_slot<A: Family>(fe: &Frontend<A>, slot: u16) -> Option<(u32, BackendOf<A>)> {
     let v: &ServiceValue =
         unsafe { A::services().get(ServiceKeyOf::new(fe.addr, fe.port, slot, fe.proto)) }?;
     let id = v.backend_id;

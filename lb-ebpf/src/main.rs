@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod affinity;
 mod bench;
 mod checksum;
 mod clock;

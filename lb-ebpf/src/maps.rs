@@ -8,11 +8,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, Backend6, Config, CtKey, CtKey6, CtValue, CtValue6, DEFAULT_BACKENDS_MAX,
-    DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX, DEFAULT_SNAT_MAX, DEFAULT_SOCK_REVNAT_MAX,
-    DEFAULT_SVC_INFO_MAX, In6, NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX,
-    STAT_SLOTS, ServiceKey, ServiceKey6, ServiceValue, SockKey, SockKey6, SockValue, SockValue6,
-    SourceRangeKey, SvcInfo,
+    AffinityKey, AffinityValue, Backend, Backend6, Config, CtKey, CtKey6, CtValue, CtValue6,
+    DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX,
+    DEFAULT_SNAT_MAX, DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SVC_INFO_MAX, In6, NODE_ADDRS_MAX, NatValue,
+    NatValue6, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS, ServiceKey, ServiceKey6, ServiceValue,
+    SockKey, SockKey6, SockValue, SockValue6, SourceRangeKey, SvcInfo,
 };
 
 #[map(name = "flb_svc_v1")]
@@ -46,6 +46,10 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
 #[map(name = "flb_srcrange_v1")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> = LpmTrie::pinned(SOURCE_RANGES_MAX, 0);
+
+#[map(name = "flb_aff_v1")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(DEFAULT_AFFINITY_MAX, 0);
 
 // The IPv6 layouts, sized as their IPv4 counterparts (the agent's size
 // flags set both).

@@ -6,11 +6,15 @@
 //! talk to a v4-mapped address (`::ffff:10.0.1.175`, a dual-stack socket
 //! reaching an IPv4 Service).
 use aya_ebpf::{
-    EbpfContext, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, maps::LruHashMap,
+    EbpfContext,
+    helpers::{bpf_get_socket_cookie, generated::bpf_get_netns_cookie},
+    macros::cgroup_sock_addr,
+    maps::LruHashMap,
     programs::SockAddrContext,
 };
 use lb_common::{
-    IPPROTO_UDP, In6, SVC_FLAG_LOCAL_ONLY, SockKey, SockKey6, SockValue, SockValue6, Stat,
+    AFFINITY_BY_NETNS, IPPROTO_UDP, In6, SVC_FLAG_LOCAL_ONLY, SockKey, SockKey6, SockValue,
+    SockValue6, Stat,
 };
 
 use crate::{
@@ -115,6 +119,7 @@ enum Forward<A> {
 /// (getpeername, recvmsg): half the map writes and half the entries.
 #[inline(always)]
 fn forward<A: SockFamily>(
+    ctx: &SockAddrContext,
     cookie: u64,
     vip: A,
     vport: u16,
@@ -143,7 +148,16 @@ fn forward<A: SockFamily>(
         let (addr, port) = A::parts(v);
         return Forward::To(addr, port);
     }
-    let Some((_, be)) = lb::select_backend(&fe) else {
+    // A session binds the socket's network namespace: connect() has no
+    // source address yet.
+    let client = || {
+        let ns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+        lb::Client {
+            scope: AFFINITY_BY_NETNS,
+            id: [ns as u32, (ns >> 32) as u32, 0, 0],
+        }
+    };
+    let Some((_, be)) = lb::select_backend(&fe, client) else {
         count(Stat::SockReject);
         return Forward::Refuse;
     };
@@ -206,7 +220,7 @@ fn translate_forward4(ctx: &SockAddrContext, remember: bool) -> i32 {
         return ALLOW;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let to = forward(cookie, vip, vport, proto, remember);
+    let to = forward(ctx, cookie, vip, vport, proto, remember);
     if let Forward::To(addr, port) = to {
         unsafe {
             (*sa).user_ip4 = addr;
@@ -232,12 +246,12 @@ fn translate_forward6(ctx: &SockAddrContext, remember: bool) -> i32 {
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let to = match unmapped(&vip) {
-        Some(v4) => match forward(cookie, v4, vport, proto, remember) {
+        Some(v4) => match forward(ctx, cookie, v4, vport, proto, remember) {
             Forward::To(addr, port) => Forward::To(remapped(vip, addr), port),
             Forward::Refuse => Forward::Refuse,
             Forward::Untouched => Forward::Untouched,
         },
-        None => forward(cookie, vip, vport, proto, remember),
+        None => forward(ctx, cookie, vip, vport, proto, remember),
     };
     if let Forward::To(addr, port) = to {
         unsafe {

@@ -70,6 +70,7 @@ fn frontend(
             } else {
                 Vec::new()
             },
+            ..Default::default()
         },
     )
 }
