@@ -352,7 +352,7 @@ impl Reconciler {
                     if self.mirror.info.get(&svc_id) != Some(&info) {
                         put_info.push(Op::PutInfo(svc_id, Box::new(info)));
                     }
-                    let mut count: u16 = 0;
+                    let mut ids = Vec::new();
                     for b in st
                         .backends
                         .iter()
@@ -369,8 +369,11 @@ impl Reconciler {
                             }
                         };
                         *self.be_refs.entry(id).or_default() += 1;
-                        count += 1;
-                        let k = service_key(&fk, count);
+                        ids.push(id);
+                    }
+                    let count = ids.len() as u16;
+                    for (i, id) in stable_slots(&old_ids, &ids).into_iter().enumerate() {
+                        let k = service_key(&fk, i as u16 + 1);
                         let v = ServiceValue {
                             backend_id: id,
                             count: 0,
@@ -456,6 +459,30 @@ impl Reconciler {
         all.extend(self.frontends());
         self.plan(desired, all)
     }
+}
+
+/// The backend ids `ids` in slots 1..=len: a backend that stays keeps
+/// the slot it had (`old`: the ids by slot), new ones fill the slots
+/// left free. A change then writes only the slots that change, and what
+/// remembers a slot (a session's, a Maglev table's) stays right for
+/// every backend that stays.
+fn stable_slots(old: &[u32], ids: &[u32]) -> Vec<u32> {
+    let wanted: BTreeSet<u32> = ids.iter().copied().collect();
+    let mut placed = BTreeSet::new();
+    let mut slots: Vec<Option<u32>> = old
+        .iter()
+        .take(ids.len())
+        .map(|id| (wanted.contains(id) && placed.insert(*id)).then_some(*id))
+        .collect();
+    slots.resize(ids.len(), None);
+    let mut rest = ids.iter().filter(|id| !placed.contains(id));
+    slots
+        .into_iter()
+        .map(|s| {
+            s.or_else(|| rest.next().copied())
+                .expect("as many ids as slots")
+        })
+        .collect()
 }
 
 /// What may still be written once some writes of a plan failed (a full
@@ -591,12 +618,22 @@ mod tests {
         for op in &ops {
             apply_to(rec.mirror_mut(), op);
         }
+        // Slots are stable, not sorted: compare as sets (each backend once).
+        let sorted = |m: BTreeMap<FrontendKey, Vec<BackendAddr>>| -> BTreeMap<FrontendKey, BTreeSet<(IpAddr, u16)>> {
+            m.into_iter()
+                .map(|(k, v)| {
+                    let set: BTreeSet<(IpAddr, u16)> = v.iter().map(|b| (b.addr, b.port)).collect();
+                    assert_eq!(set.len(), v.len(), "a backend in two slots of {k}");
+                    (k, set)
+                })
+                .collect()
+        };
         let want: BTreeMap<FrontendKey, Vec<BackendAddr>> = d
             .frontends
             .iter()
             .map(|(k, s)| (*k, s.backends.clone()))
             .collect();
-        assert_eq!(held(rec.mirror()), want);
+        assert_eq!(sorted(held(rec.mirror())), sorted(want));
         // Nothing dangling: every backend and info entry is used.
         let used: BTreeSet<u32> = rec
             .mirror()
@@ -616,6 +653,36 @@ mod tests {
         let mut rec = Reconciler::default();
         run(&mut rec, &d, None);
         assert!(rec.plan_all(&d).is_empty());
+    }
+
+    #[test]
+    fn backends_that_stay_keep_their_slots() {
+        let mut rec = Reconciler::default();
+        run(&mut rec, &desired(&[(fk(175, 80), &[5, 6, 7])]), None);
+        let slot_of = |rec: &Reconciler, id: u32| {
+            rec.mirror()
+                .services
+                .iter()
+                .find(|(k, v)| k.slot() != 0 && v.backend_id == id)
+                .map(|(k, _)| k.slot())
+        };
+        let ids: Vec<u32> = (1..=3)
+            .map(|s| rec.mirror().services[&service_key(&fk(175, 80), s)].backend_id)
+            .collect();
+        // The first leaves: the last moves into its slot, the middle one
+        // stays; one slot written, one deleted, the master.
+        let ops = run(&mut rec, &desired(&[(fk(175, 80), &[6, 7])]), None);
+        assert_eq!(slot_of(&rec, ids[1]), Some(2));
+        assert_eq!(slot_of(&rec, ids[2]), Some(1));
+        let slot_writes = ops
+            .iter()
+            .filter(|o| matches!(o, Op::PutService(k, _) if k.slot() != 0))
+            .count();
+        assert_eq!(slot_writes, 1, "{ops:?}");
+        // A new one takes the free slot; the others stay.
+        run(&mut rec, &desired(&[(fk(175, 80), &[4, 6, 7])]), None);
+        assert_eq!(slot_of(&rec, ids[1]), Some(2));
+        assert_eq!(slot_of(&rec, ids[2]), Some(1));
     }
 
     #[test]
