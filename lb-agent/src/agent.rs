@@ -56,6 +56,9 @@ pub struct RunOptions {
     pub poll_interval: Duration,
     /// When set, only VIPs inside these prefixes are programmed.
     pub service_cidrs: Vec<model::Cidr>,
+    /// `--lb-algorithm` and `--maglev-table-size`.
+    pub scheduler: crate::sched::Scheduler,
+    pub maglev_table_size: u32,
     /// Where `/metrics`, `/readyz` and `/status` are served (None: off).
     pub metrics_addr: Option<SocketAddr>,
     /// Where /healthz and /livez are served (`None`: not at all).
@@ -219,6 +222,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             service_cidrs: opts.service_cidrs.clone(),
             node_name: opts.external.node_name.clone(),
             node_port_range: opts.external.node_port_range,
+            default_scheduler: opts.scheduler,
+            maglev_table_size: opts.maglev_table_size,
         },
     );
     let status = Shared::default();

@@ -64,6 +64,9 @@ pub struct ServiceEntry {
     /// `sessionAffinity: ClientIP`: its
     /// `sessionAffinityConfig.clientIP.timeoutSeconds` (default 10800).
     pub affinity_secs: Option<u32>,
+    /// The [`crate::sched::ANNOTATION`] annotation: a scheduler's name
+    /// (validated), for the model to size.
+    pub algorithm: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -173,6 +176,11 @@ fn service(s: &Service) -> ServiceEntry {
         headless_label: labels.is_some_and(|l| l.contains_key(HEADLESS_LABEL)),
         ..Default::default()
     };
+    out.algorithm = s
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::sched::ANNOTATION).cloned());
     let Some(spec) = &s.spec else { return out };
     let ty = spec.type_.as_deref();
     out.external_name = ty == Some("ExternalName");

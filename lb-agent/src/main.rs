@@ -91,6 +91,19 @@ enum Command {
         /// packet), or hybrid (DSR for TCP, SNAT for UDP).
         #[arg(long, default_value = "snat", value_parser = ["snat", "dsr", "hybrid"])]
         lb_mode: String,
+        /// How new flows are spread over a Service's endpoints, unless its
+        /// `ferrolb.io/lb-algorithm` annotation says otherwise: random
+        /// (kube-proxy's iptables mode), round-robin, maglev (consistent
+        /// hashing: every node picks the same endpoint for a flow, and an
+        /// endpoint leaving moves only its share), source-hash, dest-hash.
+        #[arg(long, default_value = "random", value_parser = ["random", "round-robin", "maglev", "source-hash", "dest-hash"])]
+        lb_algorithm: String,
+        /// Entries of each Maglev lookup table: a prime, 251-131071. A
+        /// larger table spreads more evenly over more endpoints (within 1%
+        /// for up to ~1% of its size); all tables share one map of about a
+        /// million entries.
+        #[arg(long, default_value = "16381")]
+        maglev_table_size: lb_agent::sched::TableSize,
         /// Seconds a closed SNATed flow keeps its source port before a new
         /// flow may take it (the backend's TIME_WAIT lasts 60 s).
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=86_400))]
@@ -284,6 +297,8 @@ fn main() -> Result<()> {
             snat_port_range,
             snat_closed_timeout_secs,
             lb_mode,
+            lb_algorithm,
+            maglev_table_size,
             node_ip,
             min_sync_interval_ms,
             service_proxy_name,
@@ -362,6 +377,9 @@ fn main() -> Result<()> {
                 cgroup,
                 poll_interval: Duration::from_millis(poll_interval_ms),
                 service_cidrs: service_cidr,
+                scheduler: lb_agent::sched::parse(&lb_algorithm, maglev_table_size.0)
+                    .map_err(anyhow::Error::msg)?,
+                maglev_table_size: maglev_table_size.0,
                 metrics_addr,
                 healthz_addr,
                 health_timeout: Duration::from_secs(health_timeout_secs),

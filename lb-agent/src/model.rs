@@ -134,6 +134,8 @@ pub struct FrontendState {
     pub source_ranges: Vec<Cidr>,
     /// `sessionAffinity: ClientIP`: its timeout in seconds.
     pub affinity_secs: Option<u32>,
+    /// How new flows are spread over the backends.
+    pub scheduler: crate::sched::Scheduler,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -178,6 +180,10 @@ pub struct ModelConfig {
     pub node_name: Option<String>,
     /// `--service-node-port-range`, inclusive.
     pub node_port_range: (u16, u16),
+    /// `--lb-algorithm`: the scheduler of Services without the annotation.
+    pub default_scheduler: crate::sched::Scheduler,
+    /// `--maglev-table-size`.
+    pub maglev_table_size: u32,
 }
 
 impl Default for ModelConfig {
@@ -190,6 +196,8 @@ impl Default for ModelConfig {
                 lb_common::DEFAULT_NODEPORT_MIN,
                 lb_common::DEFAULT_NODEPORT_MAX,
             ),
+            default_scheduler: crate::sched::Scheduler::Random,
+            maglev_table_size: lb_common::DEFAULT_MAGLEV_TABLE_SIZE,
         }
     }
 }
@@ -399,6 +407,17 @@ fn service_frontends(
     let (local4, local6) = (of_family(false, true), of_family(true, true));
     let ports = &svc.ports;
     let mut local_ready = BTreeSet::new();
+    // Validated with the object: a bad name never gets here.
+    let scheduler = svc
+        .algorithm
+        .as_deref()
+        .and_then(|a| crate::sched::parse(a, cfg.maglev_table_size).ok())
+        .unwrap_or(match cfg.default_scheduler {
+            crate::sched::Scheduler::Maglev(_) => {
+                crate::sched::Scheduler::Maglev(cfg.maglev_table_size)
+            }
+            other => other,
+        });
     for (i, sp) in ports.iter().enumerate() {
         let proto = sp.proto;
         if proto == Proto::Sctp {
@@ -445,6 +464,9 @@ fn service_frontends(
             if svc.affinity_secs.is_some() {
                 flags |= lb_common::SVC_FLAG_AFFINITY;
             }
+            if scheduler != crate::sched::Scheduler::Random {
+                flags |= lb_common::SVC_FLAG_SCHED;
+            }
             FrontendState {
                 name: name.clone(),
                 backends: backends.clone(),
@@ -452,6 +474,7 @@ fn service_frontends(
                 flags,
                 source_ranges,
                 affinity_secs: svc.affinity_secs,
+                scheduler,
             }
         };
         let fk = |addr: IpAddr, port: u16| FrontendKey { addr, port, proto };

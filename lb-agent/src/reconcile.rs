@@ -11,11 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
-    BACKEND_FLAG_LOCAL, BackendOf, SVC_FLAG_NONE, SVC_NAME_LEN, ServiceKeyOf, ServiceValue,
-    SvcInfo, ipv4_from_net, ipv4_to_net, ipv6_from_net, ipv6_to_net, port_from_net, port_to_net,
+    BACKEND_FLAG_LOCAL, BackendOf, MaglevKey, SVC_FLAG_NONE, SVC_NAME_LEN, SchedValue,
+    ServiceKeyOf, ServiceValue, SvcInfo, ipv4_from_net, ipv4_to_net, ipv6_from_net, ipv6_to_net,
+    port_from_net, port_to_net,
 };
 
-use crate::model::{BackendAddr, Desired, FrontendKey, Proto};
+use crate::model::{BackendAddr, Desired, FrontendKey, FrontendState, Proto};
+use crate::sched::Scheduler;
 
 /// A key of the services map of either family (IPv4 and IPv6 frontends
 /// live in maps of their own; one plan covers both).
@@ -72,6 +74,10 @@ pub struct MapState {
     pub services: BTreeMap<SvcKey, ServiceValue>,
     pub backends: BTreeMap<u32, BackendEntry>,
     pub info: BTreeMap<u32, SvcInfo>,
+    /// Schedulers other than random, by frontend id.
+    pub sched: BTreeMap<u32, SchedValue>,
+    /// Maglev tables: (frontend id, index) -> slot.
+    pub maglev: BTreeMap<MaglevKey, u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +90,10 @@ pub enum Op {
     DelService(SvcKey),
     DelInfo(u32),
     DelBackend(u32),
+    PutSched(u32, SchedValue),
+    DelSched(u32),
+    PutMaglev(MaglevKey, u32),
+    DelMaglev(MaglevKey),
 }
 
 impl Op {
@@ -104,6 +114,16 @@ impl Op {
             Op::DelService(k) => format!("{} held but not desired", fe(k)),
             Op::DelInfo(id) => format!("service name {id} held but not desired"),
             Op::DelBackend(id) => format!("backend {id} held but referenced by no frontend"),
+            Op::PutSched(id, _) => format!("scheduler of frontend id {id} missing or different"),
+            Op::DelSched(id) => format!("scheduler of frontend id {id} held but not desired"),
+            Op::PutMaglev(k, _) => format!(
+                "Maglev entry {} of frontend id {} missing or different",
+                k.index, k.svc_id
+            ),
+            Op::DelMaglev(k) => format!(
+                "Maglev entry {} of frontend id {} held but not desired",
+                k.index, k.svc_id
+            ),
         }
     }
 }
@@ -318,6 +338,8 @@ impl Reconciler {
         let changed: BTreeSet<FrontendKey> = changed.into_iter().collect();
         let (mut put_be, mut put_info, mut fe_ops, mut del_info) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Scheduler state no frontend reads any more: after the masters.
+        let mut late_ops = Vec::new();
         // Frontends that go away are removed first: that frees room in full
         // maps for the ones that come.
         let mut gone_ops = Vec::new();
@@ -372,7 +394,9 @@ impl Reconciler {
                         ids.push(id);
                     }
                     let count = ids.len() as u16;
-                    for (i, id) in stable_slots(&old_ids, &ids).into_iter().enumerate() {
+                    let slots = stable_slots(&old_ids, &ids);
+                    self.plan_sched(svc_id, st, &ids, &slots, &mut fe_ops, &mut late_ops);
+                    for (i, id) in slots.into_iter().enumerate() {
                         let k = service_key(&fk, i as u16 + 1);
                         let v = ServiceValue {
                             backend_id: id,
@@ -412,6 +436,7 @@ impl Reconciler {
                         if self.mirror.info.contains_key(&m.svc_id) {
                             del_info.push(Op::DelInfo(m.svc_id));
                         }
+                        self.drop_sched(m.svc_id, 0, &mut gone_ops);
                         freed_svc.push(m.svc_id);
                     }
                 }
@@ -444,12 +469,102 @@ impl Reconciler {
         del_info.splice(0..0, orphan_info.into_iter().map(Op::DelInfo));
         // One allocation of the final size: a first sync plans a write per
         // map entry, and growing the list would briefly hold it twice.
-        let parts = [gone_ops, put_be, put_info, fe_ops, del_info, del_be];
+        let parts = [
+            gone_ops, put_be, put_info, fe_ops, late_ops, del_info, del_be,
+        ];
         let mut ops = Vec::with_capacity(parts.iter().map(Vec::len).sum());
         for part in parts {
             ops.extend(part);
         }
         ops
+    }
+
+    /// The scheduler writes of frontend `svc_id` in state `st`, whose
+    /// backends (ids, in `ids`' order as `st.backends`) sit in `slots` (ids
+    /// by slot): what the datapath reads goes in `before` (written before
+    /// the master), what it no longer reads in `after`.
+    fn plan_sched(
+        &self,
+        svc_id: u32,
+        st: &FrontendState,
+        ids: &[u32],
+        slots: &[u32],
+        before: &mut Vec<Op>,
+        after: &mut Vec<Op>,
+    ) {
+        let want = match st.scheduler {
+            Scheduler::Random => None,
+            s => Some((s.alg(), s.table_size())),
+        };
+        let held = self
+            .mirror
+            .sched
+            .get(&svc_id)
+            .map(|v| (v.alg, v.table_size));
+        match want {
+            // The turn counter is the datapath's: only a different
+            // algorithm or table size is a change.
+            Some((alg, table_size)) if held != want => before.push(Op::PutSched(
+                svc_id,
+                SchedValue {
+                    alg,
+                    _pad: [0; 3],
+                    table_size,
+                    next: 0,
+                },
+            )),
+            None if held.is_some() => after.push(Op::DelSched(svc_id)),
+            _ => {}
+        }
+        let Scheduler::Maglev(m) = st.scheduler else {
+            self.drop_sched_tables(svc_id, 0, after);
+            return;
+        };
+        // Identities by slot: every node builds the same table.
+        let ident: BTreeMap<u32, String> = ids
+            .iter()
+            .zip(&st.backends)
+            .map(|(id, b)| (*id, std::net::SocketAddr::new(b.addr, b.port).to_string()))
+            .collect();
+        let by_slot: Vec<String> = slots.iter().map(|id| ident[id].clone()).collect();
+        let table = crate::maglev::table(&by_slot, m);
+        for (i, k) in table.iter().enumerate() {
+            let key = MaglevKey {
+                svc_id,
+                index: i as u32,
+            };
+            let slot = k + 1;
+            if self.mirror.maglev.get(&key) != Some(&slot) {
+                before.push(Op::PutMaglev(key, slot));
+            }
+        }
+        // Entries past a smaller table (or all, without backends).
+        self.drop_sched_tables(svc_id, table.len() as u32, after);
+    }
+
+    /// Deletes frontend `svc_id`'s scheduler and its table.
+    fn drop_sched(&self, svc_id: u32, from: u32, ops: &mut Vec<Op>) {
+        if self.mirror.sched.contains_key(&svc_id) {
+            ops.push(Op::DelSched(svc_id));
+        }
+        self.drop_sched_tables(svc_id, from, ops);
+    }
+
+    /// Deletes frontend `svc_id`'s Maglev entries from index `from` on.
+    fn drop_sched_tables(&self, svc_id: u32, from: u32, ops: &mut Vec<Op>) {
+        let range = MaglevKey {
+            svc_id,
+            index: from,
+        }..=MaglevKey {
+            svc_id,
+            index: u32::MAX,
+        };
+        ops.extend(
+            self.mirror
+                .maglev
+                .range(range)
+                .map(|(k, _)| Op::DelMaglev(*k)),
+        );
     }
 
     /// The writes for everything: every desired frontend and every
@@ -500,13 +615,17 @@ pub struct Guard {
 impl Guard {
     pub fn allows(&self, op: &Op) -> bool {
         match op {
-            Op::PutBackend(..) | Op::PutInfo(..) => true,
+            Op::PutBackend(..) | Op::PutInfo(..) | Op::PutSched(..) | Op::PutMaglev(..) => true,
             Op::PutService(k, v) => {
                 let broken = self.broken.contains(&k.with_slot(0));
                 let backend_missing = k.slot() != 0 && self.failed_backends.contains(&v.backend_id);
                 !broken && !backend_missing
             }
-            Op::DelService(_) | Op::DelInfo(_) | Op::DelBackend(_) => !self.any_failed,
+            Op::DelService(_)
+            | Op::DelInfo(_)
+            | Op::DelBackend(_)
+            | Op::DelSched(_)
+            | Op::DelMaglev(_) => !self.any_failed,
         }
     }
 
@@ -545,6 +664,18 @@ pub fn apply_to(state: &mut MapState, op: &Op) {
         }
         Op::DelBackend(id) => {
             state.backends.remove(id);
+        }
+        Op::PutSched(id, v) => {
+            state.sched.insert(*id, *v);
+        }
+        Op::DelSched(id) => {
+            state.sched.remove(id);
+        }
+        Op::PutMaglev(k, slot) => {
+            state.maglev.insert(*k, *slot);
+        }
+        Op::DelMaglev(k) => {
+            state.maglev.remove(k);
         }
     }
 }
@@ -683,6 +814,71 @@ mod tests {
         run(&mut rec, &desired(&[(fk(175, 80), &[4, 6, 7])]), None);
         assert_eq!(slot_of(&rec, ids[1]), Some(2));
         assert_eq!(slot_of(&rec, ids[2]), Some(1));
+    }
+
+    #[test]
+    fn maglev_tables_come_before_the_master_and_go_after_it() {
+        let mut d = desired(&[(fk(175, 80), &[5, 6, 7])]);
+        let st = d.frontends.get_mut(&fk(175, 80)).unwrap();
+        st.scheduler = Scheduler::Maglev(251);
+        st.flags |= lb_common::SVC_FLAG_SCHED;
+        let mut rec = Reconciler::default();
+        let ops = run(&mut rec, &d, None);
+        let master = ops
+            .iter()
+            .position(|o| matches!(o, Op::PutService(k, _) if k.slot() == 0))
+            .unwrap();
+        let table: Vec<usize> = (0..ops.len())
+            .filter(|&i| matches!(ops[i], Op::PutMaglev(..) | Op::PutSched(..)))
+            .collect();
+        assert_eq!(table.len(), 252, "the scheduler and 251 entries");
+        assert!(table.iter().all(|&i| i < master));
+        // Every entry names a slot in use; all three slots own a share.
+        let slots: BTreeSet<u32> = rec.mirror().maglev.values().copied().collect();
+        assert_eq!(slots, BTreeSet::from([1, 2, 3]));
+        // Nothing to write when nothing changed.
+        assert!(rec.plan_all(&d).is_empty());
+        // One backend leaves: entries of the others keep their backend
+        // (though the last backend's slot number may change).
+        let owner = |rec: &Reconciler, i: u32| {
+            let slot = rec.mirror().maglev[&MaglevKey {
+                svc_id: 1,
+                index: i,
+            }];
+            rec.mirror().services[&service_key(&fk(175, 80), slot as u16)].backend_id
+        };
+        let before: Vec<u32> = (0..251).map(|i| owner(&rec, i)).collect();
+        let leaving = rec.mirror().services[&service_key(&fk(175, 80), 2)].backend_id;
+        let mut d2 = desired(&[(fk(175, 80), &[5, 7])]);
+        let st = d2.frontends.get_mut(&fk(175, 80)).unwrap();
+        st.scheduler = Scheduler::Maglev(251);
+        st.flags |= lb_common::SVC_FLAG_SCHED;
+        let ops = run(&mut rec, &d2, None);
+        assert!(
+            ops.iter()
+                .filter(|o| matches!(o, Op::PutMaglev(..)))
+                .count()
+                < 251
+        );
+        let moved = (0..251u32)
+            .filter(|&i| before[i as usize] != leaving && owner(&rec, i) != before[i as usize])
+            .count();
+        assert!(
+            moved <= 251 / 3 / 2,
+            "{moved} entries of staying backends moved"
+        );
+        // Back to random: the table and scheduler go, after the master.
+        let ops = run(&mut rec, &desired(&[(fk(175, 80), &[5, 7])]), None);
+        let master = ops
+            .iter()
+            .position(|o| matches!(o, Op::PutService(k, _) if k.slot() == 0))
+            .unwrap();
+        let gone: Vec<usize> = (0..ops.len())
+            .filter(|&i| matches!(ops[i], Op::DelMaglev(..) | Op::DelSched(..)))
+            .collect();
+        assert_eq!(gone.len(), 252);
+        assert!(gone.iter().all(|&i| i > master));
+        assert!(rec.mirror().maglev.is_empty() && rec.mirror().sched.is_empty());
     }
 
     #[test]

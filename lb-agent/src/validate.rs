@@ -78,6 +78,19 @@ fn is_no_ip(v: &str) -> bool {
 }
 
 pub fn service(s: &Service) -> Result<(), FieldError> {
+    if let Some(name) = s
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::sched::ANNOTATION))
+    {
+        crate::sched::parse(name, lb_common::DEFAULT_MAGLEV_TABLE_SIZE).map_err(|e| {
+            err(
+                format!("metadata.annotations[{}]", crate::sched::ANNOTATION),
+                e,
+            )
+        })?;
+    }
     let Some(spec) = &s.spec else { return Ok(()) };
     if let Some(v) = spec.cluster_ip.as_deref()
         && !is_no_ip(v)

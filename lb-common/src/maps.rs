@@ -35,6 +35,11 @@ pub const MAP_SOURCE_RANGES: &str = "flb_srcrange_v1";
 /// Session affinity (`sessionAffinity: ClientIP`): which backend a client
 /// of a frontend was last given (LRU over [`AffinityKey`]), both families.
 pub const MAP_AFFINITY: &str = "flb_aff_v1";
+/// The scheduler of a frontend that has one other than random
+/// ([`SVC_FLAG_SCHED`]): its algorithm and state, by frontend id.
+pub const MAP_SCHED: &str = "flb_sched_v1";
+/// Maglev lookup tables: (frontend id, index) -> backend slot.
+pub const MAP_MAGLEV: &str = "flb_maglev_v1";
 
 /// The IPv6 maps: the same layouts over [`In6`] addresses ([`ServiceKey6`],
 /// [`Backend6`], [`CtKey6`], ...), beside the IPv4 ones so that IPv4 keys
@@ -65,7 +70,7 @@ pub const V6_SLOT_DSR: u32 = 6;
 pub const V6_SLOTS: u32 = 7;
 
 /// Every map the programs declare, for pinning and cleanup.
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 18] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -77,6 +82,8 @@ pub const ALL_MAPS: [&str; 16] = [
     MAP_CONFIG,
     MAP_SOURCE_RANGES,
     MAP_AFFINITY,
+    MAP_SCHED,
+    MAP_MAGLEV,
     MAP_SERVICES6,
     MAP_BACKENDS6,
     MAP_CONNTRACK6,
@@ -94,6 +101,12 @@ pub const DEFAULT_SNAT_MAX: u32 = 262_144;
 pub const NODE_ADDRS_MAX: u32 = 1024;
 pub const SOURCE_RANGES_MAX: u32 = 65_536;
 pub const DEFAULT_AFFINITY_MAX: u32 = 65_536;
+/// Maglev table entries, all frontends together (allocated as used):
+/// 64 frontends at the default table size.
+pub const DEFAULT_MAGLEV_MAX: u32 = 1_048_576;
+/// The Maglev table size (a prime) unless `--maglev-table-size` says
+/// otherwise: Cilium's default, even within 1% for up to ~160 backends.
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16_381;
 
 /// kube-proxy's default `--service-node-port-range`.
 pub const DEFAULT_NODEPORT_MIN: u16 = 30_000;
@@ -142,6 +155,45 @@ pub const fn affinity_ticks(secs: u32) -> u32 {
 /// as Cilium's socket LB does.
 pub const AFFINITY_BY_ADDR: u32 = 0;
 pub const AFFINITY_BY_NETNS: u32 = 1;
+
+/// A scheduler other than random: [`MAP_SCHED`] holds it under the
+/// frontend's id (random frontends pay no lookup for it).
+pub const SVC_FLAG_SCHED: u16 = 16;
+
+/// [`SchedValue::alg`]: how a new flow's backend slot is chosen.
+pub const SCHED_RANDOM: u8 = 0;
+/// The slots in turn, one counter across CPUs.
+pub const SCHED_ROUND_ROBIN: u8 = 1;
+/// Maglev consistent hashing of the flow (its source address and port
+/// and protocol; a socket's cookie at the socket hooks) over the
+/// frontend's [`MAP_MAGLEV`] table.
+pub const SCHED_MAGLEV: u8 = 2;
+/// A hash of the client (address, or network namespace at the sockets).
+pub const SCHED_SOURCE_HASH: u8 = 3;
+/// A hash of the destination address.
+pub const SCHED_DEST_HASH: u8 = 4;
+
+/// A frontend's scheduler.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SchedValue {
+    pub alg: u8,
+    pub _pad: [u8; 3],
+    /// Maglev: the table's size (a prime), entries 0..table_size.
+    pub table_size: u32,
+    /// Round-robin: the next turn (the datapath counts it up with an
+    /// atomic add; 64 bits, the width that has one on every BPF CPU
+    /// version).
+    pub next: u64,
+}
+
+/// A Maglev table entry's key; the value is a backend slot (u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MaglevKey {
+    pub svc_id: u32,
+    pub index: u32,
+}
 
 /// Backend flags. The backend runs on this node.
 pub const BACKEND_FLAG_LOCAL: u8 = 1;
@@ -542,6 +594,8 @@ const _: () = {
     assert!(core::mem::size_of::<SockValue6>() == 20);
     assert!(core::mem::size_of::<AffinityKey>() == 24);
     assert!(core::mem::size_of::<AffinityValue>() == 12);
+    assert!(core::mem::size_of::<SchedValue>() == 16);
+    assert!(core::mem::size_of::<MaglevKey>() == 8);
 };
 
 #[cfg(feature = "user")]
@@ -579,6 +633,8 @@ mod user {
         SockKey6,
         SockValue6,
         AffinityKey,
-        AffinityValue
+        AffinityValue,
+        SchedValue,
+        MaglevKey
     );
 }

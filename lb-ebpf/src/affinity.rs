@@ -10,11 +10,13 @@ use lb_common::{AffinityKey, AffinityValue, BackendOf};
 
 use crate::clock;
 use crate::family::Family;
-use crate::lb::{Client, Frontend, at_slot, random_slot};
+use crate::lb::{Frontend, Origin, at_slot};
 use crate::maps::AFFINITY;
+use crate::sched;
 
 #[inline(always)]
-pub fn select<A: Family>(fe: &Frontend<A>, client: &Client) -> Option<(u32, BackendOf<A>)> {
+pub fn select<A: Family, O: Origin>(fe: &Frontend<A>, o: &O) -> Option<(u32, BackendOf<A>)> {
+    let client = o.client();
     let key = AffinityKey {
         svc_id: fe.svc_id,
         scope: client.scope,
@@ -33,7 +35,8 @@ pub fn select<A: Family>(fe: &Frontend<A>, client: &Client) -> Option<(u32, Back
             return Some((id, be));
         }
     }
-    let slot = random_slot(fe.count)?;
+    // A new session: the frontend's scheduler places it.
+    let slot = sched::pick(fe, o)?;
     let (id, be) = at_slot(fe, slot)?;
     let session = AffinityValue {
         backend_id: id,

@@ -16,7 +16,7 @@ use crate::{
     lb::{self, Frontend},
     nat::{Nat, Tuple},
     parse::Packet,
-    snat,
+    sched, snat,
 };
 
 /// The outcome of [`handle`] for the hook to act on.
@@ -272,11 +272,7 @@ fn new_flow<C: Hook, A: Family>(
     if let Some(refused) = admit(p, fe) {
         return Some(refused);
     }
-    let client = || lb::Client {
-        scope: AFFINITY_BY_ADDR,
-        id: p.saddr.mapped().addr,
-    };
-    let Some((id, be)) = lb::select_backend(fe, client) else {
+    let Some((id, be)) = lb::select_backend(fe, p) else {
         return Some(without_backends(fe));
     };
     open(ctx, p, fe, id, &be, existing)
@@ -434,4 +430,29 @@ pub fn deliver_dsr<C: Hook, A: Family>(
     }
     let t = Tuple::of(p).dst(be_addr, be_port);
     translated(ctx, p, &t, Stat::DnatEstablished, CT_FLAG_EXTERNAL, None)
+}
+
+/// A packet's flow, as the schedulers see it: its client is its source
+/// address; Maglev hashes the source address, port and protocol (not the
+/// destination, which differs between nodes for a NodePort: every node
+/// then maps a flow to the same backend).
+impl<A: Family> lb::Origin for Packet<A> {
+    #[inline(always)]
+    fn client(&self) -> lb::Client {
+        lb::Client {
+            scope: AFFINITY_BY_ADDR,
+            id: self.saddr.mapped().addr,
+        }
+    }
+    #[inline(always)]
+    fn flow_hash(&self) -> u32 {
+        sched::hash::words_and(
+            &self.saddr.mapped().addr,
+            (self.sport as u32) << 8 | self.proto as u32,
+        )
+    }
+    #[inline(always)]
+    fn dst_hash(&self) -> u32 {
+        sched::hash::words(&self.daddr.mapped().addr)
+    }
 }

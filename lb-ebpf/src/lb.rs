@@ -5,9 +5,9 @@ use lb_common::{
     ServiceValue, SourceRangeKey,
 };
 
-use crate::affinity;
 use crate::family::Family;
 use crate::maps::{CONFIG, NODE_ADDRS, SOURCE_RANGES};
+use crate::{affinity, sched};
 use aya_ebpf::maps::lpm_trie::Key;
 
 /// A frontend's master entry, as found in the services map.
@@ -102,29 +102,40 @@ pub fn still_serves<A: Family>(fe: &Frontend<A>, ct: &CtValueOf<A>) -> bool {
 }
 
 /// Who a new flow comes from, for session affinity: an address (packets)
-/// or a network namespace (sockets), as [`AffinityKey`] keeps them.
+/// or a network namespace (sockets), as [`lb_common::AffinityKey`] keeps
+/// them.
 pub struct Client {
     pub scope: u32,
     pub id: [u32; 4],
 }
 
-/// Picks the backend of a new flow from `client` (asked for only when
-/// needed): the one its session
-/// holds, for a frontend with session affinity, else one with equal
-/// probability, as kube-proxy's `statistic --mode random` chains do.
-/// Returns the backend id and its address.
+/// What the choice of a new flow's backend may depend on, computed only
+/// when the frontend's scheduler asks for it.
+pub trait Origin {
+    /// Who a session binds (session affinity, source hashing).
+    fn client(&self) -> Client;
+    /// Maglev's hash of the flow.
+    fn flow_hash(&self) -> u32;
+    /// A hash of the destination address (dest-hash).
+    fn dst_hash(&self) -> u32;
+}
+
+/// Picks the backend of a new flow from `o`: the one its session holds,
+/// for a frontend with session affinity, else the frontend's scheduler's
+/// choice (random by default, as kube-proxy's `statistic --mode random`
+/// chains). Returns the backend id and its address.
 #[inline(always)]
-pub fn select_backend<A: Family>(
+pub fn select_backend<A: Family, O: Origin>(
     fe: &Frontend<A>,
-    client: impl FnOnce() -> Client,
+    o: &O,
 ) -> Option<(u32, BackendOf<A>)> {
     if fe.count == 0 {
         return None;
     }
     if fe.affinity != 0 {
-        return affinity::select(fe, &client());
+        return affinity::select(fe, o);
     }
-    at_slot(fe, random_slot(fe.count)?)
+    at_slot(fe, sched::pick(fe, o)?)
 }
 
 /// One of slots 1..=count with equal probability. The count is checked

@@ -4,6 +4,11 @@
 //! backend selection -> nat) -> reject; `tc` and `xdp` are the hooks.
 #![no_std]
 #![no_main]
+// Atomic add on map memory (round-robin turns): the BPF target has no
+// `core::sync::atomic` read-modify-write types (a host check of this
+// crate uses them instead, see `sched`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod affinity;
 mod bench;
@@ -20,6 +25,7 @@ mod maps;
 mod nat;
 mod parse;
 mod reject;
+mod sched;
 mod snat;
 mod sock;
 mod stats;

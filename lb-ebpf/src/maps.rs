@@ -4,15 +4,17 @@
 use crate::parse::Packet;
 use crate::work::Work;
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, Backend6, Config, CtKey, CtKey6, CtValue, CtValue6,
-    DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_SERVICES_MAX,
-    DEFAULT_SNAT_MAX, DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SVC_INFO_MAX, In6, NODE_ADDRS_MAX, NatValue,
-    NatValue6, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS, ServiceKey, ServiceKey6, ServiceValue,
-    SockKey, SockKey6, SockValue, SockValue6, SourceRangeKey, SvcInfo,
+    DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_MAGLEV_MAX,
+    DEFAULT_SERVICES_MAX, DEFAULT_SNAT_MAX, DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SVC_INFO_MAX, In6,
+    MaglevKey, NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS,
+    SchedValue, ServiceKey, ServiceKey6, ServiceValue, SockKey, SockKey6, SockValue, SockValue6,
+    SourceRangeKey, SvcInfo,
 };
 
 #[map(name = "flb_svc_v1")]
@@ -50,6 +52,13 @@ pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> = LpmTrie::pinned(SOURCE_
 #[map(name = "flb_aff_v1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(DEFAULT_AFFINITY_MAX, 0);
+
+#[map(name = "flb_sched_v1")]
+pub static SCHED: HashMap<u32, SchedValue> = HashMap::pinned(DEFAULT_SVC_INFO_MAX, 0);
+
+/// Not preallocated: a million entries, few used.
+#[map(name = "flb_maglev_v1")]
+pub static MAGLEV: HashMap<MaglevKey, u32> = HashMap::pinned(DEFAULT_MAGLEV_MAX, BPF_F_NO_PREALLOC);
 
 // The IPv6 layouts, sized as their IPv4 counterparts (the agent's size
 // flags set both).

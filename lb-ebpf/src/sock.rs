@@ -21,6 +21,7 @@ use crate::{
     family::Family,
     lb,
     maps::{SOCK_REVNAT, SOCK_REVNAT6},
+    sched,
     stats::count,
 };
 
@@ -148,16 +149,8 @@ fn forward<A: SockFamily>(
         let (addr, port) = A::parts(v);
         return Forward::To(addr, port);
     }
-    // A session binds the socket's network namespace: connect() has no
-    // source address yet.
-    let client = || {
-        let ns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-        lb::Client {
-            scope: AFFINITY_BY_NETNS,
-            id: [ns as u32, (ns >> 32) as u32, 0, 0],
-        }
-    };
-    let Some((_, be)) = lb::select_backend(&fe, client) else {
+    let origin = SockOrigin { ctx, cookie, vip };
+    let Some((_, be)) = lb::select_backend(&fe, &origin) else {
         count(Stat::SockReject);
         return Forward::Refuse;
     };
@@ -169,6 +162,35 @@ fn forward<A: SockFamily>(
         return Forward::Refuse;
     }
     Forward::To(be.addr, be.port)
+}
+
+/// A socket's new flow, as the schedulers see it: connect() has no source
+/// address yet, so its client (session affinity, source hashing) is the
+/// socket's network namespace (a pod), and Maglev hashes the socket.
+struct SockOrigin<'a, A> {
+    ctx: &'a SockAddrContext,
+    cookie: u64,
+    vip: A,
+}
+
+impl<A: Family> lb::Origin for SockOrigin<'_, A> {
+    #[inline(always)]
+    fn client(&self) -> lb::Client {
+        let ns = unsafe { bpf_get_netns_cookie(self.ctx.as_ptr()) };
+        lb::Client {
+            scope: AFFINITY_BY_NETNS,
+            id: [ns as u32, (ns >> 32) as u32, 0, 0],
+        }
+    }
+    #[inline(always)]
+    fn flow_hash(&self) -> u32 {
+        let c = self.cookie;
+        sched::hash::words(&[c as u32, (c >> 32) as u32, 0, 0])
+    }
+    #[inline(always)]
+    fn dst_hash(&self) -> u32 {
+        sched::hash::words(&self.vip.mapped().addr)
+    }
 }
 
 /// The VIP a socket's peer `addr:port` stands for, if it was translated.

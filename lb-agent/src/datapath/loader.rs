@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use aya::{Ebpf, EbpfLoader, maps::MapInfo};
 use lb_common::{
-    ALL_MAPS, Backend, Backend6, Config, CtKey, CtKey6, CtValue, CtValue6, MAP_BACKENDS,
-    MAP_BACKENDS6, MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK6, MAP_NODE_ADDRS, MAP_SERVICES,
+    ALL_MAPS, AffinityKey, AffinityValue, Backend, Backend6, Config, CtKey, CtKey6, CtValue,
+    CtValue6, DEFAULT_AFFINITY_MAX, DEFAULT_MAGLEV_MAX, MAP_AFFINITY, MAP_BACKENDS, MAP_BACKENDS6,
+    MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK6, MAP_MAGLEV, MAP_NODE_ADDRS, MAP_SCHED, MAP_SERVICES,
     MAP_SERVICES6, MAP_SNAT, MAP_SNAT6, MAP_SOCK_REVNAT, MAP_SOCK_REVNAT6, MAP_SOURCE_RANGES,
-    MAP_STATS, MAP_SVC_INFO, NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX,
-    STAT_SLOTS, ServiceKey, ServiceKey6, ServiceValue, SockKey, SockKey6, SockValue, SockValue6,
-    SourceRangeKey, SvcInfo,
+    MAP_STATS, MAP_SVC_INFO, MaglevKey, NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey,
+    SOURCE_RANGES_MAX, STAT_SLOTS, SchedValue, ServiceKey, ServiceKey6, ServiceValue, SockKey,
+    SockKey6, SockValue, SockValue6, SourceRangeKey, SvcInfo,
 };
 use tracing::warn;
 
@@ -29,7 +30,7 @@ pub struct LoadOptions {
 
 /// (name, key bytes, value bytes, max entries, flag that sizes it) of
 /// every map, as this build lays them out.
-fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static str); 15] {
+fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static str); 18] {
     use std::mem::size_of;
     [
         (
@@ -101,6 +102,27 @@ fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static st
             4 + size_of::<SourceRangeKey>(),
             size_of::<u32>(),
             SOURCE_RANGES_MAX,
+            "(fixed)",
+        ),
+        (
+            MAP_AFFINITY,
+            size_of::<AffinityKey>(),
+            size_of::<AffinityValue>(),
+            DEFAULT_AFFINITY_MAX,
+            "(fixed)",
+        ),
+        (
+            MAP_SCHED,
+            size_of::<u32>(),
+            size_of::<SchedValue>(),
+            opts.frontends_max,
+            "--frontends-max",
+        ),
+        (
+            MAP_MAGLEV,
+            size_of::<MaglevKey>(),
+            size_of::<u32>(),
+            DEFAULT_MAGLEV_MAX,
             "(fixed)",
         ),
         // IPv6, sized by the same flags as their IPv4 counterparts.
@@ -206,7 +228,8 @@ pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf> {
         .map_max_entries(MAP_CONNTRACK6, opts.conntrack_max)
         .map_max_entries(MAP_SNAT6, opts.conntrack_max)
         .map_max_entries(MAP_SOCK_REVNAT6, opts.sock_max)
-        .map_max_entries(MAP_SVC_INFO, opts.frontends_max);
+        .map_max_entries(MAP_SVC_INFO, opts.frontends_max)
+        .map_max_entries(MAP_SCHED, opts.frontends_max);
     loader.load(object).with_context(|| {
         format!(
             "loading the datapath programs (maps pinned under {})",

@@ -9,8 +9,9 @@ use aya::{
     maps::{HashMap, IterableMap, Map, MapData, PerCpuArray},
 };
 use lb_common::{
-    Backend, Backend6, MAP_BACKENDS, MAP_BACKENDS6, MAP_SERVICES, MAP_SERVICES6, MAP_STATS,
-    MAP_SVC_INFO, STAT_COUNT, ServiceKey, ServiceKey6, ServiceValue, SvcInfo,
+    Backend, Backend6, MAP_BACKENDS, MAP_BACKENDS6, MAP_MAGLEV, MAP_SCHED, MAP_SERVICES,
+    MAP_SERVICES6, MAP_STATS, MAP_SVC_INFO, MaglevKey, STAT_COUNT, SchedValue, ServiceKey,
+    ServiceKey6, ServiceValue, SvcInfo,
 };
 
 use super::batch;
@@ -23,6 +24,8 @@ pub struct ServiceMaps {
     backends: HashMap<MapData, u32, Backend>,
     backends6: HashMap<MapData, u32, Backend6>,
     info: HashMap<MapData, u32, SvcInfo>,
+    sched: HashMap<MapData, u32, SchedValue>,
+    maglev: HashMap<MapData, MaglevKey, u32>,
 }
 
 /// A write that failed, with the frontend or backend it was for.
@@ -66,6 +69,8 @@ impl ServiceMaps {
             backends: take(ebpf, MAP_BACKENDS)?,
             backends6: take(ebpf, MAP_BACKENDS6)?,
             info: take(ebpf, MAP_SVC_INFO)?,
+            sched: take(ebpf, MAP_SCHED)?,
+            maglev: take(ebpf, MAP_MAGLEV)?,
         })
     }
 
@@ -77,6 +82,8 @@ impl ServiceMaps {
             backends: open_pinned(dir, MAP_BACKENDS)?,
             backends6: open_pinned(dir, MAP_BACKENDS6)?,
             info: open_pinned(dir, MAP_SVC_INFO)?,
+            sched: open_pinned(dir, MAP_SCHED)?,
+            maglev: open_pinned(dir, MAP_MAGLEV)?,
         })
     }
 
@@ -101,6 +108,14 @@ impl ServiceMaps {
         for e in self.info.iter() {
             let (k, v) = e.context("reading info map")?;
             s.info.insert(k, v);
+        }
+        for e in self.sched.iter() {
+            let (k, v) = e.context("reading scheduler map")?;
+            s.sched.insert(k, v);
+        }
+        for e in self.maglev.iter() {
+            let (k, v) = e.context("reading Maglev map")?;
+            s.maglev.insert(k, v);
         }
         Ok(s)
     }
@@ -242,6 +257,46 @@ impl ServiceMaps {
                 };
                 batch::delete(map, &k)
             }
+            Kind::PutSched => {
+                let (k, v): (Vec<u32>, Vec<SchedValue>) = run
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::PutSched(id, v) => Some((*id, *v)),
+                        _ => None,
+                    })
+                    .unzip();
+                batch::update(fd(&self.sched), &k, &v)
+            }
+            Kind::DelSched => {
+                let k: Vec<u32> = run
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::DelSched(id) => Some(*id),
+                        _ => None,
+                    })
+                    .collect();
+                batch::delete(fd(&self.sched), &k)
+            }
+            Kind::PutMaglev => {
+                let (k, v): (Vec<MaglevKey>, Vec<u32>) = run
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::PutMaglev(k, slot) => Some((*k, *slot)),
+                        _ => None,
+                    })
+                    .unzip();
+                batch::update(fd(&self.maglev), &k, &v)
+            }
+            Kind::DelMaglev => {
+                let k: Vec<MaglevKey> = run
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::DelMaglev(k) => Some(*k),
+                        _ => None,
+                    })
+                    .collect();
+                batch::delete(fd(&self.maglev), &k)
+            }
         };
         match result {
             Ok(()) => (run.len(), None),
@@ -264,6 +319,10 @@ impl ServiceMaps {
                 Op::DelInfo(id) => self.info.remove(id),
                 Op::DelBackend(id) if kind == Kind::DelBackend(V6) => self.backends6.remove(id),
                 Op::DelBackend(id) => self.backends.remove(id),
+                Op::PutSched(id, v) => self.sched.insert(id, v, 0),
+                Op::DelSched(id) => self.sched.remove(id),
+                Op::PutMaglev(k, slot) => self.maglev.insert(k, slot, 0),
+                Op::DelMaglev(k) => self.maglev.remove(k),
             };
             if let Err(e) = r {
                 return (n, Some(format!("{e:#}")));
@@ -290,6 +349,10 @@ enum Kind {
     DelService(bool),
     DelInfo,
     DelBackend(bool),
+    PutSched,
+    DelSched,
+    PutMaglev,
+    DelMaglev,
 }
 
 impl Kind {
@@ -307,6 +370,10 @@ impl Kind {
                     .get(id)
                     .map_or(V4, |b| matches!(b, BackendEntry::V6(_))),
             ),
+            Op::PutSched(..) => Kind::PutSched,
+            Op::DelSched(_) => Kind::DelSched,
+            Op::PutMaglev(..) => Kind::PutMaglev,
+            Op::DelMaglev(_) => Kind::DelMaglev,
         }
     }
 }
@@ -324,9 +391,15 @@ fn describe(kind: Kind, e: &std::io::Error) -> String {
         Kind::PutInfo | Kind::DelInfo => MAP_SVC_INFO,
         Kind::PutService(V6) | Kind::DelService(V6) => MAP_SERVICES6,
         Kind::PutService(_) | Kind::DelService(_) => MAP_SERVICES,
+        Kind::PutSched | Kind::DelSched => MAP_SCHED,
+        Kind::PutMaglev | Kind::DelMaglev => MAP_MAGLEV,
     };
     let verb = match kind {
-        Kind::PutBackend(_) | Kind::PutInfo | Kind::PutService(_) => "writing",
+        Kind::PutBackend(_)
+        | Kind::PutInfo
+        | Kind::PutService(_)
+        | Kind::PutSched
+        | Kind::PutMaglev => "writing",
         _ => "deleting from",
     };
     if e.raw_os_error() == Some(libc::E2BIG) {

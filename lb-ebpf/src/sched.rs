@@ -1,0 +1,103 @@
+//! Scheduling: which slot of a frontend a new flow (or a new session)
+//! gets. Random unless the frontend carries `SVC_FLAG_SCHED`, whose
+//! scheduler `MAP_SCHED` holds under the frontend's id: round-robin (one
+//! counter across CPUs, so turns are exact), Maglev (the frontend's
+//! lookup table, built by the agent), source or destination hashing. A
+//! missing entry or table slot falls back to random: a flow is never
+//! dropped for want of scheduler state.
+use lb_common::{
+    MaglevKey, SCHED_DEST_HASH, SCHED_MAGLEV, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SVC_FLAG_SCHED,
+};
+
+use crate::lb::{Frontend, Origin, random_slot};
+use crate::maps::{MAGLEV, SCHED};
+
+#[inline(always)]
+pub fn pick<A, O: Origin>(fe: &Frontend<A>, o: &O) -> Option<u16> {
+    let count = fe.count as u32;
+    if fe.flags & SVC_FLAG_SCHED == 0 {
+        return random_slot(fe.count);
+    }
+    let Some(s) = SCHED.get_ptr_mut(fe.svc_id) else {
+        return random_slot(fe.count);
+    };
+    let turn = match unsafe { (*s).alg } {
+        SCHED_ROUND_ROBIN => {
+            // The turn is read, then counted up atomically: the datapath
+            // is built for every BPF CPU version, and a fetching atomic
+            // add needs v3. Sequential flows get exact turns; two CPUs
+            // opening flows at the same instant may share one.
+            let next = unsafe { &raw mut (*s).next };
+            let turn = unsafe { next.read_volatile() };
+            unsafe { count_up(next) };
+            turn as u32
+        }
+        SCHED_MAGLEV => {
+            let size = unsafe { (*s).table_size };
+            let index = o.flow_hash().checked_rem(size)?;
+            let key = MaglevKey {
+                svc_id: fe.svc_id,
+                index,
+            };
+            return match unsafe { MAGLEV.get(key) } {
+                Some(&slot) if slot >= 1 && slot <= count => Some(slot as u16),
+                _ => random_slot(fe.count),
+            };
+        }
+        SCHED_SOURCE_HASH => hash::words(&o.client().id),
+        SCHED_DEST_HASH => o.dst_hash(),
+        _ => return random_slot(fe.count),
+    };
+    turn.checked_rem(count).map(|s| s as u16 + 1)
+}
+
+/// Adds one to the u64 at `p`, atomically (BPF_ATOMIC add, no fetch).
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn count_up(p: *mut u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) };
+}
+
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+unsafe fn count_up(p: *mut u64) {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    unsafe { AtomicU64::from_ptr(p) }.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The hashes schedulers use: MurmurHash3's 32-bit mixing, over words.
+pub mod hash {
+    #[inline(always)]
+    fn mix(h: u32, k: u32) -> u32 {
+        let k = k
+            .wrapping_mul(0xcc9e_2d51)
+            .rotate_left(15)
+            .wrapping_mul(0x1b87_3593);
+        (h ^ k)
+            .rotate_left(13)
+            .wrapping_mul(5)
+            .wrapping_add(0xe654_6b64)
+    }
+
+    #[inline(always)]
+    fn finish(mut h: u32) -> u32 {
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
+
+    /// Four words (an address as `mapped` keeps it).
+    #[inline(always)]
+    pub fn words(w: &[u32; 4]) -> u32 {
+        finish(mix(mix(mix(mix(0, w[0]), w[1]), w[2]), w[3]))
+    }
+
+    /// Four words and one more (an address and a port/protocol word).
+    #[inline(always)]
+    pub fn words_and(w: &[u32; 4], extra: u32) -> u32 {
+        finish(mix(mix(mix(mix(mix(0, w[0]), w[1]), w[2]), w[3]), extra))
+    }
+}
