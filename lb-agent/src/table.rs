@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use lb_common::{HOP_CLOCK_SHIFT, port_from_net};
+use lb_common::{
+    HOP_CLOCK_SHIFT, SCHED_DEST_HASH, SCHED_MAGLEV, SCHED_RANDOM, SCHED_ROUND_ROBIN,
+    SCHED_SOURCE_HASH, SVC_FLAG_SCHED, SchedValue, port_from_net,
+};
 
 use crate::reconcile::{MapState, frontend_of, info_name};
 
@@ -13,6 +16,9 @@ pub struct Row {
     pub frontend: String,
     /// `sessionAffinity: ClientIP`: the timeout in seconds.
     pub affinity_secs: Option<u32>,
+    /// The scheduler, as `--lb-algorithm` names it (Maglev with its
+    /// table size).
+    pub algorithm: String,
     pub backends: Vec<String>,
 }
 
@@ -22,7 +28,7 @@ fn ticks_to_secs(ticks: u32) -> u32 {
 }
 
 pub fn rows(state: &MapState) -> Vec<Row> {
-    let mut out: BTreeMap<(String, String), (Option<u32>, Vec<String>)> = BTreeMap::new();
+    let mut out: BTreeMap<(String, String), Row> = BTreeMap::new();
     for (k, v) in &state.services {
         if k.slot() != 0 {
             continue;
@@ -45,16 +51,33 @@ pub fn rows(state: &MapState) -> Vec<Row> {
             }
         }
         let affinity = (v.affinity_ticks() != 0).then(|| ticks_to_secs(v.affinity_ticks()));
-        out.insert((name, fk.to_string()), (affinity, backends));
-    }
-    out.into_iter()
-        .map(|((name, frontend), (affinity_secs, backends))| Row {
-            name,
-            frontend,
-            affinity_secs,
+        let algorithm = match state.sched.get(&v.svc_id) {
+            Some(s) if v.flags & SVC_FLAG_SCHED != 0 => algorithm_name(s),
+            _ => "random".to_string(),
+        };
+        let frontend = fk.to_string();
+        let row = Row {
+            name: name.clone(),
+            frontend: frontend.clone(),
+            affinity_secs: affinity,
+            algorithm,
             backends,
-        })
-        .collect()
+        };
+        out.insert((name, frontend), row);
+    }
+    out.into_values().collect()
+}
+
+/// A scheduler as the maps hold it, by name.
+fn algorithm_name(s: &SchedValue) -> String {
+    match s.alg {
+        SCHED_ROUND_ROBIN => "round-robin".into(),
+        SCHED_MAGLEV => format!("maglev/{}", s.table_size),
+        SCHED_SOURCE_HASH => "source-hash".into(),
+        SCHED_DEST_HASH => "dest-hash".into(),
+        SCHED_RANDOM => "random".into(),
+        other => format!("<unknown {other}>"),
+    }
 }
 
 pub fn render(state: &MapState) -> String {
@@ -69,8 +92,8 @@ pub fn render(state: &MapState) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<w0$}  {:<w1$}  {:<16}  BACKENDS",
-        "SERVICE", "FRONTEND", "AFFINITY"
+        "{:<w0$}  {:<w1$}  {:<12}  {:<16}  BACKENDS",
+        "SERVICE", "FRONTEND", "ALGORITHM", "AFFINITY"
     );
     for r in rows {
         let b = if r.backends.is_empty() {
@@ -83,15 +106,16 @@ pub fn render(state: &MapState) -> String {
             .map_or("-".to_string(), |t| format!("ClientIP {t}s"));
         let _ = writeln!(
             s,
-            "{:<w0$}  {:<w1$}  {:<16}  {}",
-            r.name, r.frontend, affinity, b
+            "{:<w0$}  {:<w1$}  {:<12}  {:<16}  {}",
+            r.name, r.frontend, r.algorithm, affinity, b
         );
     }
     s
 }
 
-/// The same as JSON: an array of `{service, frontend, affinity_secs,
-/// backends}` (`affinity_secs` null without session affinity).
+/// The same as JSON: an array of `{service, frontend, algorithm,
+/// affinity_secs, backends}` (`affinity_secs` null without session
+/// affinity).
 pub fn json(state: &MapState) -> serde_json::Value {
     rows(state)
         .into_iter()
@@ -99,6 +123,7 @@ pub fn json(state: &MapState) -> serde_json::Value {
             serde_json::json!({
                 "service": r.name,
                 "frontend": r.frontend,
+                "algorithm": r.algorithm,
                 "affinity_secs": r.affinity_secs,
                 "backends": r.backends,
             })

@@ -28,6 +28,8 @@ nodePortAddresses: 192.168.0.0/16
 serviceNodePortRange: 31000-31999
 snatPortRange: 2000-20000
 lbMode: hybrid
+lbAlgorithm: maglev
+maglevTableSize: 65521
 healthzPort: 10257
 ";
 
@@ -103,6 +105,8 @@ fn the_chart_lints_renders_and_validates_with_default_and_custom_values() {
         "--service-node-port-range=31000-31999",
         "--snat-port-range=2000-20000",
         "--lb-mode=hybrid",
+        "--lb-algorithm=maglev",
+        "--maglev-table-size=65521",
         "--xdp-mode=generic",
         "--xdp-interfaces=eth0,eth1",
         "--nodeport-addresses=192.168.0.0/16",

@@ -104,6 +104,7 @@ fn cli_reads_the_maps_as_tables_and_json_and_flushes_flows() {
         serde_json::json!([{
             "service": "default/hostnames:http",
             "frontend": format!("{VIP}:80/TCP"),
+            "algorithm": "random",
             "affinity_secs": null,
             "backends": c.pods.iter().map(|p| format!("{}:9376", p.ip)).collect::<Vec<_>>(),
         }])
