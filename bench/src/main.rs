@@ -7,6 +7,7 @@ mod nodeport_traffic;
 mod northsouth;
 mod plot;
 mod report;
+mod schedulers;
 mod stats;
 mod synth;
 mod traffic;
@@ -82,6 +83,8 @@ fn main() -> Result<()> {
         datapath::run(&o, &mut r)?;
         eprintln!("==> 1f. IPv6 beside IPv4");
         families::run(&o, &mut r)?;
+        eprintln!("==> 1g. schedulers and session affinity");
+        schedulers::run(&o, &mut r)?;
     }
     if o.wants("northsouth") {
         eprintln!("==> 1e. north-south per-packet cost");
