@@ -235,7 +235,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if let Some(addr) = opts.healthz_addr {
         crate::healthz::serve(addr, status.clone(), opts.health_timeout).await?;
     }
-    let mut orphans = BTreeSet::new();
+    let mut memory = Memory::default();
     let mut links =
         Attachments::new(&opts.load.pin_dir, selector, xdp_selector)?.with_xdp_mode(opts.xdp_mode);
     links.sync(&mut ebpf);
@@ -267,7 +267,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         &mut ct,
         &mut pipeline,
         &status,
-        &mut orphans,
+        &mut memory,
     );
     health.sync(&pipeline.desired().health_checks).await;
     info!(interfaces = ?links.interfaces(), xdp_interfaces = ?links.xdp_interfaces(), "agent ready");
@@ -305,7 +305,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 status.update(|s| s.source_failing = failing);
             }
             _ = sleep_until(due), if due.is_some() => {
-                sync(&mut source, &mut maps, &mut ext, &mut ct, &mut pipeline, &status, &mut orphans);
+                sync(&mut source, &mut maps, &mut ext, &mut ct, &mut pipeline, &status, &mut memory);
                 health.sync(&pipeline.desired().health_checks).await;
                 last_sync = Instant::now();
                 due = None;
@@ -372,6 +372,15 @@ async fn sleep_until(due: Option<Instant>) {
     }
 }
 
+/// What one sync leaves the next.
+#[derive(Default)]
+struct Memory {
+    /// Slices of missing Services already warned about.
+    orphans: BTreeSet<NsName>,
+    /// Endpoint addresses (see `sync`'s purge).
+    endpoints: std::collections::HashSet<std::net::IpAddr>,
+}
+
 /// One pass: what changed in the source -> store -> pipeline -> map writes.
 fn sync(
     source: &mut Source,
@@ -380,8 +389,9 @@ fn sync(
     ct: &mut Conntrack,
     pipeline: &mut Pipeline,
     status: &Shared,
-    orphans: &mut BTreeSet<NsName>,
+    memory: &mut Memory,
 ) {
+    let Memory { orphans, endpoints } = memory;
     let problems = match source.refresh() {
         Ok(p) => p,
         Err(e) => {
@@ -416,14 +426,21 @@ fn sync(
         "maps reconciled"
     );
     // Flows to backends that just went are purged now, not when the LRU
-    // gets round to them.
-    if report.removals > 0 {
+    // gets round to them. A backend goes with its slot, or when its
+    // address leaves every slice: a terminating endpoint lost its slot
+    // earlier (its flows were kept, to drain) and leaves with no map
+    // write, yet its flows must go (UDP ones would stay on it forever).
+    if report.removals > 0 || !dirty.is_empty() {
         let present = conntrack::endpoint_addresses(source.store());
-        match ct.purge(&present, &pipeline.frontend_ids()) {
-            Ok(0) => {}
-            Ok(n) => info!(entries = n, "conntrack: flows to removed backends purged"),
-            Err(e) => warn!(error = %format!("{e:#}"), "conntrack purge failed"),
+        let left = endpoints.iter().any(|a| !present.contains(a));
+        if report.removals > 0 || left {
+            match ct.purge(&present, &pipeline.frontend_ids()) {
+                Ok(0) => {}
+                Ok(n) => info!(entries = n, "conntrack: flows to removed backends purged"),
+                Err(e) => warn!(error = %format!("{e:#}"), "conntrack purge failed"),
+            }
         }
+        *endpoints = present;
     }
     let (from, failing) = source.health();
     status.update(|s| {

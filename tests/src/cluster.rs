@@ -314,6 +314,25 @@ impl Cluster {
         std::fs::read_to_string(self.agent_log()).unwrap_or_default()
     }
 
+    /// How many syncs so far wrote to the maps ("maps reconciled" with
+    /// writes): a change is programmed once this has grown past its value
+    /// from before the change. Syncs without writes (retries, events that
+    /// change nothing) do not count.
+    pub fn programmed_syncs(&self) -> usize {
+        self.agent_log_text()
+            .lines()
+            .filter(|l| l.contains("maps reconciled") && !l.contains("writes=0 "))
+            .count()
+    }
+
+    /// Runs `change`, then waits until the agent has programmed a change.
+    pub fn programmed(&self, change: impl FnOnce()) {
+        let before = self.programmed_syncs();
+        change();
+        wait_until(Duration::from_secs(5), || self.programmed_syncs() > before)
+            .unwrap_or_else(|_| panic!("change not programmed:\n{}", self.agent_log_text()));
+    }
+
     /// Runs an `lb-agent` CLI subcommand against this cluster's pins.
     pub fn cli(&self, sub: &str) -> Result<String> {
         sh(Command::new(&self.bins.agent)

@@ -67,10 +67,7 @@ impl Setup {
 
     /// Rewrites the manifest and waits until the agent has programmed it.
     fn apply(&self, text: &str) {
-        let syncs = || self.c.agent_log_text().matches("maps reconciled").count();
-        let before = syncs();
-        self.write(text);
-        wait_until(Duration::from_secs(5), || syncs() > before).expect("the agent reprograms");
+        self.c.programmed(|| self.write(text));
     }
 }
 

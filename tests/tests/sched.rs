@@ -128,10 +128,9 @@ fn maglev_moves_only_the_flows_of_a_pod_that_leaves() {
         .filter(|p| p.name != leaving)
         .map(|p| p.ip)
         .collect();
-    let syncs = || c.agent_log_text().matches("maps reconciled").count();
-    let n = syncs();
-    std::fs::write(&path, service("mg", "10.0.1.184", Some("maglev"), &rest)).unwrap();
-    wait_until(Duration::from_secs(5), || syncs() > n).expect("the agent reprograms");
+    c.programmed(|| {
+        std::fs::write(&path, service("mg", "10.0.1.184", Some("maglev"), &rest)).unwrap()
+    });
     ferrolb_tests::netns::sh(
         std::process::Command::new(&common::bins().agent)
             .args(["conntrack", "--flush", "--pin-path"])
