@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ferrolb_tests::cluster::{Cluster, wait_until};
-use ferrolb_tests::http;
+use ferrolb_tests::http::{self, Conn};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 175);
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -193,4 +193,59 @@ fn a_hundred_endpoint_changes_under_traffic_fail_no_request() {
             );
         }
     }
+}
+
+/// A kept-alive TCP connection whose pod leaves the slice (the pod keeps
+/// running) is reset at its next request, at once, rather than left to
+/// hang: its flow is purged, and the next segment, placed afresh on a
+/// pod that has no such connection, draws that pod's RST, which reaches
+/// the client from the VIP.
+#[test]
+fn a_connection_to_a_pod_that_leaves_is_reset_not_left_hanging() {
+    let mut c = Cluster::new(common::bins(), 3).expect("cluster");
+    let dir = c.workdir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("services.yaml");
+    std::fs::write(&path, manifest(&c, &[State::Ready; 3])).unwrap();
+    c.start_agent(&dir).expect("agent starts");
+    let conn = c
+        .client()
+        .ns
+        .run(|| -> std::io::Result<(Conn, String)> {
+            let s = TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), TIMEOUT)?;
+            s.set_read_timeout(Some(TIMEOUT))?;
+            let mut conn = Conn::new(s)?;
+            let body = String::from_utf8_lossy(&conn.get()?).trim().to_string();
+            Ok((conn, body))
+        })
+        .unwrap();
+    let (mut conn, pod) = conn.expect("first request");
+    let victim = c
+        .pods
+        .iter()
+        .position(|p| p.name == pod)
+        .expect("a known pod");
+    let mut states = [State::Ready; 3];
+    states[victim] = State::Gone;
+    let purges = |c: &Cluster| {
+        c.agent_log_text()
+            .matches("flows to removed backends purged")
+            .count()
+    };
+    let before = purges(&c);
+    c.programmed(|| std::fs::write(&path, manifest(&c, &states)).unwrap());
+    wait_until(Duration::from_secs(5), || purges(&c) > before).expect("its flow purged");
+    let started = Instant::now();
+    let err = conn.get().expect_err("the connection's pod left");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionReset,
+        "{err} after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
 }
