@@ -140,6 +140,19 @@ pub const SVC_FLAG_SOURCE_RANGES: u16 = 4;
 /// [`ServiceValue::affinity_ticks`] ago and the backend still serves.
 pub const SVC_FLAG_AFFINITY: u16 = 8;
 
+/// The source a pod's flow to its own Service gets when it lands on that
+/// same pod (hairpin), network order: the pod must not see its own
+/// address as the source (it would answer itself, not the node), and a
+/// link-local address is never another host's. IPv4 169.254.7.1, IPv6
+/// fd00:7:7:7::1 (a ULA no cluster uses for pods by convention here).
+pub const HAIRPIN_V4: u32 = u32::from_ne_bytes([169, 254, 7, 1]);
+pub const HAIRPIN_V6: [u32; 4] = [
+    u32::from_ne_bytes([0xfd, 0x00, 0x00, 0x07]),
+    u32::from_ne_bytes([0x00, 0x07, 0x00, 0x07]),
+    0,
+    u32::from_ne_bytes([0, 0, 0, 1]),
+];
+
 /// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_SECS: u32 = 10_800;
 

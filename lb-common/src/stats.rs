@@ -46,10 +46,14 @@ pub enum Stat {
     /// Counted besides the packet's outcome: a DSR packet decapsulated on
     /// the backend's node.
     DsrDecap = 18,
+    /// New flow from a pod to a Service that chose that same pod: its
+    /// source is SNATed to the hairpin address so the replies come back
+    /// through here.
+    HairpinNew = 19,
 }
 
 /// Counters in use.
-pub const STAT_COUNT: u32 = 19;
+pub const STAT_COUNT: u32 = 20;
 /// Size of the stats map: room for counters later builds add, so adding
 /// one never changes the pinned layout.
 pub const STAT_SLOTS: u32 = 64;
@@ -77,4 +81,5 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "xdp_tx",
     "dsr_new",
     "dsr_decap",
+    "hairpin_new",
 ];

@@ -21,6 +21,8 @@ use crate::work::Work;
 pub trait Family: Copy + PartialEq + 'static {
     /// The unspecified address (a NodePort frontend's key).
     const ZERO: Self;
+    /// The source of hairpin flows (`lb_common::HAIRPIN_V4`, `_V6`).
+    const HAIRPIN: Self;
     const IS_V6: bool;
     /// Offsets from the IP header: source and destination address (the
     /// destination right after the source in both), hop count.
@@ -57,6 +59,7 @@ const AF_INET6: u8 = 10;
 
 impl Family for u32 {
     const ZERO: Self = 0;
+    const HAIRPIN: Self = lb_common::HAIRPIN_V4;
     const IS_V6: bool = false;
     const SRC_OFF: usize = 12;
     const DST_OFF: usize = 16;
@@ -110,6 +113,7 @@ impl Family for u32 {
 
 impl Family for In6 {
     const ZERO: Self = [0; 4];
+    const HAIRPIN: Self = lb_common::HAIRPIN_V6;
     const IS_V6: bool = true;
     const SRC_OFF: usize = 8;
     const DST_OFF: usize = 24;

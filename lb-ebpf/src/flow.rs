@@ -289,14 +289,22 @@ fn open<C: Hook, A: Family>(
     be: &BackendOf<A>,
     existing: Existing,
 ) -> Option<Outcome> {
-    let external = fe.flags & SVC_FLAG_EXTERNAL != 0;
-    let elsewhere =
-        external && fe.flags & SVC_FLAG_LOCAL_ONLY == 0 && be.flags & BACKEND_FLAG_LOCAL == 0;
+    // A pod reaching its own Service, given itself: its source goes to
+    // the hairpin address (it would answer its own address itself, not
+    // through here), and the packets are routed back to it, as external
+    // flows are (kube-proxy masquerades hairpin flows too).
+    let hairpin = be.addr == p.saddr;
+    let external = fe.flags & SVC_FLAG_EXTERNAL != 0 || hairpin;
+    let elsewhere = fe.flags & SVC_FLAG_EXTERNAL != 0
+        && fe.flags & SVC_FLAG_LOCAL_ONLY == 0
+        && be.flags & BACKEND_FLAG_LOCAL == 0;
     // externalTrafficPolicy Cluster to a backend elsewhere: direct server
     // return where configured, else SNAT, so the reply returns through
     // this node (kube-proxy masquerades too).
-    let direct = elsewhere && dsr::enabled_for(p.proto);
-    let snat = if elsewhere && !direct {
+    let direct = elsewhere && !hairpin && dsr::enabled_for(p.proto);
+    let snat = if hairpin {
+        Some(A::HAIRPIN)
+    } else if elsewhere && !direct {
         match lb::config().and_then(A::snat_addr) {
             Some(a) => Some(a),
             None => return Some(Outcome::Drop(Stat::DropSnat)),
@@ -320,10 +328,10 @@ fn open<C: Hook, A: Family>(
         Ok(Some(_)) if direct => Some(ctx.dsr(p, be.addr, be.port, Stat::DsrNew)),
         Ok(Some((saddr, sport))) => {
             let t = Tuple::of(p).src(saddr, sport).dst(be.addr, be.port);
-            let stat = if snat.is_some() {
-                Stat::SnatNew
-            } else {
-                Stat::DnatNew
+            let stat = match snat {
+                _ if hairpin => Stat::HairpinNew,
+                Some(_) => Stat::SnatNew,
+                None => Stat::DnatNew,
             };
             Some(rewritten(ctx, p, &t, stat, flow.flags))
         }
