@@ -292,8 +292,12 @@ fn open<C: Hook, A: Family>(
     // A pod reaching its own Service, given itself: its source goes to
     // the hairpin address (it would answer its own address itself, not
     // through here), and the packets are routed back to it, as external
-    // flows are (kube-proxy masquerades hairpin flows too).
-    let hairpin = be.addr == p.saddr;
+    // flows are (kube-proxy masquerades hairpin flows too). Not a pod on
+    // another node reaching a NodePort here: the SNAT to this node that
+    // any flow to a backend elsewhere gets serves it (its replies come
+    // back here), and the hairpin address would not.
+    let hairpin = be.addr == p.saddr
+        && (fe.flags & SVC_FLAG_EXTERNAL == 0 || be.flags & BACKEND_FLAG_LOCAL != 0);
     let external = fe.flags & SVC_FLAG_EXTERNAL != 0 || hairpin;
     let elsewhere = fe.flags & SVC_FLAG_EXTERNAL != 0
         && fe.flags & SVC_FLAG_LOCAL_ONLY == 0

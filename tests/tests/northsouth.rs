@@ -512,6 +512,26 @@ fn icmp_errors_from_pods_reach_external_clients() {
     t.finish();
 }
 
+/// A pod on node-b reaching node-a's NodePort and given itself: not a
+/// hairpin for node-a (the pod is not its own), so the flow is SNATed to
+/// node-a like any flow to a backend elsewhere, and every connection gets
+/// its answer.
+#[test]
+fn a_pod_given_itself_through_another_nodes_nodeport_is_answered() {
+    let t = topology();
+    let mut own = 0;
+    for i in 0..30 {
+        let (name, peer) = whoami(&t.b.pods[0].ns, NODE_A, 30080)
+            .unwrap_or_else(|e| panic!("request {i}: {e}\n{}", t.stats()));
+        if name == "pod-2-0" {
+            own += 1;
+            assert_eq!(peer, NODE_A.to_string(), "SNATed to node-a");
+        }
+    }
+    assert!(own > 0, "pod-2-0 was never given itself in 30 tries");
+    t.finish();
+}
+
 /// The same through XDP: what leaves by the interface it came in on
 /// (SNAT over to the other node, replies back to the client) is sent by
 /// XDP_TX; what goes to local pods is left to tc.
