@@ -1,7 +1,8 @@
 //! Scheduling: which slot of a frontend a new flow (or a new session)
 //! gets. Random unless the frontend carries `SVC_FLAG_SCHED`, whose
 //! scheduler `MAP_SCHED` holds under the frontend's id: round-robin (one
-//! counter across CPUs, so turns are exact), Maglev (the frontend's
+//! counter across CPUs: exact turns for flows opened one after another),
+//! Maglev (the frontend's
 //! lookup table, built by the agent), source or destination hashing. A
 //! missing entry or table slot falls back to random: a flow is never
 //! dropped for want of scheduler state.
@@ -34,7 +35,9 @@ pub fn pick<A, O: Origin>(fe: &Frontend<A>, o: &O) -> Option<u16> {
         }
         SCHED_MAGLEV => {
             let size = unsafe { (*s).table_size };
-            let index = o.flow_hash().checked_rem(size)?;
+            let Some(index) = o.flow_hash().checked_rem(size) else {
+                return random_slot(fe.count);
+            };
             let key = MaglevKey {
                 svc_id: fe.svc_id,
                 index,
