@@ -206,18 +206,21 @@ struct Setup {
     addr: SocketAddr,
 }
 
-fn setup(o: &Opts, mode: Mode, n: usize) -> Result<Setup> {
+/// A node of three pods for traffic runs: the client pod set for many
+/// short connections, an iperf3 server in the first pod.
+pub(crate) fn traffic_cluster(o: &Opts) -> Result<(Cluster, Guard)> {
     let bins = Binaries {
         agent: o.agent.clone(),
         podserver: o.podserver.clone(),
     };
-    let mut c = Cluster::new(bins, 3)?;
+    let c = Cluster::new(bins, 3)?;
     c.client().ns.run(|| {
-        // Many short connections: widen the port range, reuse TIME_WAIT.
+        // Many short connections: widen the port range, reuse TIME_WAIT
+        // (IPv6 TCP shares these IPv4 sysctls).
         let _ = std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65000");
         let _ = std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1");
     })?;
-    let iperf_srv = Guard(
+    let iperf = Guard(
         c.pods[0]
             .ns
             .command("iperf3")
@@ -227,6 +230,22 @@ fn setup(o: &Opts, mode: Mode, n: usize) -> Result<Setup> {
             .spawn()
             .context("starting iperf3 -s")?,
     );
+    Ok((c, iperf))
+}
+
+/// Waits until the first pod's iperf3 server answers at `addr`.
+pub(crate) fn wait_for_iperf(c: &Cluster, addr: SocketAddr) -> Result<()> {
+    wait_until(Duration::from_secs(5), || {
+        c.pods[0]
+            .ns
+            .run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
+            .unwrap_or(false)
+    })
+    .context("iperf3 server did not start")
+}
+
+fn setup(o: &Opts, mode: Mode, n: usize) -> Result<Setup> {
+    let (mut c, iperf_srv) = traffic_cluster(o)?;
     let target = match mode {
         Mode::Direct => c.pods[0].ip,
         _ => VIP,
@@ -242,16 +261,7 @@ fn setup(o: &Opts, mode: Mode, n: usize) -> Result<Setup> {
         Mode::Iptables | Mode::Nftables => load_rules(&c, mode, n)?,
         Mode::Direct => {}
     }
-    let iperf_addr = SocketAddr::from((c.pods[0].ip, IPERF_PORT));
-    wait_until(Duration::from_secs(5), || {
-        c.pods[0]
-            .ns
-            .run(move || {
-                TcpStream::connect_timeout(&iperf_addr, Duration::from_millis(200)).is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .context("iperf3 server did not start")?;
+    wait_for_iperf(&c, SocketAddr::from((c.pods[0].ip, IPERF_PORT)))?;
     let addr = SocketAddr::from((target, if mode == Mode::Direct { POD_PORT } else { 80 }));
     Ok(Setup {
         c,

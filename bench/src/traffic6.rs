@@ -7,16 +7,18 @@
 //! hooks (client inside it). The paths get nodes of their own so that
 //! neither meets the other's closed connections (TIME_WAIT in the pods,
 //! conntrack entries) on reused client ports.
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::process::Stdio;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ferrolb_tests::cluster::{Binaries, Cluster, InCgroup, POD_PORT, wait_until};
+use ferrolb_tests::cluster::{Cluster, InCgroup, POD_PORT};
 
 use crate::Opts;
 use crate::report::Report;
-use crate::traffic::{Figures, Guard, IPERF_PORT, cell, check_path, col, figures, paths};
+use crate::traffic::{
+    Figures, Guard, IPERF_PORT, cell, check_path, col, figures, paths, traffic_cluster,
+    wait_for_iperf,
+};
 
 const VIP4: &str = "10.0.1.175";
 const VIP6: &str = "fd00:10::175";
@@ -78,39 +80,13 @@ struct Node {
 }
 
 fn node(o: &Opts, agent: bool) -> Result<Node> {
-    let bins = Binaries {
-        agent: o.agent.clone(),
-        podserver: o.podserver.clone(),
-    };
-    let mut c = Cluster::new(bins, 3)?;
-    c.client().ns.run(|| {
-        let _ = std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65000");
-        // IPv6 TCP shares the IPv4 sysctls for TIME_WAIT reuse.
-        let _ = std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1");
-    })?;
-    let iperf = Guard(
-        c.pods[0]
-            .ns
-            .command("iperf3")
-            .args(["-s", "-p", &IPERF_PORT.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting iperf3 -s")?,
-    );
+    let (mut c, iperf) = traffic_cluster(o)?;
     if agent {
         let path = c.workdir.join("hostnames.yaml");
         std::fs::write(&path, manifest(&c))?;
         c.start_agent(&path)?;
     }
-    let probe = SocketAddr::from((c.pods[0].ip6, IPERF_PORT));
-    wait_until(Duration::from_secs(5), || {
-        c.pods[0]
-            .ns
-            .run(move || TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok())
-            .unwrap_or(false)
-    })
-    .context("iperf3 server did not start")?;
+    wait_for_iperf(&c, SocketAddr::from((c.pods[0].ip6, IPERF_PORT)))?;
     Ok(Node { c, _iperf: iperf })
 }
 
