@@ -467,6 +467,9 @@ fn service_frontends(
             if scheduler != crate::sched::Scheduler::Random {
                 flags |= lb_common::SVC_FLAG_SCHED;
             }
+            if scheduler == crate::sched::Scheduler::LeastConn {
+                flags |= lb_common::SVC_FLAG_LEAST_CONN;
+            }
             FrontendState {
                 name: name.clone(),
                 backends: backends.clone(),

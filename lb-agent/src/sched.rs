@@ -8,7 +8,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use lb_common::{
-    SCHED_DEST_HASH, SCHED_MAGLEV, SCHED_RANDOM, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH,
+    SCHED_DEST_HASH, SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_RANDOM, SCHED_ROUND_ROBIN,
+    SCHED_SOURCE_HASH,
 };
 
 /// The Service annotation that picks a scheduler.
@@ -29,10 +30,14 @@ pub enum Scheduler {
     SourceHash,
     /// A hash of the destination address (IPVS dh).
     DestHash,
+    /// The backend with the fewest active flows (IPVS lc; its sed and nq
+    /// make the same choices when all weights are equal, as Kubernetes
+    /// endpoints' are, and are accepted as names for it).
+    LeastConn,
 }
 
 /// The names the annotation and `--lb-algorithm` take.
-pub const NAMES: &str = "random, round-robin, maglev, source-hash, dest-hash";
+pub const NAMES: &str = "random, round-robin, maglev, least-conn, source-hash, dest-hash";
 
 /// A scheduler by name; `maglev_size` sizes a Maglev table.
 pub fn parse(name: &str, maglev_size: u32) -> Result<Scheduler, String> {
@@ -42,6 +47,7 @@ pub fn parse(name: &str, maglev_size: u32) -> Result<Scheduler, String> {
         "maglev" => Scheduler::Maglev(maglev_size),
         "source-hash" | "sh" => Scheduler::SourceHash,
         "dest-hash" | "dh" => Scheduler::DestHash,
+        "least-conn" | "lc" | "sed" | "nq" => Scheduler::LeastConn,
         other => {
             return Err(format!(
                 "unknown algorithm {other:?} (expected one of {NAMES})"
@@ -59,6 +65,7 @@ impl Scheduler {
             Scheduler::Maglev(_) => SCHED_MAGLEV,
             Scheduler::SourceHash => SCHED_SOURCE_HASH,
             Scheduler::DestHash => SCHED_DEST_HASH,
+            Scheduler::LeastConn => SCHED_LEAST_CONN,
         }
     }
 
@@ -79,6 +86,7 @@ impl fmt::Display for Scheduler {
             Scheduler::Maglev(m) => write!(f, "maglev/{m}"),
             Scheduler::SourceHash => f.write_str("source-hash"),
             Scheduler::DestHash => f.write_str("dest-hash"),
+            Scheduler::LeastConn => f.write_str("least-conn"),
         }
     }
 }
@@ -120,6 +128,8 @@ mod tests {
     fn names_and_table_sizes() {
         assert_eq!(parse("maglev", 251), Ok(Scheduler::Maglev(251)));
         assert_eq!(parse("rr", 251), Ok(Scheduler::RoundRobin));
+        assert_eq!(parse("least-conn", 251), Ok(Scheduler::LeastConn));
+        assert_eq!(parse("nq", 251), Ok(Scheduler::LeastConn));
         assert!(parse("lc2", 251).unwrap_err().contains("unknown algorithm"));
         assert_eq!("16381".parse::<TableSize>(), Ok(TableSize(16381)));
         assert!(

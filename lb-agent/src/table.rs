@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use lb_common::{
-    HOP_CLOCK_SHIFT, SCHED_DEST_HASH, SCHED_MAGLEV, SCHED_RANDOM, SCHED_ROUND_ROBIN,
-    SCHED_SOURCE_HASH, SVC_FLAG_SCHED, SchedValue, port_from_net,
+    HOP_CLOCK_SHIFT, SCHED_DEST_HASH, SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_RANDOM,
+    SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SVC_FLAG_SCHED, SchedValue, port_from_net,
 };
 
 use crate::reconcile::{MapState, frontend_of, info_name};
@@ -75,6 +75,7 @@ fn algorithm_name(s: &SchedValue) -> String {
         SCHED_MAGLEV => format!("maglev/{}", s.table_size),
         SCHED_SOURCE_HASH => "source-hash".into(),
         SCHED_DEST_HASH => "dest-hash".into(),
+        SCHED_LEAST_CONN => "least-conn".into(),
         SCHED_RANDOM => "random".into(),
         other => format!("<unknown {other}>"),
     }

@@ -40,6 +40,13 @@ pub const MAP_AFFINITY: &str = "flb_aff_v1";
 pub const MAP_SCHED: &str = "flb_sched_v1";
 /// Maglev lookup tables: (frontend id, index) -> backend slot.
 pub const MAP_MAGLEV: &str = "flb_maglev_v1";
+/// Least-conn: each backend's active flows (u64, by backend id, both
+/// families: ids are one space), counted by the datapath for frontends
+/// with [`SVC_FLAG_LEAST_CONN`].
+pub const MAP_LEAST_CONN: &str = "flb_lc_v1";
+/// Least-conn: the backend (id, u32) a socket was given at the socket
+/// hooks, by socket cookie, so that its release counts the flow out.
+pub const MAP_LC_SOCK: &str = "flb_lcsock_v1";
 
 /// The IPv6 maps: the same layouts over [`In6`] addresses ([`ServiceKey6`],
 /// [`Backend6`], [`CtKey6`], ...), beside the IPv4 ones so that IPv4 keys
@@ -70,7 +77,7 @@ pub const V6_SLOT_DSR: u32 = 6;
 pub const V6_SLOTS: u32 = 7;
 
 /// Every map the programs declare, for pinning and cleanup.
-pub const ALL_MAPS: [&str; 18] = [
+pub const ALL_MAPS: [&str; 20] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -84,6 +91,8 @@ pub const ALL_MAPS: [&str; 18] = [
     MAP_AFFINITY,
     MAP_SCHED,
     MAP_MAGLEV,
+    MAP_LEAST_CONN,
+    MAP_LC_SOCK,
     MAP_SERVICES6,
     MAP_BACKENDS6,
     MAP_CONNTRACK6,
@@ -185,6 +194,21 @@ pub const SCHED_MAGLEV: u8 = 2;
 pub const SCHED_SOURCE_HASH: u8 = 3;
 /// A hash of the destination address.
 pub const SCHED_DEST_HASH: u8 = 4;
+/// The backend with the fewest active flows, of up to [`LC_SCAN`] slots
+/// from a random one. The frontend also carries [`SVC_FLAG_LEAST_CONN`]
+/// (the datapath needs no [`MAP_SCHED`] lookup for it); this entry names
+/// it for the CLI.
+pub const SCHED_LEAST_CONN: u8 = 5;
+
+/// Least-conn compares this many slots at most, from a random one: exact
+/// for frontends with up to this many backends, the best of a random
+/// window beyond (the cost of a new flow stays bounded).
+pub const LC_SCAN: u32 = 16;
+
+/// Least-conn: new flows go to the backend with the fewest active flows,
+/// and the datapath counts them in [`MAP_LEAST_CONN`] (TCP until a FIN or
+/// RST, socket-hook flows until the socket is released).
+pub const SVC_FLAG_LEAST_CONN: u16 = 32;
 
 /// A frontend's scheduler.
 #[repr(C)]
@@ -228,6 +252,9 @@ pub const CT_FLAG_EXTERNAL: u16 = 4;
 /// packets go encapsulated (IPIP) to the backend, which answers the client
 /// itself; on the backend's node, a reverse entry made on decapsulation.
 pub const CT_FLAG_DSR: u16 = 8;
+/// A forward entry whose flow is counted in [`MAP_LEAST_CONN`] (cleared
+/// when the count is taken back, so that it is taken back once).
+pub const CT_FLAG_COUNTED: u16 = 16;
 
 /// [`Config::flags`]: external TCP (UDP) flows to backends on other nodes
 /// use direct server return instead of SNAT (`--lb-mode dsr`, `hybrid`

@@ -3,8 +3,9 @@
 //! entry (and SNAT, for external flows to other nodes) -> NAT. The hook
 //! decides only how to act on the outcome.
 use lb_common::{
-    AFFINITY_BY_ADDR, BACKEND_FLAG_LOCAL, BackendOf, CT_FLAG_DSR, CT_FLAG_EXTERNAL, CT_FLAG_SNAT,
-    CtValueOf, NatValueOf, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY, Stat,
+    AFFINITY_BY_ADDR, BACKEND_FLAG_LOCAL, BackendOf, CT_FLAG_COUNTED, CT_FLAG_DSR,
+    CT_FLAG_EXTERNAL, CT_FLAG_SNAT, CtValueOf, NatValueOf, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL_ONLY,
+    Stat,
 };
 
 use crate::{
@@ -14,6 +15,7 @@ use crate::{
     family::Family,
     fib::{self, Fib, NextHop},
     lb::{self, Frontend},
+    least_conn,
     nat::{Nat, Tuple},
     parse::Packet,
     sched, snat,
@@ -207,11 +209,17 @@ fn reverse<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -> Out
         let (addr, port) = unsafe { ((*n).addr, (*n).port) };
         t = t.dst(addr, port);
     }
+    if ct.flags & CT_FLAG_COUNTED != 0 {
+        least_conn::reply_segment(p, &t);
+    }
     translated(ctx, p, &t, Stat::RevNat, ct.flags, nat)
 }
 
 #[inline(always)]
 fn established<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -> Outcome {
+    if ct.flags & CT_FLAG_COUNTED != 0 {
+        least_conn::forward_segment(p);
+    }
     if ct.flags & CT_FLAG_DSR != 0 {
         return ctx.dsr(p, ct.addr, ct.port, Stat::DnatEstablished);
     }
@@ -321,16 +329,21 @@ fn open<C: Hook, A: Family>(
         be_port: be.port,
         svc_id: fe.svc_id,
         backend_id: id,
-        flags: match (external, direct) {
-            (true, true) => CT_FLAG_EXTERNAL | CT_FLAG_DSR,
-            (true, false) => CT_FLAG_EXTERNAL,
-            _ => 0,
-        },
+        flags: least_conn::flow_flags(fe)
+            | match (external, direct) {
+                (true, true) => CT_FLAG_EXTERNAL | CT_FLAG_DSR,
+                (true, false) => CT_FLAG_EXTERNAL,
+                _ => 0,
+            },
         snat,
     };
     match conntrack::create(p, &flow, existing) {
-        Ok(Some(_)) if direct => Some(ctx.dsr(p, be.addr, be.port, Stat::DsrNew)),
+        Ok(Some(_)) if direct => {
+            least_conn::opened(flow.flags, id, p.proto);
+            Some(ctx.dsr(p, be.addr, be.port, Stat::DsrNew))
+        }
         Ok(Some((saddr, sport))) => {
+            least_conn::opened(flow.flags, id, p.proto);
             let t = Tuple::of(p).src(saddr, sport).dst(be.addr, be.port);
             let stat = match snat {
                 _ if hairpin => Stat::HairpinNew,

@@ -4,13 +4,12 @@
 //! backend selection -> nat) -> reject; `tc` and `xdp` are the hooks.
 #![no_std]
 #![no_main]
-// Atomic add on map memory (round-robin turns): the BPF target has no
-// `core::sync::atomic` read-modify-write types (a host check of this
-// crate uses them instead, see `sched`).
+// Atomic add on map memory (see `atomic`).
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod affinity;
+mod atomic;
 mod bench;
 mod checksum;
 mod clock;
@@ -21,6 +20,7 @@ mod fib;
 mod flow;
 mod icmp;
 mod lb;
+mod least_conn;
 mod maps;
 mod nat;
 mod parse;

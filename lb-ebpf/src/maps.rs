@@ -60,6 +60,13 @@ pub static SCHED: HashMap<u32, SchedValue> = HashMap::pinned(DEFAULT_SVC_INFO_MA
 #[map(name = "flb_maglev_v1")]
 pub static MAGLEV: HashMap<MaglevKey, u32> = HashMap::pinned(DEFAULT_MAGLEV_MAX, BPF_F_NO_PREALLOC);
 
+/// Sized as the backends maps: indexed by backend id.
+#[map(name = "flb_lc_v1")]
+pub static LEAST_CONN: Array<u64> = Array::pinned(DEFAULT_BACKENDS_MAX, 0);
+
+#[map(name = "flb_lcsock_v1")]
+pub static LC_SOCK: LruHashMap<u64, u32> = LruHashMap::pinned(DEFAULT_SOCK_REVNAT_MAX, 0);
+
 // The IPv6 layouts, sized as their IPv4 counterparts (the agent's size
 // flags set both).
 #[map(name = "flb_svc6_v1")]

@@ -5,17 +5,44 @@
 //! Maglev (the frontend's
 //! lookup table, built by the agent), source or destination hashing. A
 //! missing entry or table slot falls back to random: a flow is never
-//! dropped for want of scheduler state.
+//! dropped for want of scheduler state. Least-conn frontends carry their
+//! own flag and need no scheduler entry (see `least_conn`).
 use lb_common::{
-    MaglevKey, SCHED_DEST_HASH, SCHED_MAGLEV, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SVC_FLAG_SCHED,
+    MaglevKey, SCHED_DEST_HASH, SCHED_MAGLEV, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH,
+    SVC_FLAG_LEAST_CONN, SVC_FLAG_SCHED,
 };
 
+use crate::family::Family;
 use crate::lb::{Frontend, Origin, random_slot};
+use crate::least_conn;
 use crate::maps::{MAGLEV, SCHED};
 
 #[inline(always)]
-pub fn pick<A, O: Origin>(fe: &Frontend<A>, o: &O) -> Option<u16> {
+pub fn pick<A: Family, O: Origin>(fe: &Frontend<A>, o: &O) -> Option<u16> {
+    match choose(fe, o) {
+        0 => None,
+        slot => Some(slot as u16),
+    }
+}
+
+/// [`pick`]'s choice as a slot, 0 for none. A BPF subprogram: every
+/// algorithm's way out returns the same kind of state to the caller (a
+/// scalar), so the verifier walks the rest of the new-flow path once, not
+/// once per algorithm (inlined, the path is past its limit).
+#[inline(never)]
+fn choose<A: Family, O: Origin>(fe: &Frontend<A>, o: &O) -> u32 {
+    match choose_inline(fe, o) {
+        Some(s) => s as u32,
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn choose_inline<A: Family, O: Origin>(fe: &Frontend<A>, o: &O) -> Option<u16> {
     let count = fe.count as u32;
+    if fe.flags & SVC_FLAG_LEAST_CONN != 0 {
+        return least_conn::pick(fe).or_else(|| random_slot(fe.count));
+    }
     if fe.flags & SVC_FLAG_SCHED == 0 {
         return random_slot(fe.count);
     }
@@ -30,7 +57,7 @@ pub fn pick<A, O: Origin>(fe: &Frontend<A>, o: &O) -> Option<u16> {
             // opening flows at the same instant may share one.
             let next = unsafe { &raw mut (*s).next };
             let turn = unsafe { next.read_volatile() };
-            unsafe { count_up(next) };
+            unsafe { crate::atomic::add(next, 1) };
             turn as u32
         }
         SCHED_MAGLEV => {
@@ -52,21 +79,6 @@ pub fn pick<A, O: Origin>(fe: &Frontend<A>, o: &O) -> Option<u16> {
         _ => return random_slot(fe.count),
     };
     turn.checked_rem(count).map(|s| s as u16 + 1)
-}
-
-/// Adds one to the u64 at `p`, atomically (BPF_ATOMIC add, no fetch).
-#[cfg(target_arch = "bpf")]
-#[inline(always)]
-unsafe fn count_up(p: *mut u64) {
-    use core::intrinsics::{AtomicOrdering, atomic_xadd};
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) };
-}
-
-#[cfg(not(target_arch = "bpf"))]
-#[inline(always)]
-unsafe fn count_up(p: *mut u64) {
-    use core::sync::atomic::{AtomicU64, Ordering};
-    unsafe { AtomicU64::from_ptr(p) }.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The hashes schedulers use: MurmurHash3's 32-bit mixing, over words.

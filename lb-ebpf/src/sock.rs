@@ -8,18 +8,18 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_socket_cookie, generated::bpf_get_netns_cookie},
-    macros::cgroup_sock_addr,
+    macros::{cgroup_sock, cgroup_sock_addr},
     maps::LruHashMap,
-    programs::SockAddrContext,
+    programs::{SockAddrContext, SockContext},
 };
 use lb_common::{
-    AFFINITY_BY_NETNS, IPPROTO_UDP, In6, SVC_FLAG_LOCAL_ONLY, SockKey, SockKey6, SockValue,
-    SockValue6, Stat,
+    AFFINITY_BY_NETNS, IPPROTO_UDP, In6, SVC_FLAG_LEAST_CONN, SVC_FLAG_LOCAL_ONLY, SockKey,
+    SockKey6, SockValue, SockValue6, Stat,
 };
 
 use crate::{
     family::Family,
-    lb,
+    lb, least_conn,
     maps::{SOCK_REVNAT, SOCK_REVNAT6},
     sched,
     stats::count,
@@ -150,7 +150,7 @@ fn forward<A: SockFamily>(
         return Forward::To(addr, port);
     }
     let origin = SockOrigin { ctx, cookie, vip };
-    let Some((_, be)) = lb::select_backend(&fe, &origin) else {
+    let Some((id, be)) = lb::select_backend(&fe, &origin) else {
         count(Stat::SockReject);
         return Forward::Refuse;
     };
@@ -160,6 +160,9 @@ fn forward<A: SockFamily>(
     {
         count(Stat::DropInternal);
         return Forward::Refuse;
+    }
+    if fe.flags & SVC_FLAG_LEAST_CONN != 0 {
+        least_conn::sock_opened(cookie, id);
     }
     Forward::To(be.addr, be.port)
 }
@@ -362,4 +365,13 @@ pub fn flb_recvmsg6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn flb_getpeername6(ctx: SockAddrContext) -> i32 {
     translate_reverse6(&ctx)
+}
+
+/// A socket released: a least-conn flow given at the hooks counts out.
+/// One lookup per released socket of the cgroup, whatever it talked to.
+#[cgroup_sock(sock_release)]
+pub fn flb_sock_release(ctx: SockContext) -> i32 {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    least_conn::sock_released(cookie);
+    ALLOW
 }

@@ -3,8 +3,9 @@
 //! real agent, real pods, real clients. Round-robin answers in an exact
 //! cycle, source hashing keeps a client on one pod, Maglev moves only the
 //! flows of a pod that leaves (the same client ports, placed afresh after
-//! a conntrack flush, reach the same pods as before), and a bad name is
-//! refused by name.
+//! a conntrack flush, reach the same pods as before), least-conn sends
+//! new connections to the pod with the fewest open ones (through tc and
+//! through the socket hooks), and a bad name is refused by name.
 mod common;
 
 use std::collections::BTreeSet;
@@ -12,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use ferrolb_tests::cluster::{Cluster, InCgroup, wait_until};
-use ferrolb_tests::http;
+use ferrolb_tests::http::{self, Conn};
 use socket2::{Domain, Socket, Type};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -162,4 +163,62 @@ fn an_unknown_algorithm_is_refused_by_name_and_the_rest_keeps_working() {
     .unwrap_or_else(|_| panic!("not named:\n{}", c.agent_log_text()));
     let got: BTreeSet<String> = (0..6).map(|_| get(&c, "10.0.1.186", 0, false)).collect();
     assert_eq!(got.len(), 3, "{got:?}");
+}
+
+/// A kept-alive connection to `vip`:80 from the client pod, or from the
+/// node in the hooked cgroup, and the pod that answers it.
+fn open(c: &Cluster, vip: &str, from_node: bool) -> (Conn, String) {
+    let addr = SocketAddr::new(vip.parse().unwrap(), 80);
+    let ns = if from_node { &c.node } else { &c.client().ns };
+    let _cg = from_node.then(|| InCgroup::enter(&c.cgroup).unwrap());
+    ns.run(move || -> std::io::Result<(Conn, String)> {
+        let s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        let mut conn = Conn::new(s)?;
+        let who = String::from_utf8_lossy(&conn.get()?).trim().to_string();
+        Ok((conn, who))
+    })
+    .unwrap()
+    .expect("kept-alive connection")
+}
+
+#[test]
+fn least_conn_sends_new_connections_to_the_pod_with_fewest_open() {
+    let (c, _) = setup(&[], |ips| {
+        service("lc", "10.0.1.187", Some("least-conn"), ips)
+    });
+    for from_node in [false, true] {
+        // Six connections held open: two per pod, whatever the ties.
+        let mut held: Vec<(Conn, String)> =
+            (0..6).map(|_| open(&c, "10.0.1.187", from_node)).collect();
+        let per_pod = |held: &[(Conn, String)]| -> BTreeSet<usize> {
+            c.pods
+                .iter()
+                .map(|p| held.iter().filter(|(_, w)| *w == p.name).count())
+                .collect()
+        };
+        assert_eq!(
+            per_pod(&held),
+            BTreeSet::from([2]),
+            "from the node: {from_node}"
+        );
+        // The two on one pod close: the next two connections go there.
+        let idle = held[0].1.clone();
+        held.retain(|(_, w)| *w != idle);
+        std::thread::sleep(Duration::from_millis(200));
+        for i in 0..2 {
+            let (conn, who) = open(&c, "10.0.1.187", from_node);
+            assert_eq!(who, idle, "from the node: {from_node}: connection {i}");
+            held.push((conn, who));
+        }
+        drop(held);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let table = c.cli("services").unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("10.0.1.187") && l.contains("least-conn")),
+        "{table}"
+    );
 }

@@ -4,17 +4,19 @@
 //! destination hashing's one backend per destination, and Maglev's
 //! consistency (two nodes whose slots differ map every flow to the same
 //! backend) and disruption (a backend leaving moves only its own flows,
-//! give or take Maglev's small excess).
+//! give or take Maglev's small excess); least-conn's counts (in at a
+//! new flow, out once at its FIN or a backend's RST) and its choice of
+//! the least loaded backend.
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use common::datapath::{Datapath, HOOKS, Hook};
-use ferrolb_tests::packet::{self, Frame, TCP_SYN};
+use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use lb_agent::model::{BackendAddr, FrontendKey, FrontendState, Proto};
 use lb_agent::sched::Scheduler;
-use lb_common::SVC_FLAG_SCHED;
+use lb_common::{SVC_FLAG_LEAST_CONN, SVC_FLAG_SCHED};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 175);
 
@@ -36,10 +38,10 @@ fn hostnames(backends: &[u8], scheduler: Scheduler) -> Vec<(FrontendKey, Fronten
         FrontendState {
             name: "default/hostnames:80".into(),
             backends: backends.iter().map(|&i| backend(i)).collect(),
-            flags: if scheduler == Scheduler::Random {
-                0
-            } else {
-                SVC_FLAG_SCHED
+            flags: match scheduler {
+                Scheduler::Random => 0,
+                Scheduler::LeastConn => SVC_FLAG_SCHED | SVC_FLAG_LEAST_CONN,
+                _ => SVC_FLAG_SCHED,
             },
             scheduler,
             ..Default::default()
@@ -154,5 +156,50 @@ fn maglev_is_the_same_on_every_node_and_moves_only_a_leaving_backends_flows() {
             "{hook:?}: {moved} of {} flows of staying backends moved",
             stayed + moved
         );
+    }
+}
+
+/// Sends a segment of the flow from 10.244.1.1:`sport` with `flags`.
+fn segment(dp: &mut Datapath, hook: Hook, sport: u16, flags: u8) {
+    let frame = Frame::tcp((Ipv4Addr::new(10, 244, 1, 1), sport), (VIP, 80), flags).build();
+    dp.run_on(hook, &frame);
+}
+
+#[test]
+fn least_conn_counts_flows_in_and_out_and_picks_the_least_loaded() {
+    for hook in HOOKS {
+        let mut dp = Datapath::new(&format!("lc-{hook:?}"), &[]);
+        dp.program_states(&hostnames(&[0, 1, 2], Scheduler::LeastConn));
+        let counts = |dp: &Datapath| -> Vec<u64> { dp.active_flows().into_values().collect() };
+        // Six flows: each backend gets two (the least loaded is always
+        // one with fewer than the others).
+        let first: Vec<Ipv4Addr> = (0..6)
+            .map(|i| syn_to(&mut dp, hook, 1, 50_000 + i))
+            .collect();
+        assert_eq!(counts(&dp), [2, 2, 2], "{hook:?}: {first:?}");
+        let on = |b: Ipv4Addr| first.iter().filter(|&&x| x == b).count();
+        assert!(first.iter().all(|&b| on(b) == 2), "{hook:?}: {first:?}");
+        // A retransmitted SYN is the same flow: not counted again.
+        assert_eq!(syn_to(&mut dp, hook, 1, 50_000), first[0], "{hook:?}");
+        assert_eq!(counts(&dp).iter().sum::<u64>(), 6, "{hook:?}");
+        // The client closes flow 0: its backend has one flow fewer, and
+        // the next flow goes there. A second FIN counts nothing.
+        segment(&mut dp, hook, 50_000, TCP_FIN | TCP_ACK);
+        segment(&mut dp, hook, 50_000, TCP_FIN | TCP_ACK);
+        assert_eq!(counts(&dp).iter().sum::<u64>(), 5, "{hook:?}");
+        assert_eq!(syn_to(&mut dp, hook, 1, 50_100), first[0], "{hook:?}");
+        // The backend of flow 1 resets it (a reply): counted out too.
+        let rst = Frame::tcp(
+            (first[1], 9376),
+            (Ipv4Addr::new(10, 244, 1, 1), 50_001),
+            TCP_RST,
+        )
+        .build();
+        dp.run_on(hook, &rst);
+        assert_eq!(counts(&dp).iter().sum::<u64>(), 5, "{hook:?}");
+        assert_eq!(syn_to(&mut dp, hook, 1, 50_101), first[1], "{hook:?}");
+        // A backend that leaves frees its id: the id's count starts over.
+        dp.program_states(&hostnames(&[0, 1], Scheduler::LeastConn));
+        assert_eq!(counts(&dp), [2, 2], "{hook:?}");
     }
 }

@@ -13,7 +13,7 @@ use aya::{
     Ebpf,
     maps::ProgramArray,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
@@ -25,7 +25,7 @@ use lb_common::{
 };
 use tracing::{info, warn};
 
-use super::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, SOCK_PROGRAMS, ifaces};
+use super::{PROG_SOCK_RELEASE, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, SOCK_PROGRAMS, ifaces};
 
 /// Where a program attaches on an interface.
 #[derive(Clone, Copy)]
@@ -156,6 +156,9 @@ pub fn load_programs(ebpf: &mut Ebpf, with_sock: bool) -> Result<()> {
                 .try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
         }
+        sock_release(ebpf)?
+            .load()
+            .with_context(|| format!("loading {PROG_SOCK_RELEASE}"))?;
     }
     Ok(())
 }
@@ -447,14 +450,37 @@ pub fn attach_cgroup(ebpf: &mut Ebpf, cgroup: &Path, pin_dir: &Path) -> Result<(
             .attach(&dir, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to cgroup {}", cgroup.display()))?;
         let link: FdLink = p.take_link(id)?.try_into()?;
-        let pin = links_dir(pin_dir).join(format!("cgroup-{name}"));
-        if pin.exists() {
-            unpin(&pin);
-        }
-        link.pin(&pin)
-            .with_context(|| format!("pinning {}", pin.display()))?;
+        pin_cgroup_link(link, pin_dir, name)?;
     }
+    let p = sock_release(ebpf)?;
+    let id = p.attach(&dir, CgroupAttachMode::Single).with_context(|| {
+        format!(
+            "attaching {PROG_SOCK_RELEASE} to cgroup {}",
+            cgroup.display()
+        )
+    })?;
+    let link: FdLink = p.take_link(id)?.try_into()?;
+    pin_cgroup_link(link, pin_dir, PROG_SOCK_RELEASE)?;
     info!(cgroup = %cgroup.display(), "socket hooks attached");
+    Ok(())
+}
+
+fn sock_release(ebpf: &mut Ebpf) -> Result<&mut CgroupSock> {
+    Ok(ebpf
+        .program_mut(PROG_SOCK_RELEASE)
+        .with_context(|| format!("program {PROG_SOCK_RELEASE} missing"))?
+        .try_into()?)
+}
+
+/// Pins a socket hook's link as `cgroup-<name>`, replacing the pin of the
+/// previous agent's (whose link goes when its last holder does).
+fn pin_cgroup_link(link: FdLink, pin_dir: &Path, name: &str) -> Result<()> {
+    let pin = links_dir(pin_dir).join(format!("cgroup-{name}"));
+    if pin.exists() {
+        unpin(&pin);
+    }
+    link.pin(&pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
     Ok(())
 }
 

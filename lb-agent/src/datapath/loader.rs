@@ -7,11 +7,11 @@ use aya::{Ebpf, EbpfLoader, maps::MapInfo};
 use lb_common::{
     ALL_MAPS, AffinityKey, AffinityValue, Backend, Backend6, Config, CtKey, CtKey6, CtValue,
     CtValue6, DEFAULT_AFFINITY_MAX, DEFAULT_MAGLEV_MAX, MAP_AFFINITY, MAP_BACKENDS, MAP_BACKENDS6,
-    MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK6, MAP_MAGLEV, MAP_NODE_ADDRS, MAP_SCHED, MAP_SERVICES,
-    MAP_SERVICES6, MAP_SNAT, MAP_SNAT6, MAP_SOCK_REVNAT, MAP_SOCK_REVNAT6, MAP_SOURCE_RANGES,
-    MAP_STATS, MAP_SVC_INFO, MaglevKey, NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey,
-    SOURCE_RANGES_MAX, STAT_SLOTS, SchedValue, ServiceKey, ServiceKey6, ServiceValue, SockKey,
-    SockKey6, SockValue, SockValue6, SourceRangeKey, SvcInfo,
+    MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK6, MAP_LC_SOCK, MAP_LEAST_CONN, MAP_MAGLEV,
+    MAP_NODE_ADDRS, MAP_SCHED, MAP_SERVICES, MAP_SERVICES6, MAP_SNAT, MAP_SNAT6, MAP_SOCK_REVNAT,
+    MAP_SOCK_REVNAT6, MAP_SOURCE_RANGES, MAP_STATS, MAP_SVC_INFO, MaglevKey, NODE_ADDRS_MAX,
+    NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS, SchedValue, ServiceKey,
+    ServiceKey6, ServiceValue, SockKey, SockKey6, SockValue, SockValue6, SourceRangeKey, SvcInfo,
 };
 use tracing::warn;
 
@@ -30,7 +30,7 @@ pub struct LoadOptions {
 
 /// (name, key bytes, value bytes, max entries, flag that sizes it) of
 /// every map, as this build lays them out.
-fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static str); 18] {
+fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static str); 20] {
     use std::mem::size_of;
     [
         (
@@ -124,6 +124,20 @@ fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static st
             size_of::<u32>(),
             DEFAULT_MAGLEV_MAX,
             "(fixed)",
+        ),
+        (
+            MAP_LEAST_CONN,
+            size_of::<u32>(),
+            size_of::<u64>(),
+            opts.backends_max,
+            "--backends-max",
+        ),
+        (
+            MAP_LC_SOCK,
+            size_of::<u64>(),
+            size_of::<u32>(),
+            opts.sock_max,
+            "--sock-max",
         ),
         // IPv6, sized by the same flags as their IPv4 counterparts.
         (
@@ -229,7 +243,9 @@ pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf> {
         .map_max_entries(MAP_SNAT6, opts.conntrack_max)
         .map_max_entries(MAP_SOCK_REVNAT6, opts.sock_max)
         .map_max_entries(MAP_SVC_INFO, opts.frontends_max)
-        .map_max_entries(MAP_SCHED, opts.frontends_max);
+        .map_max_entries(MAP_SCHED, opts.frontends_max)
+        .map_max_entries(MAP_LEAST_CONN, opts.backends_max)
+        .map_max_entries(MAP_LC_SOCK, opts.sock_max);
     loader.load(object).with_context(|| {
         format!(
             "loading the datapath programs (maps pinned under {})",

@@ -6,12 +6,12 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap, IterableMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray},
 };
 use lb_common::{
-    Backend, Backend6, MAP_BACKENDS, MAP_BACKENDS6, MAP_MAGLEV, MAP_SCHED, MAP_SERVICES,
-    MAP_SERVICES6, MAP_STATS, MAP_SVC_INFO, MaglevKey, STAT_COUNT, SchedValue, ServiceKey,
-    ServiceKey6, ServiceValue, SvcInfo,
+    Backend, Backend6, MAP_BACKENDS, MAP_BACKENDS6, MAP_LEAST_CONN, MAP_MAGLEV, MAP_SCHED,
+    MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_SVC_INFO, MaglevKey, STAT_COUNT, SchedValue,
+    ServiceKey, ServiceKey6, ServiceValue, SvcInfo,
 };
 
 use super::batch;
@@ -26,6 +26,9 @@ pub struct ServiceMaps {
     info: HashMap<MapData, u32, SvcInfo>,
     sched: HashMap<MapData, u32, SchedValue>,
     maglev: HashMap<MapData, MaglevKey, u32>,
+    /// Least-conn counts, by backend id: the datapath's, but reset here
+    /// when an id is freed (its next backend starts from zero).
+    least_conn: Array<MapData, u64>,
 }
 
 /// A write that failed, with the frontend or backend it was for.
@@ -61,6 +64,21 @@ pub(crate) fn open_pinned<K: aya::Pod, V: aya::Pod>(
         .with_context(|| format!("map {} has an unexpected layout", path.display()))
 }
 
+fn take_array<V: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<Array<MapData, V>> {
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("map {name} missing from the object"))?;
+    Array::try_from(map).with_context(|| format!("map {name} has an unexpected layout"))
+}
+
+fn open_pinned_array<V: aya::Pod>(dir: &Path, name: &str) -> Result<Array<MapData, V>> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let map = Map::from_map_data(data).with_context(|| format!("map {}", path.display()))?;
+    Array::try_from(map).with_context(|| format!("map {} has an unexpected layout", path.display()))
+}
+
 impl ServiceMaps {
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
@@ -71,6 +89,7 @@ impl ServiceMaps {
             info: take(ebpf, MAP_SVC_INFO)?,
             sched: take(ebpf, MAP_SCHED)?,
             maglev: take(ebpf, MAP_MAGLEV)?,
+            least_conn: take_array(ebpf, MAP_LEAST_CONN)?,
         })
     }
 
@@ -84,6 +103,7 @@ impl ServiceMaps {
             info: open_pinned(dir, MAP_SVC_INFO)?,
             sched: open_pinned(dir, MAP_SCHED)?,
             maglev: open_pinned(dir, MAP_MAGLEV)?,
+            least_conn: open_pinned_array(dir, MAP_LEAST_CONN)?,
         })
     }
 
@@ -153,6 +173,9 @@ impl ServiceMaps {
             let run = &ops[i..i + len];
             let (done, failure) = self.write(kind, run);
             for op in &run[..done] {
+                if let Op::DelBackend(id) = op {
+                    self.reset_count(*id);
+                }
                 reconcile::apply_to(mirror, op);
             }
             i += done;
@@ -166,6 +189,20 @@ impl ServiceMaps {
             }
         }
         errors
+    }
+
+    /// The least-conn count of a freed backend id, back to zero. A failure
+    /// costs the id's next backend a head start, not a flow.
+    fn reset_count(&mut self, id: u32) {
+        if let Err(e) = self.least_conn.set(id, 0, 0) {
+            tracing::debug!(id, error = %e, "resetting the least-conn count of a freed backend id");
+        }
+    }
+
+    /// Active flows by backend id (least-conn frontends' backends; zero
+    /// for the rest).
+    pub fn active_flows(&self, id: u32) -> u64 {
+        self.least_conn.get(&id, 0).unwrap_or(0)
     }
 
     /// Writes a run of ops of one `kind`: how many were written, from the

@@ -35,6 +35,9 @@ pub const PROG_CONNECT6: &str = "flb_connect6";
 pub const PROG_SENDMSG6: &str = "flb_sendmsg6";
 pub const PROG_RECVMSG6: &str = "flb_recvmsg6";
 pub const PROG_GETPEERNAME6: &str = "flb_getpeername6";
+/// Counts a released socket's least-conn flow out (a `cgroup_sock` hook,
+/// not an address hook like the rest).
+pub const PROG_SOCK_RELEASE: &str = "flb_sock_release";
 pub const SOCK_PROGRAMS: [&str; 8] = [
     PROG_CONNECT4,
     PROG_SENDMSG4,

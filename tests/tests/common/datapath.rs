@@ -118,6 +118,16 @@ impl Datapath {
         assert!(errs.is_empty(), "{errs:?}");
     }
 
+    /// Least-conn's active flow counts, by backend address.
+    pub fn active_flows(&self) -> std::collections::BTreeMap<std::net::IpAddr, u64> {
+        self.rec
+            .mirror()
+            .backends
+            .iter()
+            .map(|(id, b)| (b.addr(), self.maps.active_flows(*id)))
+            .collect()
+    }
+
     /// The datapath counters by name.
     pub fn stats(&self) -> std::collections::BTreeMap<&'static str, u64> {
         let values =
