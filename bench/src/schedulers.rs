@@ -16,7 +16,9 @@ use lb_agent::{
     reconcile,
     sched::Scheduler,
 };
-use lb_common::{DEFAULT_MAGLEV_TABLE_SIZE, SVC_FLAG_AFFINITY, SVC_FLAG_SCHED};
+use lb_common::{
+    DEFAULT_MAGLEV_TABLE_SIZE, SVC_FLAG_AFFINITY, SVC_FLAG_LEAST_CONN, SVC_FLAG_SCHED,
+};
 
 use crate::datapath::{HOOKS, Harness, Loaded, Pinned, TC_ACT_OK, WARM_CLIENTS, program};
 use crate::report::Report;
@@ -24,7 +26,7 @@ use crate::stats::{fmt, spread};
 use crate::{Opts, synth};
 
 /// The frontends measured: synth's Service `i` with each setting.
-const CASES: [(&str, Scheduler, bool); 6] = [
+const CASES: [(&str, Scheduler, bool); 7] = [
     ("random (default)", Scheduler::Random, false),
     ("round-robin", Scheduler::RoundRobin, false),
     (
@@ -34,6 +36,11 @@ const CASES: [(&str, Scheduler, bool); 6] = [
     ),
     ("source-hash", Scheduler::SourceHash, false),
     ("dest-hash", Scheduler::DestHash, false),
+    (
+        "least-conn (every backend's count compared)",
+        Scheduler::LeastConn,
+        false,
+    ),
     (
         "random + session affinity (new session)",
         Scheduler::Random,
@@ -53,6 +60,9 @@ fn desired() -> Desired {
         st.scheduler = *scheduler;
         if *scheduler != Scheduler::Random {
             st.flags |= SVC_FLAG_SCHED;
+        }
+        if *scheduler == Scheduler::LeastConn {
+            st.flags |= SVC_FLAG_LEAST_CONN;
         }
         if *affinity {
             st.flags |= SVC_FLAG_AFFINITY;

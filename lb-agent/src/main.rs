@@ -406,11 +406,16 @@ fn main() -> Result<()> {
                 .block_on(agent::run(opts))
         }
         Command::Services { pin, out } => {
-            let state = maps::ServiceMaps::from_pins(&pin.pin_path)?.read()?;
+            let maps = maps::ServiceMaps::from_pins(&pin.pin_path)?;
+            let state = maps.read()?;
+            let active = |id| maps.active_flows(id);
             if out.json() {
-                println!("{}", serde_json::to_string_pretty(&table::json(&state))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&table::json(&state, &active))?
+                );
             } else {
-                print!("{}", table::render(&state));
+                print!("{}", table::render(&state, &active));
             }
             Ok(())
         }

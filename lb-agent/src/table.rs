@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 
 use lb_common::{
     HOP_CLOCK_SHIFT, SCHED_DEST_HASH, SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_RANDOM,
-    SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SVC_FLAG_SCHED, SchedValue, port_from_net,
+    SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SVC_FLAG_LEAST_CONN, SVC_FLAG_SCHED, SchedValue,
+    port_from_net,
 };
 
 use crate::reconcile::{MapState, frontend_of, info_name};
@@ -20,6 +21,10 @@ pub struct Row {
     /// table size).
     pub algorithm: String,
     pub backends: Vec<String>,
+    /// Least-conn frontends: each backend's active flows, as the datapath
+    /// counts them (in `backends`' order); None for other algorithms,
+    /// which count nothing.
+    pub active: Option<Vec<u64>>,
 }
 
 /// Seconds from the clock ticks the master entry holds.
@@ -27,7 +32,9 @@ fn ticks_to_secs(ticks: u32) -> u32 {
     ((u64::from(ticks) << HOP_CLOCK_SHIFT) as f64 / 1e9).round() as u32
 }
 
-pub fn rows(state: &MapState) -> Vec<Row> {
+/// The rows, with least-conn's active flow counts from `active` (by
+/// backend id).
+pub fn rows(state: &MapState, active: &dyn Fn(u32) -> u64) -> Vec<Row> {
     let mut out: BTreeMap<(String, String), Row> = BTreeMap::new();
     for (k, v) in &state.services {
         if k.slot() != 0 {
@@ -40,16 +47,19 @@ pub fn rows(state: &MapState) -> Vec<Row> {
             .map(info_name)
             .unwrap_or_else(|| format!("<id {}>", v.svc_id));
         let mut backends = Vec::new();
+        let mut counts = Vec::new();
         for slot in 1..=v.count {
-            if let Some(b) = state
+            if let Some((id, b)) = state
                 .services
                 .get(&k.with_slot(slot))
-                .and_then(|s| state.backends.get(&s.backend_id))
+                .and_then(|s| state.backends.get(&s.backend_id).map(|b| (s.backend_id, b)))
             {
                 let port = port_from_net(b.rest().0);
                 backends.push(SocketAddr::new(b.addr(), port).to_string());
+                counts.push(active(id));
             }
         }
+        let active = (v.flags & SVC_FLAG_LEAST_CONN != 0).then_some(counts);
         let affinity = (v.affinity_ticks() != 0).then(|| ticks_to_secs(v.affinity_ticks()));
         let algorithm = match state.sched.get(&v.svc_id) {
             Some(s) if v.flags & SVC_FLAG_SCHED != 0 => algorithm_name(s),
@@ -62,6 +72,7 @@ pub fn rows(state: &MapState) -> Vec<Row> {
             affinity_secs: affinity,
             algorithm,
             backends,
+            active,
         };
         out.insert((name, frontend), row);
     }
@@ -81,8 +92,8 @@ fn algorithm_name(s: &SchedValue) -> String {
     }
 }
 
-pub fn render(state: &MapState) -> String {
-    let rows = rows(state);
+pub fn render(state: &MapState, active: &dyn Fn(u32) -> u64) -> String {
+    let rows = rows(state, active);
     let w0 = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(7);
     let w1 = rows
         .iter()
@@ -99,6 +110,14 @@ pub fn render(state: &MapState) -> String {
     for r in rows {
         let b = if r.backends.is_empty() {
             "<none: rejected>".to_string()
+        } else if let Some(active) = &r.active {
+            // Least-conn: each backend with its active flows.
+            r.backends
+                .iter()
+                .zip(active)
+                .map(|(b, n)| format!("{b}({n} active)"))
+                .collect::<Vec<_>>()
+                .join(",")
         } else {
             r.backends.join(",")
         };
@@ -115,10 +134,11 @@ pub fn render(state: &MapState) -> String {
 }
 
 /// The same as JSON: an array of `{service, frontend, algorithm,
-/// affinity_secs, backends}` (`affinity_secs` null without session
-/// affinity).
-pub fn json(state: &MapState) -> serde_json::Value {
-    rows(state)
+/// affinity_secs, backends, active_flows}` (`affinity_secs` null without
+/// session affinity; `active_flows`, in `backends`' order, null but for
+/// least-conn).
+pub fn json(state: &MapState, active: &dyn Fn(u32) -> u64) -> serde_json::Value {
+    rows(state, active)
         .into_iter()
         .map(|r| {
             serde_json::json!({
@@ -127,6 +147,7 @@ pub fn json(state: &MapState) -> serde_json::Value {
                 "algorithm": r.algorithm,
                 "affinity_secs": r.affinity_secs,
                 "backends": r.backends,
+                "active_flows": r.active,
             })
         })
         .collect()

@@ -107,6 +107,7 @@ fn cli_reads_the_maps_as_tables_and_json_and_flushes_flows() {
             "algorithm": "random",
             "affinity_secs": null,
             "backends": c.pods.iter().map(|p| format!("{}:9376", p.ip)).collect::<Vec<_>>(),
+            "active_flows": null,
         }])
     );
     let stats: serde_json::Value =

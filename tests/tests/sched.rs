@@ -5,7 +5,8 @@
 //! flows of a pod that leaves (the same client ports, placed afresh after
 //! a conntrack flush, reach the same pods as before), least-conn sends
 //! new connections to the pod with the fewest open ones (through tc and
-//! through the socket hooks), and a bad name is refused by name.
+//! through the socket hooks) and `lb-agent services` shows its counts,
+//! and a bad name is refused by name.
 mod common;
 
 use std::collections::BTreeSet;
