@@ -215,6 +215,63 @@ impl Cluster {
         })
     }
 
+    /// Adds a serving pod `name` at 10.244.200.`host` (and its IPv6 pair)
+    /// on a Linux bridge instead of a routed veth, as bridge CNI plugins
+    /// attach pods: its veth is a port of `flbbr0`, which holds the pods'
+    /// gateway (10.244.200.1/24, fd00:244:200::1/112) and the route to
+    /// their subnet.
+    pub fn add_bridged_pod(&mut self, name: &str, host: u8) -> Result<usize> {
+        const BRIDGE: &str = "flbbr0";
+        let gw = Ipv4Addr::new(10, 244, 200, 1);
+        let gw6 = v6_of(gw);
+        if self.node.ip(&["link", "show", BRIDGE]).is_err() {
+            self.node.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+            self.node
+                .ip(&["addr", "add", &format!("{gw}/24"), "dev", BRIDGE])?;
+            self.node.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{gw6}/112"),
+                "dev",
+                BRIDGE,
+                "nodad",
+            ])?;
+            self.node.ip(&["link", "set", BRIDGE, "up"])?;
+        }
+        let index = 200 + host as usize;
+        let ns = NetNs::new(&format!("{}-p{index}", self.id))?;
+        let host_if = format!("veth{index}");
+        self.node.veth_to(&host_if, &ns, "eth0")?;
+        self.node
+            .ip(&["link", "set", &host_if, "master", BRIDGE, "up"])?;
+        let ip = Ipv4Addr::new(10, 244, 200, host);
+        let ip6 = v6_of(ip);
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip6}/112"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["route", "add", "default", "via", &gw.to_string()])?;
+        ns.ip(&["-6", "route", "add", "default", "via", &gw6.to_string()])?;
+        self.pods.push(Pod {
+            name: name.to_string(),
+            ns,
+            ip,
+            ip6,
+            host_if,
+        });
+        let i = self.pods.len() - 1;
+        self.serve(i)?;
+        Ok(i)
+    }
+
     /// Starts pod `i`'s hostname server (TCP HTTP and UDP on 9376).
     pub fn serve(&mut self, i: usize) -> Result<()> {
         let pod = &self.pods[i];

@@ -3,7 +3,8 @@
 //! address (169.254.7.1, fd00:7:7:7::1) and routed back to it, so the
 //! replies return through the node and reach the client from the VIP;
 //! through the socket hooks it connects to itself directly. Both
-//! families, TCP and UDP; pods on routed veths.
+//! families, TCP and UDP; pods on routed veths, and a pod on a Linux
+//! bridge (its veth a bridge port, the gateway on the bridge).
 mod common;
 
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
@@ -16,9 +17,9 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 const VIP4: &str = "10.0.1.175";
 const VIP6: &str = "fd00:10::175";
 
-/// `hostnames` on both families whose only endpoint is pod 0.
-fn manifest(c: &Cluster) -> String {
-    let p = &c.pods[0];
+/// `hostnames` on both families whose only endpoint is pod `i`.
+fn manifest(c: &Cluster, i: usize) -> String {
+    let p = &c.pods[i];
     let slice = |family: &str, addr: String| {
         format!(
             "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: hostnames-{family}, labels: {{kubernetes.io/service-name: hostnames}}}}\naddressType: {family}\nports: [{{name: http, port: 9376, protocol: TCP}}, {{name: dns, port: 9376, protocol: UDP}}]\nendpoints: [{{addresses: [\"{addr}\"]}}]\n"
@@ -31,11 +32,15 @@ fn manifest(c: &Cluster) -> String {
     )
 }
 
-/// From pod 0 to `vip`: (who answered, the address it saw) over TCP, and
-/// (who answered, where the answer came from) over UDP.
-fn both(c: &Cluster, vip: &str) -> std::io::Result<((String, String), (String, SocketAddr))> {
+/// From pod `i` to `vip`: (who answered, the address it saw) over TCP,
+/// and (who answered, where the answer came from) over UDP.
+fn both(
+    c: &Cluster,
+    i: usize,
+    vip: &str,
+) -> std::io::Result<((String, String), (String, SocketAddr))> {
     let vip: IpAddr = vip.parse().unwrap();
-    c.pods[0]
+    c.pods[i]
         .ns
         .run(move || -> std::io::Result<_> {
             let s = TcpStream::connect_timeout(&SocketAddr::new(vip, 80), TIMEOUT)?;
@@ -59,12 +64,12 @@ fn both(c: &Cluster, vip: &str) -> std::io::Result<((String, String), (String, S
 fn a_pod_reaching_its_own_service_gets_itself_through_tc_and_the_socket_hooks() {
     let mut c = Cluster::new(common::bins(), 2).expect("cluster");
     let path = c.workdir.join("services.yaml");
-    std::fs::write(&path, manifest(&c)).unwrap();
+    std::fs::write(&path, manifest(&c, 0)).unwrap();
     c.start_agent(&path).expect("agent starts");
     let me = c.pods[0].name.clone();
     for (vip, hairpin) in [(VIP4, "169.254.7.1"), (VIP6, "fd00:7:7:7::1")] {
         // tc: SNATed to the hairpin address, replies from the VIP.
-        let ((tcp_name, seen), (udp_name, from)) = both(&c, vip)
+        let ((tcp_name, seen), (udp_name, from)) = both(&c, 0, vip)
             .unwrap_or_else(|e| panic!("{vip} through tc: {e}\n{}", c.cli("stats").unwrap()));
         assert_eq!(
             (tcp_name.as_str(), seen.as_str()),
@@ -79,7 +84,7 @@ fn a_pod_reaching_its_own_service_gets_itself_through_tc_and_the_socket_hooks() 
         );
         // Socket hooks: straight to itself.
         let _cg = InCgroup::enter(&c.cgroup).unwrap();
-        let ((tcp_name, _), (udp_name, from)) = both(&c, vip).expect("through the socket hooks");
+        let ((tcp_name, _), (udp_name, from)) = both(&c, 0, vip).expect("through the socket hooks");
         assert_eq!(
             (tcp_name.as_str(), udp_name.as_str()),
             (me.as_str(), me.as_str())
@@ -92,4 +97,29 @@ fn a_pod_reaching_its_own_service_gets_itself_through_tc_and_the_socket_hooks() 
         .find_map(|l| l.strip_prefix("hairpin_new")?.trim().parse().ok())
         .unwrap_or(0);
     assert!(hairpins >= 4, "{stats}");
+}
+
+#[test]
+fn a_pod_on_a_linux_bridge_reaching_its_own_service_gets_itself() {
+    let mut c = Cluster::new(common::bins(), 1).expect("cluster");
+    let i = c.add_bridged_pod("bridged-0", 5).expect("bridged pod");
+    let path = c.workdir.join("services.yaml");
+    std::fs::write(&path, manifest(&c, i)).unwrap();
+    c.start_agent(&path).expect("agent starts");
+    let me = c.pods[i].name.clone();
+    for (vip, hairpin) in [(VIP4, "169.254.7.1"), (VIP6, "fd00:7:7:7::1")] {
+        let ((tcp_name, seen), (udp_name, from)) = both(&c, i, vip)
+            .unwrap_or_else(|e| panic!("{vip} from the bridge: {e}\n{}", c.cli("stats").unwrap()));
+        assert_eq!(
+            (tcp_name.as_str(), seen.as_str()),
+            (me.as_str(), hairpin),
+            "{vip} TCP"
+        );
+        assert_eq!(udp_name, me, "{vip} UDP");
+        assert_eq!(
+            from,
+            SocketAddr::new(vip.parse().unwrap(), 53),
+            "{vip} UDP reply"
+        );
+    }
 }
