@@ -392,6 +392,7 @@ fn sync(
     memory: &mut Memory,
 ) {
     let Memory { orphans, endpoints } = memory;
+    let started = Instant::now();
     let problems = match source.refresh() {
         Ok(p) => p,
         Err(e) => {
@@ -443,7 +444,14 @@ fn sync(
         *endpoints = present;
     }
     let (from, failing) = source.health();
+    let now = crate::healthz::now_ms();
     status.update(|s| {
+        s.sync_seconds.observe(started.elapsed().as_secs_f64());
+        if let Some(at) = s.queued_at_ms {
+            s.programming_seconds
+                .observe(now.saturating_sub(at) as f64 / 1e3);
+        }
+        s.service_changes += dirty.len() as u64;
         s.source = from.to_string();
         s.source_failing = failing;
         s.ready = true;
@@ -453,6 +461,6 @@ fn sync(
         s.writes += report.writes as u64;
         s.refused = report.refused.clone();
         s.queued_at_ms = None;
-        s.last_updated_ms = crate::healthz::now_ms();
+        s.last_updated_ms = now;
     });
 }

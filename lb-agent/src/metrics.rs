@@ -12,7 +12,7 @@ use lb_common::STAT_NAMES;
 use tracing::{info, warn};
 
 use crate::datapath::maps;
-use crate::status::{Shared, Status};
+use crate::status::{Histogram, Shared, Status};
 
 #[derive(Clone)]
 struct App {
@@ -140,10 +140,47 @@ pub fn render(st: &Status, stats: &[u64]) -> String {
     for (name, help, v) in [
         ("ferrolb_syncs_total", "Sync passes.", st.syncs),
         ("ferrolb_map_writes_total", "Map writes planned.", st.writes),
+        (
+            "kubeproxy_sync_proxy_rules_service_changes_total",
+            "Services whose objects (Service or EndpointSlices) changed, as kube-proxy counts them.",
+            st.service_changes,
+        ),
     ] {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     }
+    // kube-proxy's names, where the meaning is the same: a sync pass is
+    // its proxy rules sync; programming runs from when the agent saw a
+    // change (kube-proxy: the EndpointSlice's trigger time) to its maps.
+    let _ = writeln!(
+        o,
+        "# HELP kubeproxy_sync_proxy_rules_last_timestamp_seconds When the last sync pass ended.\n# TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge\nkubeproxy_sync_proxy_rules_last_timestamp_seconds {}",
+        st.last_updated_ms as f64 / 1e3
+    );
+    histogram(
+        &mut o,
+        "kubeproxy_sync_proxy_rules_duration_seconds",
+        "How long a sync pass (source to map writes) took.",
+        &st.sync_seconds,
+    );
+    histogram(
+        &mut o,
+        "kubeproxy_network_programming_duration_seconds",
+        "From a change seen by the agent to the datapath's maps holding it.",
+        &st.programming_seconds,
+    );
     o
+}
+
+/// A histogram in the text format: cumulative buckets, sum and count.
+fn histogram(o: &mut String, name: &str, help: &str, h: &Histogram) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut acc = 0;
+    for (i, le) in Histogram::BOUNDS.iter().enumerate() {
+        acc += h.counts.get(i).copied().unwrap_or(0);
+        let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {acc}");
+    }
+    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(o, "{name}_sum {}\n{name}_count {}", h.sum, h.count);
 }
 
 /// `lb-agent status`: the agent's own view, fetched from its endpoint.
@@ -187,5 +224,27 @@ mod tests {
         );
         assert!(text.contains("ferrolb_datapath_packets_total{outcome=\"pass\"} 5"));
         assert!(text.contains("ferrolb_ready 1\n"));
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let mut st = Status::default();
+        for v in [0.0005, 0.003, 0.003, 20.0] {
+            st.sync_seconds.observe(v);
+        }
+        let text = render(&st, &[]);
+        let name = "kubeproxy_sync_proxy_rules_duration_seconds";
+        for (le, n) in [
+            ("0.001", 1),
+            ("0.002", 1),
+            ("0.004", 3),
+            ("16.384", 3),
+            ("+Inf", 4),
+        ] {
+            let line = format!("{name}_bucket{{le=\"{le}\"}} {n}\n");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        assert!(text.contains(&format!("{name}_count 4\n")), "{text}");
+        assert!(text.contains("# TYPE kubeproxy_network_programming_duration_seconds histogram"));
     }
 }

@@ -31,6 +31,45 @@ pub struct Status {
     /// When the last sync pass ended (Unix ms).
     #[serde(default)]
     pub last_updated_ms: u64,
+    /// How long sync passes took (seconds).
+    #[serde(default)]
+    pub sync_seconds: Histogram,
+    /// From a change seen to its map writes done (seconds): the oldest
+    /// change each pass programmed.
+    #[serde(default)]
+    pub programming_seconds: Histogram,
+    /// Services (with their EndpointSlices) changed, summed over passes.
+    #[serde(default)]
+    pub service_changes: u64,
+}
+
+/// A Prometheus histogram's state: counts per bucket of
+/// [`Histogram::BOUNDS`] (not cumulative), sum and count.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Histogram {
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Upper bounds, seconds: 1 ms doubling to ~16 s, as kube-proxy's sync
+    /// duration buckets.
+    pub const BOUNDS: [f64; 15] = [
+        0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
+        8.192, 16.384,
+    ];
+
+    pub fn observe(&mut self, v: f64) {
+        if self.counts.len() != Self::BOUNDS.len() {
+            self.counts = vec![0; Self::BOUNDS.len()];
+        }
+        if let Some(i) = Self::BOUNDS.iter().position(|b| v <= *b) {
+            self.counts[i] += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
 }
 
 /// The shared handle.

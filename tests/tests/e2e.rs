@@ -546,6 +546,19 @@ fn full_maps_name_what_is_left_out_and_recover() {
     assert_eq!(spread(&c, 30).len(), 3);
     let status = c.node_cli(&["status"]).unwrap();
     assert!(status.contains("frontends not programmed: 0"), "{status}");
+    // kube-proxy's sync metrics: passes timed, the change programmed and
+    // timed, the Services it changed counted (svc-b went).
+    let metrics = c.metrics().unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(value("kubeproxy_sync_proxy_rules_duration_seconds_count") >= 2.0);
+    assert!(value("kubeproxy_network_programming_duration_seconds_count") >= 1.0);
+    assert!(value("kubeproxy_sync_proxy_rules_service_changes_total") >= 1.0);
+    assert!(value("kubeproxy_sync_proxy_rules_last_timestamp_seconds") > 1.7e9);
     assert_eq!(firewall::snapshot(None).unwrap(), fw_before);
 }
 
