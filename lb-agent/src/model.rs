@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::entry::{EndpointPort, EndpointsEntry, ServiceEntry, ServicePortEntry, TargetPort};
 use crate::filter;
@@ -420,10 +420,6 @@ fn service_frontends(
         });
     for (i, sp) in ports.iter().enumerate() {
         let proto = sp.proto;
-        if proto == Proto::Sctp {
-            warn!(service = %key, port = sp.port, "SCTP is not supported by the datapath yet; port skipped");
-            continue;
-        }
         let only = ports.len() == 1;
         let pnr = svc.publish_not_ready;
         let all = [

@@ -6,6 +6,7 @@
 //! (required for hash keys and for `bytemuck::Pod`).
 #![no_std]
 
+pub mod crc32c;
 pub mod maps;
 pub mod stats;
 

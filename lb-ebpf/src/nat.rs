@@ -6,7 +6,7 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::{TcContext, XdpContext},
 };
-use lb_common::IPPROTO_UDP;
+use lb_common::{IPPROTO_SCTP, IPPROTO_UDP};
 
 use crate::checksum::{apply, delta16};
 use crate::family::Family;
@@ -106,6 +106,42 @@ fn change<A: Family>(p: &Packet<A>, t: &Tuple<A>) -> Change {
     }
 }
 
+/// Where SCTP's checksum (CRC32c, little-endian) sits in its header.
+const SCTP_CSUM_OFF: usize = 8;
+
+/// An SCTP packet's checksum field `old` after its ports change from
+/// `p`'s to `t`'s (see `lb_common::crc32c`): the SCTP length comes from
+/// the IP header (a frame may carry padding past it).
+#[inline(always)]
+fn sctp_csum<C: Frame, A: Family>(
+    ctx: &C,
+    p: &Packet<A>,
+    t: &Tuple<A>,
+    old: [u8; 4],
+) -> Result<[u8; 4], ()> {
+    let (len_off, before_l4) = if A::IS_V6 {
+        // Payload length: what follows the fixed header.
+        (L3_OFF + 4, p.ihl - 40)
+    } else {
+        (L3_OFF + 2, p.ihl)
+    };
+    let ip_len = u16::from_be(unsafe { ptr_at::<u16, _>(ctx, len_off)?.read_unaligned() });
+    let len = (ip_len as usize).checked_sub(before_l4).ok_or(())?;
+    let word = |a: u16, b: u16| {
+        let (a, b) = (a.to_ne_bytes(), b.to_ne_bytes());
+        u32::from_le_bytes([a[0], a[1], b[0], b[1]])
+    };
+    let diff = word(p.sport, p.dport) ^ word(t.sport, t.dport);
+    Ok((u32::from_le_bytes(old) ^ crc32c_delta(diff, len as u32)).to_le_bytes())
+}
+
+/// A BPF subprogram: the two carry-less multiplications are a few hundred
+/// instructions, verified once rather than at every rewrite site.
+#[inline(never)]
+fn crc32c_delta(diff: u32, len: u32) -> u32 {
+    lb_common::crc32c::delta(diff, len as u16)
+}
+
 /// The IPv4 header's checksum after the address change, computed here: it
 /// is a plain checksum over the header, whatever the skb's checksum state.
 #[inline(always)]
@@ -165,6 +201,15 @@ impl Nat for TcContext {
         }
         if !c.has_l4 {
             return Ok(());
+        }
+        if p.proto == IPPROTO_SCTP {
+            if !c.ports {
+                return Ok(());
+            }
+            let at = p.l4_off + SCTP_CSUM_OFF;
+            let old: [u8; 4] = self.load(at).map_err(|_| ())?;
+            let new = sctp_csum(self, p, t, old)?;
+            return self.store(at, &new, 0).map_err(|_| ());
         }
         // UDP checksum 0 means "none": keep it 0, never produce 0 by accident.
         let udp_flag = if p.proto == IPPROTO_UDP {
@@ -229,7 +274,17 @@ impl Nat for XdpContext {
     #[inline(always)]
     fn rewrite<A: Family>(&self, p: &Packet<A>, t: &Tuple<A>) -> Result<(), ()> {
         let c = change(p, t);
-        if c.has_l4 {
+        if c.has_l4 && p.proto == IPPROTO_SCTP {
+            if c.ports {
+                let at = ptr_at::<[u8; 4], _>(self, p.l4_off + SCTP_CSUM_OFF)?;
+                let new = sctp_csum(self, p, t, unsafe { at.read_unaligned() })?;
+                let ports = ptr_at::<[u16; 2], _>(self, p.l4_off)?;
+                unsafe {
+                    at.write_unaligned(new);
+                    ports.write_unaligned([t.sport, t.dport]);
+                }
+            }
+        } else if c.has_l4 {
             let at = ptr_at::<u16, _>(self, p.l4_csum_off())?;
             let old = unsafe { at.read_unaligned() };
             // A zero UDP checksum means none was computed: it stays zero.

@@ -5,7 +5,8 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use lb_common::{
-    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP, In6,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_SCTP, IPPROTO_TCP,
+    IPPROTO_UDP, In6,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -237,7 +238,7 @@ pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Skip> {
             id: ip.id,
         });
     }
-    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+    if !translated(ip.proto) {
         return Err(Skip::NotOurs);
     }
     let mut pkt = Packet {
@@ -287,6 +288,16 @@ fn l4_ports<C: Frame, A>(ctx: &C, p: &mut Packet<A>) -> Result<(), Skip> {
         p.dport = u16::from_ne_bytes(udp.dst);
     }
     Ok(())
+}
+
+/// The transport protocols the datapath translates. SCTP's common
+/// header starts with the ports as TCP's and UDP's do; its checksum
+/// (CRC32c, bytes 8..12) covers no address, and `nat` updates it when
+/// ports change. A quoted SCTP header's checksum (in an ICMP error) is
+/// left alone: the quote may stop before it, and no one verifies it.
+#[inline(always)]
+pub fn translated(proto: u8) -> bool {
+    proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP
 }
 
 /// IPv6 next-header values met on the way to L4.
@@ -364,7 +375,7 @@ pub fn parse6<C: Frame>(ctx: &C, out: &mut Packet<In6>) -> Result<Parsed6, Skip>
             port: u16::from_ne_bytes([head[2], head[3]]),
         });
     }
-    if next != IPPROTO_TCP && next != IPPROTO_UDP {
+    if !translated(next) {
         return Err(Skip::NotOurs);
     }
     if !later {
@@ -415,7 +426,7 @@ pub fn icmp6_error<C: Frame>(
     }
     let inner_l3_off = icmp_off + ICMP_HDR_LEN;
     let (proto, isaddr, idaddr) = ipv6_at(ctx, inner_l3_off)?;
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+    if !translated(proto) {
         return Err(Skip::NotOurs);
     }
     let l4_off = inner_l3_off + Ipv6Hdr::LEN;
@@ -432,10 +443,11 @@ pub fn icmp6_error<C: Frame>(
         fragment: false,
         tcp_flags: 0,
     };
-    let inner_l4_csum = if proto == IPPROTO_TCP {
-        ptr_at::<[u8; TcpHdr::LEN], _>(ctx, l4_off).is_ok()
-    } else {
-        true
+    let inner_l4_csum = match proto {
+        IPPROTO_TCP => ptr_at::<[u8; TcpHdr::LEN], _>(ctx, l4_off).is_ok(),
+        IPPROTO_UDP => true,
+        // SCTP's CRC32c: nobody checks a quote's (see `translated`).
+        _ => false,
     };
     Ok(IcmpError {
         saddr,
@@ -464,7 +476,7 @@ fn icmp_error<C: Frame>(ctx: &C, outer: &Ip, icmp_off: usize) -> Result<IcmpErro
     }
     let inner_l3_off = icmp_off + ICMP_HDR_LEN;
     let ip = ipv4_at(ctx, inner_l3_off)?;
-    if (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) || ip.frags & 0x1fff != 0 {
+    if !translated(ip.proto) || ip.frags & 0x1fff != 0 {
         // Not about a flow we translate, or a later fragment (no ports).
         return Err(Skip::NotOurs);
     }
@@ -483,10 +495,10 @@ fn icmp_error<C: Frame>(ctx: &C, outer: &Ip, icmp_off: usize) -> Result<IcmpErro
         fragment: ip.frags & 0x3fff != 0,
         tcp_flags: 0,
     };
-    let inner_l4_csum = if ip.proto == IPPROTO_TCP {
-        ptr_at::<[u8; TcpHdr::LEN], _>(ctx, l4_off).is_ok()
-    } else {
-        true
+    let inner_l4_csum = match ip.proto {
+        IPPROTO_TCP => ptr_at::<[u8; TcpHdr::LEN], _>(ctx, l4_off).is_ok(),
+        IPPROTO_UDP => true,
+        _ => false,
     };
     Ok(IcmpError {
         saddr: outer.saddr,

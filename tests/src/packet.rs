@@ -1,4 +1,4 @@
-//! Building and checking raw Ethernet/IPv4/TCP/UDP frames for the
+//! Building and checking raw Ethernet/IPv4/TCP/UDP/SCTP frames for the
 //! BPF_PROG_TEST_RUN datapath tests.
 use std::net::Ipv4Addr;
 
@@ -7,6 +7,26 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_RST: u8 = 0x04;
+pub const SCTP: u8 = 132;
+
+/// An INIT chunk (type 1, 20 bytes): what opens an SCTP association.
+pub const SCTP_INIT: [u8; 20] = [
+    1, 0, 0, 20, // type, flags, length
+    0x12, 0x34, 0x56, 0x78, // initiate tag
+    0, 1, 0, 0, // a_rwnd
+    0, 10, 0, 10, // outbound, inbound streams
+    0, 0, 0, 1, // initial TSN
+];
+
+/// The checksum an SCTP packet (`l4`, from its common header) should carry,
+/// as stored: CRC-32C over it with the field zeroed, little-endian.
+pub fn sctp_checksum(l4: &[u8]) -> [u8; 4] {
+    let mut zeroed = l4.to_vec();
+    zeroed[8..12].fill(0);
+    crc::Crc::<u32>::new(&crc::CRC_32_ISCSI)
+        .checksum(&zeroed)
+        .to_le_bytes()
+}
 
 pub fn sum16(data: &[u8], mut acc: u32) -> u32 {
     let mut chunks = data.chunks_exact(2);
@@ -64,8 +84,22 @@ impl Frame {
         }
     }
 
+    /// An SCTP packet whose chunks are `chunks` (verification tag 0, as
+    /// an INIT's).
+    pub fn sctp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), chunks: &[u8]) -> Self {
+        Frame {
+            proto: SCTP,
+            payload: chunks.to_vec(),
+            ..Frame::tcp(src, dst, 0)
+        }
+    }
+
     pub fn build(&self) -> Vec<u8> {
-        let l4_len = if self.proto == 6 { 20 } else { 8 } + self.payload.len();
+        let l4_len = match self.proto {
+            6 => 20,
+            SCTP => 12,
+            _ => 8,
+        } + self.payload.len();
         let mut f = vec![0u8; ETH + 20 + l4_len];
         f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
         f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
@@ -84,6 +118,12 @@ impl Frame {
         let l4 = &mut f[ETH + 20..];
         l4[0..2].copy_from_slice(&self.sport.to_be_bytes());
         l4[2..4].copy_from_slice(&self.dport.to_be_bytes());
+        if self.proto == SCTP {
+            l4[12..].copy_from_slice(&self.payload);
+            let c = sctp_checksum(l4);
+            l4[8..12].copy_from_slice(&c);
+            return f;
+        }
         if self.proto == 6 {
             l4[4..8].copy_from_slice(&self.seq.to_be_bytes());
             l4[12] = 0x50;
@@ -138,6 +178,11 @@ pub fn checksums_valid(f: &[u8]) -> bool {
     match proto {
         17 if stored == 0 => true,
         6 | 17 => stored == l4_checksum(f),
+        SCTP => {
+            let tot = u16::from_be_bytes([f[ETH + 2], f[ETH + 3]]) as usize;
+            let l4 = &f[ETH + ihl..ETH + tot];
+            l4[8..12] == sctp_checksum(l4)
+        }
         1 => {
             let tot = u16::from_be_bytes([f[ETH + 2], f[ETH + 3]]) as usize;
             fold(sum16(&f[ETH + ihl..ETH + tot], 0)) == 0

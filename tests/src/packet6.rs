@@ -1,8 +1,8 @@
-//! Building and checking raw Ethernet/IPv6/TCP/UDP frames for the
+//! Building and checking raw Ethernet/IPv6/TCP/UDP/SCTP frames for the
 //! BPF_PROG_TEST_RUN datapath tests, with extension headers.
 use std::net::Ipv6Addr;
 
-use crate::packet::{ETH, fold, sum16};
+use crate::packet::{ETH, SCTP, fold, sctp_checksum, sum16};
 
 pub const IP6: usize = 40;
 pub const HOPOPTS: u8 = 0;
@@ -51,6 +51,15 @@ impl Frame6 {
         }
     }
 
+    /// An SCTP packet whose chunks are `chunks`.
+    pub fn sctp(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), chunks: &[u8]) -> Self {
+        Frame6 {
+            proto: SCTP,
+            payload: chunks.to_vec(),
+            ..Frame6::tcp(src, dst, 0)
+        }
+    }
+
     /// With an extension header of `kind` (options: 8 bytes of padding;
     /// fragment: offset `frag_off` in 8-byte units, more fragments set).
     pub fn with_ext(mut self, kind: u8, frag_off: u16) -> Self {
@@ -68,7 +77,11 @@ impl Frame6 {
     }
 
     pub fn build(&self) -> Vec<u8> {
-        let l4_len = if self.proto == 6 { 20 } else { 8 } + self.payload.len();
+        let l4_len = match self.proto {
+            6 => 20,
+            SCTP => 12,
+            _ => 8,
+        } + self.payload.len();
         let ext_len: usize = self.ext.iter().map(|(_, b)| b.len()).sum();
         let mut f = vec![0u8; ETH + IP6 + ext_len + l4_len];
         f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
@@ -91,6 +104,12 @@ impl Frame6 {
         let l4 = &mut f[off..];
         l4[0..2].copy_from_slice(&self.sport.to_be_bytes());
         l4[2..4].copy_from_slice(&self.dport.to_be_bytes());
+        if self.proto == SCTP {
+            l4[12..].copy_from_slice(&self.payload);
+            let c = sctp_checksum(l4);
+            l4[8..12].copy_from_slice(&c);
+            return f;
+        }
         if self.proto == 6 {
             l4[4..8].copy_from_slice(&1000u32.to_be_bytes());
             l4[12] = 0x50;
@@ -141,6 +160,9 @@ pub fn l4_checksum6(f: &[u8], l4_off: usize) -> u16 {
 /// Checks the L4 checksum of a frame (IPv6 has no header checksum).
 pub fn checksum_valid6(f: &[u8]) -> bool {
     let (off, proto) = l4_offset(f);
+    if proto == SCTP {
+        return f[off + 8..off + 12] == sctp_checksum(&f[off..]);
+    }
     let at = off + if proto == 6 { 16 } else { 6 };
     u16::from_be_bytes([f[at], f[at + 1]]) == l4_checksum6(f, off)
 }

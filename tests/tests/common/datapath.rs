@@ -196,7 +196,7 @@ fn test_run_xdp_on(
     // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
     let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
     let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    let mut out = vec![0u8; 512];
+    let mut out = vec![0u8; frame.len().max(512) + 64];
     let r = prog.test_run(TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
@@ -211,7 +211,7 @@ fn test_run<P>(prog: &P, frame: &[u8]) -> Result<(u32, Vec<u8>), aya::programs::
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::programs::TestRunResult>,
 {
-    let mut out = vec![0u8; 512];
+    let mut out = vec![0u8; frame.len().max(512) + 64];
     let r = prog.test_run(TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
