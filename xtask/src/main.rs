@@ -147,6 +147,17 @@ fn test_and_count(next_datapath: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether the kernel opens SCTP sockets.
+fn sctp_support() -> std::io::Result<()> {
+    // SAFETY: plain socket(2); the descriptor is closed at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::all(),
@@ -183,7 +194,28 @@ fn main() -> Result<()> {
             let next = next.join("bpfel-unknown-none/release/lb-ebpf");
             // One test at a time: the end-to-end tests measure traffic
             // spreads and one-second deadlines on a 2-core machine.
-            test_and_count(&next)
+            test_and_count(&next)?;
+            // SCTP end to end needs a kernel with SCTP: run where there is
+            // one, said to be skipped where not (never a silent pass).
+            match sctp_support() {
+                Ok(()) => run(cargo().args([
+                    "test",
+                    "-p",
+                    "ferrolb-tests",
+                    "--test",
+                    "sctp",
+                    "--",
+                    "--ignored",
+                    "--test-threads=1",
+                ])),
+                Err(e) => {
+                    println!(
+                        "SKIPPED: tests/tests/sctp.rs (SCTP end to end): this kernel has no SCTP \
+                         (socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP): {e}); the SCTP datapath tests ran"
+                    );
+                    Ok(())
+                }
+            }
         }
         Cmd::Bench {
             soak: Some(secs), ..

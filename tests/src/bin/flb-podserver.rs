@@ -66,6 +66,33 @@ fn serve_http(stream: TcpStream, name: &str) {
     }
 }
 
+/// SCTP (one-to-one style) on `port`, where the kernel has it: each
+/// association is told the pod's name and closed. Dual-stack (IPv4
+/// arrives v4-mapped), IPv4 alone where the namespace has no IPv6.
+fn serve_sctp(port: u16, name: String) {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let open = |domain: Domain, addr: std::net::SocketAddr| -> std::io::Result<Socket> {
+        let s = Socket::new(domain, Type::STREAM, Some(Protocol::from(132)))?;
+        if domain == Domain::IPV6 {
+            s.set_only_v6(false)?;
+        }
+        s.set_reuse_address(true)?;
+        s.bind(&addr.into())?;
+        s.listen(64)?;
+        Ok(s)
+    };
+    let Ok(listener) = open(Domain::IPV6, (std::net::Ipv6Addr::UNSPECIFIED, port).into())
+        .or_else(|_| open(Domain::IPV4, (std::net::Ipv4Addr::UNSPECIFIED, port).into()))
+    else {
+        return; // No SCTP in this kernel.
+    };
+    std::thread::spawn(move || {
+        while let Ok((mut conn, _)) = listener.accept() {
+            let _ = conn.write_all(format!("{name}\n").as_bytes());
+        }
+    });
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut name = String::from("pod");
@@ -94,6 +121,7 @@ fn main() {
             let _ = udp.send_to(answer.as_bytes(), peer);
         }
     });
+    serve_sctp(port, name.clone());
     let listener = TcpListener::bind(("::", port))
         .or_else(|_| TcpListener::bind(("0.0.0.0", port)))
         .expect("bind tcp");
