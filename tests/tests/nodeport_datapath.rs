@@ -2,6 +2,7 @@
 //! SNAT, the reverse translation of replies, the next hop written from
 //! the FIB (MACs, TTL), checksums recomputed exactly, and the drops
 //! (externalTrafficPolicy Local without endpoints, loadBalancerSourceRanges);
+//! SCTP NodePort SNATed as TCP and UDP are, its CRC-32C kept right;
 //! IPv6 NodePort to another node's pod, SNATed as IPv4 is.
 //!
 //! The test's thread enters a namespace of its own, shaped like node-b of
@@ -20,7 +21,7 @@ use ferrolb_tests::fabric::static_node::{
     PEER_NODE_MAC as NODE_A_MAC, PEER_NODE6, POD_MAC, REMOTE_POD, REMOTE_POD6, WIRE_MAC,
 };
 use ferrolb_tests::netns::NetNs;
-use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_SYN};
+use ferrolb_tests::packet::{self, Frame, SCTP_INIT, TCP_ACK, TCP_SYN};
 use ferrolb_tests::packet6::{
     Frame6, addrs6, checksum_valid6, icmp6_checksum_valid, icmp6_error, quoted6,
 };
@@ -95,6 +96,14 @@ fn node_datapath(tag: &str, ifindex: u32) -> Datapath {
             any,
             30080,
             Proto::Udp,
+            FrontendKind::NodePort,
+            ext,
+            vec![be(REMOTE_POD, false)],
+        ),
+        frontend(
+            any,
+            30080,
+            Proto::Sctp,
             FrontendKind::NodePort,
             ext,
             vec![be(REMOTE_POD, false)],
@@ -207,10 +216,12 @@ fn nodeport_to_another_node_is_snated_and_replies_are_translated_back() {
         if hook == Hook::Xdp {
             register_xdp_rxq(&mut dp);
         }
-        for proto in [Proto::Tcp, Proto::Udp] {
+        // SCTP too: its SNAT port changes the ports, so its checksum.
+        for proto in [Proto::Tcp, Proto::Udp, Proto::Sctp] {
             let sport = 40000 + proto as u16;
             let request = |flags: u8| match proto {
                 Proto::Udp => Frame::udp((CLIENT, sport), (NODE, 30080), b"whoami").build(),
+                Proto::Sctp => Frame::sctp((CLIENT, sport), (NODE, 30080), &SCTP_INIT).build(),
                 _ => Frame::tcp((CLIENT, sport), (NODE, 30080), flags).build(),
             };
             let (v, out) = dp.run_on(hook, &request(TCP_SYN));
@@ -230,6 +241,7 @@ fn nodeport_to_another_node_is_snated_and_replies_are_translated_back() {
             // The pod's reply goes back to the client from the NodePort.
             let reply = match proto {
                 Proto::Udp => Frame::udp((REMOTE_POD, 9376), src, b"pod-1-0").build(),
+                Proto::Sctp => Frame::sctp((REMOTE_POD, 9376), src, &SCTP_INIT).build(),
                 _ => Frame::tcp((REMOTE_POD, 9376), src, TCP_SYN | TCP_ACK).build(),
             };
             let (v, back) = dp.run_on(hook, &reply);
