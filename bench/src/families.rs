@@ -253,7 +253,8 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     Ok(())
 }
 
-fn harness<'a, P>(
+/// A harness over `prog` with the loaded maps' frame and program slot.
+pub(crate) fn harness<'a, P>(
     prog: &'a P,
     frame: &'a mut aya::maps::Array<aya::maps::MapData, lb_common::BenchFrame>,
     next: &'a mut aya::maps::ProgramArray<aya::maps::MapData>,

@@ -6,6 +6,7 @@ mod families;
 mod nodeport_traffic;
 mod northsouth;
 mod plot;
+mod protocols;
 mod report;
 mod schedulers;
 mod stats;
@@ -85,6 +86,8 @@ fn main() -> Result<()> {
         families::run(&o, &mut r)?;
         eprintln!("==> 1g. schedulers and session affinity");
         schedulers::run(&o, &mut r)?;
+        eprintln!("==> 1h. transport protocols");
+        protocols::run(&o, &mut r)?;
     }
     if o.wants("northsouth") {
         eprintln!("==> 1e. north-south per-packet cost");
