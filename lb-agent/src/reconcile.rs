@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
-    BACKEND_FLAG_LOCAL, BackendOf, MaglevKey, SVC_FLAG_NONE, SVC_NAME_LEN, SchedValue,
-    ServiceKeyOf, ServiceValue, SvcInfo, ipv4_from_net, ipv4_to_net, ipv6_from_net, ipv6_to_net,
-    port_from_net, port_to_net,
+    BACKEND_FLAG_LOCAL, BackendOf, SVC_FLAG_NONE, SVC_NAME_LEN, SchedValue, ServiceKeyOf,
+    ServiceValue, SvcInfo, ipv4_from_net, ipv4_to_net, ipv6_from_net, ipv6_to_net, port_from_net,
+    port_to_net,
 };
 
 use crate::model::{BackendAddr, Desired, FrontendKey, FrontendState, Proto};
@@ -41,6 +41,47 @@ impl SvcKey {
             SvcKey::V4(k) => SvcKey::V4(ServiceKeyOf { slot, ..k }),
             SvcKey::V6(k) => SvcKey::V6(ServiceKeyOf { slot, ..k }),
         }
+    }
+}
+
+/// A Maglev table entry as the agent tracks it: the frontend it belongs
+/// to and its position in `MAP_MAGLEV` (the table's base plus the index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MaglevKey {
+    pub svc_id: u32,
+    pub index: u32,
+}
+
+/// The Maglev array's blocks in use in one plan: the tables the maps
+/// hold (a table that goes frees its block for the next plan only: its
+/// entries are cleared after this one's writes) and those placed now.
+struct MaglevBlocks(BTreeMap<u32, u32>);
+
+impl MaglevBlocks {
+    fn of(sched: &BTreeMap<u32, SchedValue>) -> Self {
+        MaglevBlocks(
+            sched
+                .values()
+                .filter(|v| v.alg == lb_common::SCHED_MAGLEV)
+                .map(|v| (v.base, v.table_size))
+                .collect(),
+        )
+    }
+
+    /// The lowest free block of `size` entries, taken; None when the array
+    /// has no such room.
+    fn take(&mut self, size: u32) -> Option<u32> {
+        let mut at = 0u32;
+        for (&base, &len) in &self.0 {
+            if base >= at && base - at >= size {
+                break;
+            }
+            at = at.max(base + len);
+        }
+        (at + size <= lb_common::DEFAULT_MAGLEV_MAX).then(|| {
+            self.0.insert(at, size);
+            at
+        })
     }
 }
 
@@ -76,7 +117,7 @@ pub struct MapState {
     pub info: BTreeMap<u32, SvcInfo>,
     /// Schedulers other than random, by frontend id.
     pub sched: BTreeMap<u32, SchedValue>,
-    /// Maglev tables: (frontend id, index) -> slot.
+    /// Maglev table entries: (frontend id, position in the array) -> slot.
     pub maglev: BTreeMap<MaglevKey, u32>,
 }
 
@@ -336,6 +377,7 @@ impl Reconciler {
         changed: impl IntoIterator<Item = FrontendKey>,
     ) -> Vec<Op> {
         let changed: BTreeSet<FrontendKey> = changed.into_iter().collect();
+        let mut blocks = MaglevBlocks::of(&self.mirror.sched);
         let (mut put_be, mut put_info, mut fe_ops, mut del_info) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         // Scheduler state no frontend reads any more: after the masters.
@@ -395,7 +437,14 @@ impl Reconciler {
                     }
                     let count = ids.len() as u16;
                     let slots = stable_slots(&old_ids, &ids);
-                    self.plan_sched(svc_id, st, &ids, &slots, &mut fe_ops, &mut late_ops);
+                    self.plan_sched(
+                        svc_id,
+                        st,
+                        (&ids, &slots),
+                        &mut blocks,
+                        &mut fe_ops,
+                        &mut late_ops,
+                    );
                     for (i, id) in slots.into_iter().enumerate() {
                         let k = service_key(&fk, i as u16 + 1);
                         let v = ServiceValue {
@@ -436,7 +485,7 @@ impl Reconciler {
                         if self.mirror.info.contains_key(&m.svc_id) {
                             del_info.push(Op::DelInfo(m.svc_id));
                         }
-                        self.drop_sched(m.svc_id, 0, &mut gone_ops);
+                        self.drop_sched(m.svc_id, &mut gone_ops);
                         freed_svc.push(m.svc_id);
                     }
                 }
@@ -482,80 +531,98 @@ impl Reconciler {
     /// The scheduler writes of frontend `svc_id` in state `st`, whose
     /// backends (ids, in `ids`' order as `st.backends`) sit in `slots` (ids
     /// by slot): what the datapath reads goes in `before` (written before
-    /// the master), what it no longer reads in `after`.
+    /// the master; a Maglev table before the scheduler entry that points
+    /// to it), what it no longer reads in `after`.
     fn plan_sched(
         &self,
         svc_id: u32,
         st: &FrontendState,
-        ids: &[u32],
-        slots: &[u32],
+        (ids, slots): (&[u32], &[u32]),
+        blocks: &mut MaglevBlocks,
         before: &mut Vec<Op>,
         after: &mut Vec<Op>,
     ) {
-        let want = match st.scheduler {
+        let held = self.mirror.sched.get(&svc_id).copied();
+        let (alg, table_size) = (st.scheduler.alg(), st.scheduler.table_size());
+        // A Maglev table keeps its block while its size stays.
+        let base = match st.scheduler {
             Scheduler::Random => None,
-            s => Some((s.alg(), s.table_size())),
+            Scheduler::Maglev(m) => match held {
+                Some(h) if h.alg == alg && h.table_size == m => Some(h.base),
+                _ => match blocks.take(m) {
+                    Some(b) => Some(b),
+                    None => {
+                        // The datapath falls back to random without it.
+                        tracing::warn!(
+                            service = %st.name,
+                            "no room for another Maglev table (at most {} entries in all): random",
+                            lb_common::DEFAULT_MAGLEV_MAX
+                        );
+                        None
+                    }
+                },
+            },
+            _ => Some(0),
         };
-        let held = self
-            .mirror
-            .sched
-            .get(&svc_id)
-            .map(|v| (v.alg, v.table_size));
-        match want {
-            // The turn counter is the datapath's: only a different
-            // algorithm or table size is a change.
-            Some((alg, table_size)) if held != want => before.push(Op::PutSched(
+        let Some(base) = base else {
+            if held.is_some() {
+                after.push(Op::DelSched(svc_id));
+            }
+            self.drop_sched_tables(svc_id, 0..0, after);
+            return;
+        };
+        let mut table_len = 0;
+        if let Scheduler::Maglev(m) = st.scheduler {
+            // Identities by slot: every node builds the same table.
+            let ident: BTreeMap<u32, String> = ids
+                .iter()
+                .zip(&st.backends)
+                .map(|(id, b)| (*id, std::net::SocketAddr::new(b.addr, b.port).to_string()))
+                .collect();
+            let by_slot: Vec<String> = slots.iter().map(|id| ident[id].clone()).collect();
+            let table = crate::maglev::table(&by_slot, m);
+            table_len = table.len() as u32;
+            for (i, k) in table.iter().enumerate() {
+                let key = MaglevKey {
+                    svc_id,
+                    index: base + i as u32,
+                };
+                let slot = k + 1;
+                if self.mirror.maglev.get(&key) != Some(&slot) {
+                    before.push(Op::PutMaglev(key, slot));
+                }
+            }
+        }
+        // The turn counter is the datapath's: only a different algorithm,
+        // table size or place is a change.
+        if held.map(|h| (h.alg, h.table_size, h.base)) != Some((alg, table_size, base)) {
+            before.push(Op::PutSched(
                 svc_id,
                 SchedValue {
                     alg,
                     _pad: [0; 3],
                     table_size,
                     next: 0,
+                    base,
+                    _pad2: 0,
                 },
-            )),
-            None if held.is_some() => after.push(Op::DelSched(svc_id)),
-            _ => {}
+            ));
         }
-        let Scheduler::Maglev(m) = st.scheduler else {
-            self.drop_sched_tables(svc_id, 0, after);
-            return;
-        };
-        // Identities by slot: every node builds the same table.
-        let ident: BTreeMap<u32, String> = ids
-            .iter()
-            .zip(&st.backends)
-            .map(|(id, b)| (*id, std::net::SocketAddr::new(b.addr, b.port).to_string()))
-            .collect();
-        let by_slot: Vec<String> = slots.iter().map(|id| ident[id].clone()).collect();
-        let table = crate::maglev::table(&by_slot, m);
-        for (i, k) in table.iter().enumerate() {
-            let key = MaglevKey {
-                svc_id,
-                index: i as u32,
-            };
-            let slot = k + 1;
-            if self.mirror.maglev.get(&key) != Some(&slot) {
-                before.push(Op::PutMaglev(key, slot));
-            }
-        }
-        // Entries past a smaller table (or all, without backends).
-        self.drop_sched_tables(svc_id, table.len() as u32, after);
+        // Entries outside the table (a smaller one, another block, none).
+        self.drop_sched_tables(svc_id, base..base + table_len, after);
     }
 
     /// Deletes frontend `svc_id`'s scheduler and its table.
-    fn drop_sched(&self, svc_id: u32, from: u32, ops: &mut Vec<Op>) {
+    fn drop_sched(&self, svc_id: u32, ops: &mut Vec<Op>) {
         if self.mirror.sched.contains_key(&svc_id) {
             ops.push(Op::DelSched(svc_id));
         }
-        self.drop_sched_tables(svc_id, from, ops);
+        self.drop_sched_tables(svc_id, 0..0, ops);
     }
 
-    /// Deletes frontend `svc_id`'s Maglev entries from index `from` on.
-    fn drop_sched_tables(&self, svc_id: u32, from: u32, ops: &mut Vec<Op>) {
-        let range = MaglevKey {
-            svc_id,
-            index: from,
-        }..=MaglevKey {
+    /// Deletes frontend `svc_id`'s Maglev entries outside `keep`.
+    fn drop_sched_tables(&self, svc_id: u32, keep: std::ops::Range<u32>, ops: &mut Vec<Op>) {
+        let range = MaglevKey { svc_id, index: 0 }..=MaglevKey {
             svc_id,
             index: u32::MAX,
         };
@@ -563,6 +630,7 @@ impl Reconciler {
             self.mirror
                 .maglev
                 .range(range)
+                .filter(|(k, _)| !keep.contains(&k.index))
                 .map(|(k, _)| Op::DelMaglev(*k)),
         );
     }
@@ -879,6 +947,60 @@ mod tests {
         assert_eq!(gone.len(), 252);
         assert!(gone.iter().all(|&i| i > master));
         assert!(rec.mirror().maglev.is_empty() && rec.mirror().sched.is_empty());
+    }
+
+    #[test]
+    fn maglev_tables_take_their_own_blocks_and_move_whole_on_a_size_change() {
+        let maglev = |d: &mut Desired, k: &FrontendKey, m: u32| {
+            let st = d.frontends.get_mut(k).unwrap();
+            st.scheduler = Scheduler::Maglev(m);
+            st.flags |= lb_common::SVC_FLAG_SCHED;
+        };
+        let (a, b) = (fk(175, 80), fk(176, 80));
+        let mut d = desired(&[(a, &[5, 6]), (b, &[7])]);
+        maglev(&mut d, &a, 251);
+        maglev(&mut d, &b, 251);
+        let mut rec = Reconciler::default();
+        run(&mut rec, &d, None);
+        let place = |rec: &Reconciler| -> BTreeSet<(u32, u32)> {
+            rec.mirror()
+                .sched
+                .values()
+                .map(|v| (v.base, v.table_size))
+                .collect()
+        };
+        assert_eq!(place(&rec), BTreeSet::from([(0, 251), (251, 251)]));
+        assert_eq!(rec.mirror().maglev.len(), 502);
+        // `a`'s table grows: written whole into a free block before its
+        // scheduler points there, the old block cleared after the master.
+        let a_id = rec.mirror().services[&service_key(&a, 0)].svc_id;
+        let old_base = rec.mirror().sched[&a_id].base;
+        maglev(&mut d, &a, 1021);
+        let ops = run(&mut rec, &d, Some(vec![a]));
+        let new_base = rec.mirror().sched[&a_id].base;
+        assert_eq!(new_base, 502, "past both tables");
+        let sched = ops
+            .iter()
+            .position(|o| matches!(o, Op::PutSched(..)))
+            .unwrap();
+        let puts: Vec<usize> = (0..ops.len())
+            .filter(|&i| matches!(ops[i], Op::PutMaglev(..)))
+            .collect();
+        assert_eq!(puts.len(), 1021);
+        assert!(puts.iter().all(|&i| i < sched));
+        assert!(ops.iter().all(|o| match o {
+            Op::DelMaglev(k) => (old_base..old_base + 251).contains(&k.index),
+            _ => true,
+        }));
+        assert_eq!(rec.mirror().maglev.len(), 251 + 1021);
+        // The block `a` left is free again: a third table takes it.
+        let c = fk(177, 80);
+        d.frontends
+            .insert(c, desired(&[(c, &[8])]).frontends.remove(&c).unwrap());
+        maglev(&mut d, &c, 251);
+        run(&mut rec, &d, Some(vec![c]));
+        let c_id = rec.mirror().services[&service_key(&c, 0)].svc_id;
+        assert_eq!(rec.mirror().sched[&c_id].base, old_base);
     }
 
     #[test]

@@ -36,10 +36,15 @@ pub const MAP_SOURCE_RANGES: &str = "flb_srcrange_v1";
 /// of a frontend was last given (LRU over [`AffinityKey`]), both families.
 pub const MAP_AFFINITY: &str = "flb_aff_v1";
 /// The scheduler of a frontend that has one other than random
-/// ([`SVC_FLAG_SCHED`]): its algorithm and state, by frontend id.
-pub const MAP_SCHED: &str = "flb_sched_v1";
-/// Maglev lookup tables: (frontend id, index) -> backend slot.
-pub const MAP_MAGLEV: &str = "flb_maglev_v1";
+/// ([`SVC_FLAG_SCHED`]): its algorithm and state, by frontend id. v2: the
+/// Maglev table's place in [`MAP_MAGLEV`].
+pub const MAP_SCHED: &str = "flb_sched_v2";
+/// Maglev lookup tables, all frontends' in one array: entry
+/// `base + index` of a frontend's table ([`SchedValue::base`]) holds the
+/// backend slot for flows that hash to `index` (0: none). v2: an array
+/// (v1, a hash map keyed by frontend and index, cost a cache miss or two
+/// per new flow).
+pub const MAP_MAGLEV: &str = "flb_maglev_v2";
 /// Least-conn: each backend's active flows (u64, by backend id, both
 /// families: ids are one space), counted by the datapath for frontends
 /// with [`SVC_FLAG_LEAST_CONN`].
@@ -222,14 +227,9 @@ pub struct SchedValue {
     /// atomic add; 64 bits, the width that has one on every BPF CPU
     /// version).
     pub next: u64,
-}
-
-/// A Maglev table entry's key; the value is a backend slot (u32).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MaglevKey {
-    pub svc_id: u32,
-    pub index: u32,
+    /// Maglev: where the table starts in [`MAP_MAGLEV`].
+    pub base: u32,
+    pub _pad2: u32,
 }
 
 /// Backend flags. The backend runs on this node.
@@ -634,8 +634,7 @@ const _: () = {
     assert!(core::mem::size_of::<SockValue6>() == 20);
     assert!(core::mem::size_of::<AffinityKey>() == 24);
     assert!(core::mem::size_of::<AffinityValue>() == 12);
-    assert!(core::mem::size_of::<SchedValue>() == 16);
-    assert!(core::mem::size_of::<MaglevKey>() == 8);
+    assert!(core::mem::size_of::<SchedValue>() == 24);
 };
 
 #[cfg(feature = "user")]
@@ -674,7 +673,6 @@ mod user {
         SockValue6,
         AffinityKey,
         AffinityValue,
-        SchedValue,
-        MaglevKey
+        SchedValue
     );
 }

@@ -4,7 +4,6 @@
 use crate::parse::Packet;
 use crate::work::Work;
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -12,8 +11,8 @@ use lb_common::{
     AffinityKey, AffinityValue, Backend, Backend6, Config, CtKey, CtKey6, CtValue, CtValue6,
     DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_MAGLEV_MAX,
     DEFAULT_SERVICES_MAX, DEFAULT_SNAT_MAX, DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SVC_INFO_MAX, In6,
-    MaglevKey, NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS,
-    SchedValue, ServiceKey, ServiceKey6, ServiceValue, SockKey, SockKey6, SockValue, SockValue6,
+    NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS, SchedValue,
+    ServiceKey, ServiceKey6, ServiceValue, SockKey, SockKey6, SockValue, SockValue6,
     SourceRangeKey, SvcInfo,
 };
 
@@ -53,12 +52,12 @@ pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> = LpmTrie::pinned(SOURCE_
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(DEFAULT_AFFINITY_MAX, 0);
 
-#[map(name = "flb_sched_v1")]
+#[map(name = "flb_sched_v2")]
 pub static SCHED: HashMap<u32, SchedValue> = HashMap::pinned(DEFAULT_SVC_INFO_MAX, 0);
 
-/// Not preallocated: a million entries, few used.
-#[map(name = "flb_maglev_v1")]
-pub static MAGLEV: HashMap<MaglevKey, u32> = HashMap::pinned(DEFAULT_MAGLEV_MAX, BPF_F_NO_PREALLOC);
+/// Every Maglev table, one after another (4 MB at the default size).
+#[map(name = "flb_maglev_v2")]
+pub static MAGLEV: Array<u32> = Array::pinned(DEFAULT_MAGLEV_MAX, 0);
 
 /// Sized as the backends maps: indexed by backend id.
 #[map(name = "flb_lc_v1")]

@@ -3,13 +3,13 @@
 //! scheduler `MAP_SCHED` holds under the frontend's id: round-robin (one
 //! counter across CPUs: exact turns for flows opened one after another),
 //! Maglev (the frontend's
-//! lookup table, built by the agent), source or destination hashing. A
+//! lookup table in `MAGLEV` from its `base`, built by the agent), source or destination hashing. A
 //! missing entry or table slot falls back to random: a flow is never
 //! dropped for want of scheduler state. Least-conn frontends carry their
 //! own flag and need no scheduler entry (see `least_conn`).
 use lb_common::{
-    MaglevKey, SCHED_DEST_HASH, SCHED_MAGLEV, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH,
-    SVC_FLAG_LEAST_CONN, SVC_FLAG_SCHED,
+    SCHED_DEST_HASH, SCHED_MAGLEV, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SVC_FLAG_LEAST_CONN,
+    SVC_FLAG_SCHED,
 };
 
 use crate::family::Family;
@@ -61,15 +61,11 @@ fn choose_inline<A: Family, O: Origin>(fe: &Frontend<A>, o: &O) -> Option<u16> {
             turn as u32
         }
         SCHED_MAGLEV => {
-            let size = unsafe { (*s).table_size };
+            let (size, base) = unsafe { ((*s).table_size, (*s).base) };
             let Some(index) = o.flow_hash().checked_rem(size) else {
                 return random_slot(fe.count);
             };
-            let key = MaglevKey {
-                svc_id: fe.svc_id,
-                index,
-            };
-            return match unsafe { MAGLEV.get(key) } {
+            return match MAGLEV.get(base.wrapping_add(index)) {
                 Some(&slot) if slot >= 1 && slot <= count => Some(slot as u16),
                 _ => random_slot(fe.count),
             };

@@ -120,6 +120,8 @@ fn maglev_is_the_same_on_every_node_and_moves_only_a_leaving_backends_flows() {
             .map(|&(c, p)| syn_to(&mut b, hook, c, p))
             .collect();
         assert_eq!(on_a, on_b, "{hook:?}: the nodes disagree");
+        // An agent restarting adopts the tables as they are.
+        assert!(a.reads_back_as_planned() && b.reads_back_as_planned());
         let used: BTreeSet<&Ipv4Addr> = on_a.iter().collect();
         assert_eq!(used.len(), 5, "{hook:?}: 400 flows over {used:?}");
         // Backend 2 leaves. New SYNs of the same tuples (their conntrack

@@ -9,9 +9,9 @@ use lb_common::{
     CtValue6, DEFAULT_AFFINITY_MAX, DEFAULT_MAGLEV_MAX, MAP_AFFINITY, MAP_BACKENDS, MAP_BACKENDS6,
     MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK6, MAP_LC_SOCK, MAP_LEAST_CONN, MAP_MAGLEV,
     MAP_NODE_ADDRS, MAP_SCHED, MAP_SERVICES, MAP_SERVICES6, MAP_SNAT, MAP_SNAT6, MAP_SOCK_REVNAT,
-    MAP_SOCK_REVNAT6, MAP_SOURCE_RANGES, MAP_STATS, MAP_SVC_INFO, MaglevKey, NODE_ADDRS_MAX,
-    NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS, SchedValue, ServiceKey,
-    ServiceKey6, ServiceValue, SockKey, SockKey6, SockValue, SockValue6, SourceRangeKey, SvcInfo,
+    MAP_SOCK_REVNAT6, MAP_SOURCE_RANGES, MAP_STATS, MAP_SVC_INFO, NODE_ADDRS_MAX, NatValue,
+    NatValue6, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS, SchedValue, ServiceKey, ServiceKey6,
+    ServiceValue, SockKey, SockKey6, SockValue, SockValue6, SourceRangeKey, SvcInfo,
 };
 use tracing::warn;
 
@@ -120,7 +120,7 @@ fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static st
         ),
         (
             MAP_MAGLEV,
-            size_of::<MaglevKey>(),
+            size_of::<u32>(),
             size_of::<u32>(),
             DEFAULT_MAGLEV_MAX,
             "(fixed)",

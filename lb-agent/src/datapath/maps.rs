@@ -1,5 +1,6 @@
 //! The agent's handles on the service, backend and info maps: reading
 //! them back (adoption after a restart) and executing write plans.
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
@@ -10,12 +11,12 @@ use aya::{
 };
 use lb_common::{
     Backend, Backend6, MAP_BACKENDS, MAP_BACKENDS6, MAP_LEAST_CONN, MAP_MAGLEV, MAP_SCHED,
-    MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_SVC_INFO, MaglevKey, STAT_COUNT, SchedValue,
-    ServiceKey, ServiceKey6, ServiceValue, SvcInfo,
+    MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_SVC_INFO, STAT_COUNT, SchedValue, ServiceKey,
+    ServiceKey6, ServiceValue, SvcInfo,
 };
 
 use super::batch;
-use crate::reconcile::{self, BackendEntry, MapState, Op, SvcKey};
+use crate::reconcile::{self, BackendEntry, MaglevKey, MapState, Op, SvcKey};
 
 /// The frontend and backend maps of both families, and the names.
 pub struct ServiceMaps {
@@ -25,7 +26,8 @@ pub struct ServiceMaps {
     backends6: HashMap<MapData, u32, Backend6>,
     info: HashMap<MapData, u32, SvcInfo>,
     sched: HashMap<MapData, u32, SchedValue>,
-    maglev: HashMap<MapData, MaglevKey, u32>,
+    /// Every Maglev table, by position (the agent tracks whose).
+    maglev: Array<MapData, u32>,
     /// Least-conn counts, by backend id: the datapath's, but reset here
     /// when an id is freed (its next backend starts from zero).
     least_conn: Array<MapData, u64>,
@@ -88,7 +90,7 @@ impl ServiceMaps {
             backends6: take(ebpf, MAP_BACKENDS6)?,
             info: take(ebpf, MAP_SVC_INFO)?,
             sched: take(ebpf, MAP_SCHED)?,
-            maglev: take(ebpf, MAP_MAGLEV)?,
+            maglev: take_array(ebpf, MAP_MAGLEV)?,
             least_conn: take_array(ebpf, MAP_LEAST_CONN)?,
         })
     }
@@ -102,7 +104,7 @@ impl ServiceMaps {
             backends6: open_pinned(dir, MAP_BACKENDS6)?,
             info: open_pinned(dir, MAP_SVC_INFO)?,
             sched: open_pinned(dir, MAP_SCHED)?,
-            maglev: open_pinned(dir, MAP_MAGLEV)?,
+            maglev: open_pinned_array(dir, MAP_MAGLEV)?,
             least_conn: open_pinned_array(dir, MAP_LEAST_CONN)?,
         })
     }
@@ -133,10 +135,31 @@ impl ServiceMaps {
             let (k, v) = e.context("reading scheduler map")?;
             s.sched.insert(k, v);
         }
-        for e in self.maglev.iter() {
-            let (k, v) = e.context("reading Maglev map")?;
-            s.maglev.insert(k, v);
-        }
+        // The Maglev array's entries inside a Maglev scheduler's table
+        // belong to its frontend; the rest are unused.
+        let tables: BTreeMap<u32, (u32, u32)> = s
+            .sched
+            .iter()
+            .filter(|(_, v)| v.alg == lb_common::SCHED_MAGLEV)
+            .map(|(id, v)| (v.base, (*id, v.table_size)))
+            .collect();
+        batch::for_each(array_fd(&self.maglev), 65_536, |index: &u32, slot: &u32| {
+            if *slot == 0 {
+                return;
+            }
+            if let Some((&base, &(svc_id, size))) = tables.range(..=*index).next_back()
+                && *index < base + size
+            {
+                s.maglev.insert(
+                    MaglevKey {
+                        svc_id,
+                        index: *index,
+                    },
+                    *slot,
+                );
+            }
+        })
+        .context("reading Maglev map")?;
         Ok(s)
     }
 
@@ -314,25 +337,18 @@ impl ServiceMaps {
                     .collect();
                 batch::delete(fd(&self.sched), &k)
             }
-            Kind::PutMaglev => {
-                let (k, v): (Vec<MaglevKey>, Vec<u32>) = run
+            // An array's entries are not deleted: slot 0 is "none" (the
+            // datapath then falls back to random).
+            Kind::PutMaglev | Kind::DelMaglev => {
+                let (k, v): (Vec<u32>, Vec<u32>) = run
                     .iter()
                     .filter_map(|o| match o {
-                        Op::PutMaglev(k, slot) => Some((*k, *slot)),
+                        Op::PutMaglev(k, slot) => Some((k.index, *slot)),
+                        Op::DelMaglev(k) => Some((k.index, 0)),
                         _ => None,
                     })
                     .unzip();
-                batch::update(fd(&self.maglev), &k, &v)
-            }
-            Kind::DelMaglev => {
-                let k: Vec<MaglevKey> = run
-                    .iter()
-                    .filter_map(|o| match o {
-                        Op::DelMaglev(k) => Some(*k),
-                        _ => None,
-                    })
-                    .collect();
-                batch::delete(fd(&self.maglev), &k)
+                batch::update(array_fd(&self.maglev), &k, &v)
             }
         };
         match result {
@@ -358,8 +374,8 @@ impl ServiceMaps {
                 Op::DelBackend(id) => self.backends.remove(id),
                 Op::PutSched(id, v) => self.sched.insert(id, v, 0),
                 Op::DelSched(id) => self.sched.remove(id),
-                Op::PutMaglev(k, slot) => self.maglev.insert(k, slot, 0),
-                Op::DelMaglev(k) => self.maglev.remove(k),
+                Op::PutMaglev(k, slot) => self.maglev.set(k.index, slot, 0),
+                Op::DelMaglev(k) => self.maglev.set(k.index, 0, 0),
             };
             if let Err(e) = r {
                 return (n, Some(format!("{e:#}")));
@@ -417,6 +433,10 @@ impl Kind {
 
 /// The map's fd, for the batch calls.
 pub(crate) fn fd<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> BorrowedFd<'_> {
+    map.map().fd().as_fd()
+}
+
+pub(crate) fn array_fd<V: aya::Pod>(map: &Array<MapData, V>) -> BorrowedFd<'_> {
     map.map().fd().as_fd()
 }
 

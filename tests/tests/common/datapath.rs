@@ -118,6 +118,12 @@ impl Datapath {
         assert!(errs.is_empty(), "{errs:?}");
     }
 
+    /// True when reading the maps back (as an agent adopting them does)
+    /// gives what the reconciler believes they hold.
+    pub fn reads_back_as_planned(&self) -> bool {
+        self.maps.read().unwrap() == *self.rec.mirror()
+    }
+
     /// Least-conn's active flow counts, by backend address.
     pub fn active_flows(&self) -> std::collections::BTreeMap<std::net::IpAddr, u64> {
         self.rec
