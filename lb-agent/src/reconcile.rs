@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
-    BACKEND_FLAG_LOCAL, BackendOf, SVC_FLAG_NONE, SVC_NAME_LEN, SchedValue, ServiceKeyOf,
-    ServiceValue, SvcInfo, ipv4_from_net, ipv4_to_net, ipv6_from_net, ipv6_to_net, port_from_net,
-    port_to_net,
+    BACKEND_FLAG_LOCAL, BackendOf, MemberKey, SVC_FLAG_NONE, SVC_NAME_LEN, SchedValue,
+    ServiceKeyOf, ServiceValue, SvcInfo, ipv4_from_net, ipv4_to_net, ipv6_from_net, ipv6_to_net,
+    port_from_net, port_to_net,
 };
 
 use crate::model::{BackendAddr, Desired, FrontendKey, FrontendState, Proto};
@@ -119,6 +119,8 @@ pub struct MapState {
     pub sched: BTreeMap<u32, SchedValue>,
     /// Maglev table entries: (frontend id, position in the array) -> slot.
     pub maglev: BTreeMap<MaglevKey, u32>,
+    /// Backends' slots in frontends with session affinity.
+    pub members: BTreeMap<MemberKey, u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,6 +137,8 @@ pub enum Op {
     DelSched(u32),
     PutMaglev(MaglevKey, u32),
     DelMaglev(MaglevKey),
+    PutMember(MemberKey, u32),
+    DelMember(MemberKey),
 }
 
 impl Op {
@@ -164,6 +168,14 @@ impl Op {
             Op::DelMaglev(k) => format!(
                 "Maglev entry {} of frontend id {} held but not desired",
                 k.index, k.svc_id
+            ),
+            Op::PutMember(k, _) => format!(
+                "slot of backend {} in frontend id {} missing or different",
+                k.backend_id, k.svc_id
+            ),
+            Op::DelMember(k) => format!(
+                "slot of backend {} in frontend id {} held but not desired",
+                k.backend_id, k.svc_id
             ),
         }
     }
@@ -445,6 +457,7 @@ impl Reconciler {
                         &mut fe_ops,
                         &mut late_ops,
                     );
+                    let slots_now = slots.clone();
                     for (i, id) in slots.into_iter().enumerate() {
                         let k = service_key(&fk, i as u16 + 1);
                         let v = ServiceValue {
@@ -460,6 +473,13 @@ impl Reconciler {
                             fe_ops.push(Op::PutService(k, v));
                         }
                     }
+                    self.plan_members(
+                        svc_id,
+                        st.flags & lb_common::SVC_FLAG_AFFINITY != 0,
+                        &slots_now,
+                        &mut fe_ops,
+                        &mut late_ops,
+                    );
                     let master = ServiceValue {
                         // The master's backend_id field carries the
                         // affinity timeout (see `ServiceValue`).
@@ -486,6 +506,7 @@ impl Reconciler {
                             del_info.push(Op::DelInfo(m.svc_id));
                         }
                         self.drop_sched(m.svc_id, &mut gone_ops);
+                        self.drop_members(m.svc_id, &[], &mut gone_ops);
                         freed_svc.push(m.svc_id);
                     }
                 }
@@ -612,6 +633,50 @@ impl Reconciler {
         self.drop_sched_tables(svc_id, base..base + table_len, after);
     }
 
+    /// The membership writes of frontend `svc_id` (with session affinity
+    /// when `affinity`), whose backends sit in `slots` (ids by slot): new
+    /// or moved members in `before` (the master's writes), the rest go in
+    /// `after` (none without affinity).
+    fn plan_members(
+        &self,
+        svc_id: u32,
+        affinity: bool,
+        slots: &[u32],
+        before: &mut Vec<Op>,
+        after: &mut Vec<Op>,
+    ) {
+        let slots = if affinity { slots } else { &[] };
+        for (i, id) in slots.iter().enumerate() {
+            let k = MemberKey {
+                svc_id,
+                backend_id: *id,
+            };
+            let slot = i as u32 + 1;
+            if self.mirror.members.get(&k) != Some(&slot) {
+                before.push(Op::PutMember(k, slot));
+            }
+        }
+        self.drop_members(svc_id, slots, after);
+    }
+
+    /// Deletes frontend `svc_id`'s members but those in `keep`.
+    fn drop_members(&self, svc_id: u32, keep: &[u32], ops: &mut Vec<Op>) {
+        let range = MemberKey {
+            svc_id,
+            backend_id: 0,
+        }..=MemberKey {
+            svc_id,
+            backend_id: u32::MAX,
+        };
+        ops.extend(
+            self.mirror
+                .members
+                .range(range)
+                .filter(|(k, _)| !keep.contains(&k.backend_id))
+                .map(|(k, _)| Op::DelMember(*k)),
+        );
+    }
+
     /// Deletes frontend `svc_id`'s scheduler and its table.
     fn drop_sched(&self, svc_id: u32, ops: &mut Vec<Op>) {
         if self.mirror.sched.contains_key(&svc_id) {
@@ -683,7 +748,11 @@ pub struct Guard {
 impl Guard {
     pub fn allows(&self, op: &Op) -> bool {
         match op {
-            Op::PutBackend(..) | Op::PutInfo(..) | Op::PutSched(..) | Op::PutMaglev(..) => true,
+            Op::PutBackend(..)
+            | Op::PutInfo(..)
+            | Op::PutSched(..)
+            | Op::PutMaglev(..)
+            | Op::PutMember(..) => true,
             Op::PutService(k, v) => {
                 let broken = self.broken.contains(&k.with_slot(0));
                 let backend_missing = k.slot() != 0 && self.failed_backends.contains(&v.backend_id);
@@ -693,7 +762,8 @@ impl Guard {
             | Op::DelInfo(_)
             | Op::DelBackend(_)
             | Op::DelSched(_)
-            | Op::DelMaglev(_) => !self.any_failed,
+            | Op::DelMaglev(_)
+            | Op::DelMember(_) => !self.any_failed,
         }
     }
 
@@ -744,6 +814,12 @@ pub fn apply_to(state: &mut MapState, op: &Op) {
         }
         Op::DelMaglev(k) => {
             state.maglev.remove(k);
+        }
+        Op::PutMember(k, slot) => {
+            state.members.insert(*k, *slot);
+        }
+        Op::DelMember(k) => {
+            state.members.remove(k);
         }
     }
 }
@@ -1001,6 +1077,57 @@ mod tests {
         run(&mut rec, &d, Some(vec![c]));
         let c_id = rec.mirror().services[&service_key(&c, 0)].svc_id;
         assert_eq!(rec.mirror().sched[&c_id].base, old_base);
+    }
+
+    #[test]
+    fn affinity_frontends_keep_their_members_slots() {
+        let with_affinity = |bs: &[u8], on: bool| {
+            let mut d = desired(&[(fk(175, 80), bs)]);
+            if on {
+                let st = d.frontends.get_mut(&fk(175, 80)).unwrap();
+                st.flags |= lb_common::SVC_FLAG_AFFINITY;
+                st.affinity_secs = Some(10);
+            }
+            d
+        };
+        let mut rec = Reconciler::default();
+        run(&mut rec, &with_affinity(&[5, 6, 7], true), None);
+        let members = |rec: &Reconciler| -> Vec<(u32, u32)> {
+            rec.mirror()
+                .members
+                .iter()
+                .map(|(k, v)| (k.backend_id, *v))
+                .collect()
+        };
+        let slot_ids = |rec: &Reconciler| -> Vec<(u32, u32)> {
+            (1..=rec.mirror().services[&service_key(&fk(175, 80), 0)].count)
+                .map(|s| {
+                    let id = rec.mirror().services[&service_key(&fk(175, 80), s)].backend_id;
+                    (id, s as u32)
+                })
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        assert_eq!(members(&rec), slot_ids(&rec));
+        // The first backend goes: the last moves into its slot, and the
+        // members say so before the master does; the gone one goes after.
+        let ops = run(&mut rec, &with_affinity(&[6, 7], true), None);
+        assert_eq!(members(&rec), slot_ids(&rec));
+        let master = ops
+            .iter()
+            .position(|o| matches!(o, Op::PutService(k, _) if k.slot() == 0))
+            .unwrap();
+        for (i, o) in ops.iter().enumerate() {
+            match o {
+                Op::PutMember(..) => assert!(i < master),
+                Op::DelMember(..) => assert!(i > master),
+                _ => {}
+            }
+        }
+        // Affinity off: no members.
+        run(&mut rec, &with_affinity(&[6, 7], false), None);
+        assert!(rec.mirror().members.is_empty());
     }
 
     #[test]

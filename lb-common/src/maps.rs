@@ -45,6 +45,10 @@ pub const MAP_SCHED: &str = "flb_sched_v2";
 /// (v1, a hash map keyed by frontend and index, cost a cache miss or two
 /// per new flow).
 pub const MAP_MAGLEV: &str = "flb_maglev_v2";
+/// Session affinity: the slot each backend holds in each frontend with
+/// affinity ([`MemberKey`] -> slot), so that a session whose backend moved
+/// to another slot (the last slot's backend fills a freed one) finds it.
+pub const MAP_MEMBERS: &str = "flb_member_v1";
 /// Least-conn: each backend's active flows (u64, by backend id, both
 /// families: ids are one space), counted by the datapath for frontends
 /// with [`SVC_FLAG_LEAST_CONN`].
@@ -82,7 +86,7 @@ pub const V6_SLOT_DSR: u32 = 6;
 pub const V6_SLOTS: u32 = 7;
 
 /// Every map the programs declare, for pinning and cleanup.
-pub const ALL_MAPS: [&str; 20] = [
+pub const ALL_MAPS: [&str; 21] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -98,6 +102,7 @@ pub const ALL_MAPS: [&str; 20] = [
     MAP_MAGLEV,
     MAP_LEAST_CONN,
     MAP_LC_SOCK,
+    MAP_MEMBERS,
     MAP_SERVICES6,
     MAP_BACKENDS6,
     MAP_CONNTRACK6,
@@ -345,6 +350,14 @@ pub struct AffinityKey {
     pub svc_id: u32,
     pub scope: u32,
     pub client: [u32; 4],
+}
+
+/// A backend of a frontend with session affinity ([`MAP_MEMBERS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberKey {
+    pub svc_id: u32,
+    pub backend_id: u32,
 }
 
 /// The backend a session was given: its id, the frontend slot it had
@@ -635,6 +648,7 @@ const _: () = {
     assert!(core::mem::size_of::<AffinityKey>() == 24);
     assert!(core::mem::size_of::<AffinityValue>() == 12);
     assert!(core::mem::size_of::<SchedValue>() == 24);
+    assert!(core::mem::size_of::<MemberKey>() == 8);
 };
 
 #[cfg(feature = "user")]
@@ -673,6 +687,7 @@ mod user {
         SockValue6,
         AffinityKey,
         AffinityValue,
-        SchedValue
+        SchedValue,
+        MemberKey
     );
 }

@@ -2,16 +2,17 @@
 //! a frontend go to the backend its session holds, while the session's
 //! last new flow was less than the frontend's timeout ago (kube-proxy's
 //! `recent` match counts new connections too, not packets) and the
-//! backend still sits in the frontend slot it was chosen from: a backend
-//! that left the Service (or an endpoint that stopped being ready) is
-//! never used, and the flow starts a new session. One LRU map serves both
+//! backend still serves the frontend (in the slot it was chosen from, or
+//! in the one the agent moved it to, from `MEMBERS`): a backend that left
+//! the Service (or an endpoint that stopped being ready) is never used,
+//! and the flow starts a new session. One LRU map serves both
 //! families and both paths (packets and sockets).
-use lb_common::{AffinityKey, AffinityValue, BackendOf};
+use lb_common::{AffinityKey, AffinityValue, BackendOf, MemberKey};
 
 use crate::clock;
 use crate::family::Family;
 use crate::lb::{Frontend, Origin, at_slot};
-use crate::maps::AFFINITY;
+use crate::maps::{AFFINITY, MEMBERS};
 use crate::sched;
 
 #[inline(always)]
@@ -27,11 +28,10 @@ pub fn select<A: Family, O: Origin>(fe: &Frontend<A>, o: &O) -> Option<(u32, Bac
         // SAFETY: a map value; a concurrent refresh writes the same time.
         let s = unsafe { &mut *s };
         if now.wrapping_sub(s.last) <= fe.affinity
-            && s.slot <= fe.count
-            && let Some((id, be)) = at_slot(fe, s.slot)
-            && id == s.backend_id
+            && let Some((id, be, slot)) = session_backend(fe, s.backend_id, s.slot)
         {
             s.last = now;
+            s.slot = slot;
             return Some((id, be));
         }
     }
@@ -47,4 +47,32 @@ pub fn select<A: Family, O: Origin>(fe: &Frontend<A>, o: &O) -> Option<(u32, Bac
     // A failed write costs the session, not the flow.
     let _ = AFFINITY.insert(key, session, 0);
     Some((id, be))
+}
+
+/// The session's backend `id` if it still serves `fe`: in the slot the
+/// session remembers, or else in the one the frontend's membership map
+/// gives (it moved), with that slot.
+#[inline(always)]
+fn session_backend<A: Family>(
+    fe: &Frontend<A>,
+    id: u32,
+    slot: u16,
+) -> Option<(u32, BackendOf<A>, u16)> {
+    if slot <= fe.count
+        && let Some((at, be)) = at_slot(fe, slot)
+        && at == id
+    {
+        return Some((at, be, slot));
+    }
+    let key = MemberKey {
+        svc_id: fe.svc_id,
+        backend_id: id,
+    };
+    let moved = *unsafe { MEMBERS.get(key) }?;
+    let moved = u16::try_from(moved).ok()?;
+    if moved == 0 || moved > fe.count {
+        return None;
+    }
+    let (at, be) = at_slot(fe, moved)?;
+    (at == id).then_some((at, be, moved))
 }

@@ -11,8 +11,8 @@ use lb_common::{
     AffinityKey, AffinityValue, Backend, Backend6, Config, CtKey, CtKey6, CtValue, CtValue6,
     DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_MAGLEV_MAX,
     DEFAULT_SERVICES_MAX, DEFAULT_SNAT_MAX, DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SVC_INFO_MAX, In6,
-    NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS, SchedValue,
-    ServiceKey, ServiceKey6, ServiceValue, SockKey, SockKey6, SockValue, SockValue6,
+    MemberKey, NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS,
+    SchedValue, ServiceKey, ServiceKey6, ServiceValue, SockKey, SockKey6, SockValue, SockValue6,
     SourceRangeKey, SvcInfo,
 };
 
@@ -58,6 +58,11 @@ pub static SCHED: HashMap<u32, SchedValue> = HashMap::pinned(DEFAULT_SVC_INFO_MA
 /// Every Maglev table, one after another (4 MB at the default size).
 #[map(name = "flb_maglev_v2")]
 pub static MAGLEV: Array<u32> = Array::pinned(DEFAULT_MAGLEV_MAX, 0);
+
+/// One entry per backend slot of a frontend with affinity: sized as the
+/// services maps.
+#[map(name = "flb_member_v1")]
+pub static MEMBERS: HashMap<MemberKey, u32> = HashMap::pinned(DEFAULT_SERVICES_MAX, 0);
 
 /// Sized as the backends maps: indexed by backend id.
 #[map(name = "flb_lc_v1")]

@@ -1,7 +1,8 @@
 //! Session affinity lookups in the tc and XDP programs
 //! (BPF_PROG_TEST_RUN), both families: every new flow of one client goes
 //! to the backend of its session, other clients spread; a backend that
-//! leaves the Service ends its sessions; affinity switched off spreads
+//! leaves the Service ends its sessions, and only its (a backend moved
+//! to another slot keeps them); affinity switched off spreads
 //! the same client again. Maps are filled by the agent's reconcile path.
 mod common;
 
@@ -91,6 +92,30 @@ fn new_flows_of_a_client_stick_to_its_backend_until_it_leaves() {
                 .map(|c| syn_to(&mut dp, hook, v6, c, port(0)))
                 .collect();
             assert!(others.len() > 1, "{what}: 30 clients all on {others:?}");
+            // Another backend leaves: sessions stay where they are, that of
+            // the backend moved from the last slot into the freed first
+            // one too (found through the frontend's members).
+            let last = backend(2, v6).addr;
+            let on_last: Vec<u8> = (10..60)
+                .filter(|&c| syn_to(&mut dp, hook, v6, c, port(1)) == last)
+                .collect();
+            assert!(on_last.len() > 3, "{what}: {on_last:?}");
+            dp.program_states(&hostnames(&[1, 2], true));
+            for &c in &on_last {
+                assert_eq!(
+                    syn_to(&mut dp, hook, v6, c, port(2)),
+                    last,
+                    "{what}: client {c}, a session of the moved backend"
+                );
+            }
+            if first != backend(0, v6).addr {
+                assert_eq!(
+                    syn_to(&mut dp, hook, v6, 1, port(60)),
+                    first,
+                    "{what}: other left"
+                );
+            }
+            dp.program_states(&hostnames(&[0, 1, 2], true));
             // The session's backend leaves the Service: the next flow goes
             // to another, and sticks there.
             let rest: Vec<u8> = (0..3).filter(|&i| backend(i, v6).addr != first).collect();

@@ -10,9 +10,9 @@ use aya::{
     maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuArray},
 };
 use lb_common::{
-    Backend, Backend6, MAP_BACKENDS, MAP_BACKENDS6, MAP_LEAST_CONN, MAP_MAGLEV, MAP_SCHED,
-    MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_SVC_INFO, STAT_COUNT, SchedValue, ServiceKey,
-    ServiceKey6, ServiceValue, SvcInfo,
+    Backend, Backend6, MAP_BACKENDS, MAP_BACKENDS6, MAP_LEAST_CONN, MAP_MAGLEV, MAP_MEMBERS,
+    MAP_SCHED, MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_SVC_INFO, MemberKey, STAT_COUNT,
+    SchedValue, ServiceKey, ServiceKey6, ServiceValue, SvcInfo,
 };
 
 use super::batch;
@@ -28,6 +28,7 @@ pub struct ServiceMaps {
     sched: HashMap<MapData, u32, SchedValue>,
     /// Every Maglev table, by position (the agent tracks whose).
     maglev: Array<MapData, u32>,
+    members: HashMap<MapData, MemberKey, u32>,
     /// Least-conn counts, by backend id: the datapath's, but reset here
     /// when an id is freed (its next backend starts from zero).
     least_conn: Array<MapData, u64>,
@@ -91,6 +92,7 @@ impl ServiceMaps {
             info: take(ebpf, MAP_SVC_INFO)?,
             sched: take(ebpf, MAP_SCHED)?,
             maglev: take_array(ebpf, MAP_MAGLEV)?,
+            members: take(ebpf, MAP_MEMBERS)?,
             least_conn: take_array(ebpf, MAP_LEAST_CONN)?,
         })
     }
@@ -105,6 +107,7 @@ impl ServiceMaps {
             info: open_pinned(dir, MAP_SVC_INFO)?,
             sched: open_pinned(dir, MAP_SCHED)?,
             maglev: open_pinned_array(dir, MAP_MAGLEV)?,
+            members: open_pinned(dir, MAP_MEMBERS)?,
             least_conn: open_pinned_array(dir, MAP_LEAST_CONN)?,
         })
     }
@@ -135,6 +138,10 @@ impl ServiceMaps {
             let (k, v) = e.context("reading scheduler map")?;
             s.sched.insert(k, v);
         }
+        batch::for_each(fd(&self.members), 4096, |k: &MemberKey, v: &u32| {
+            s.members.insert(*k, *v);
+        })
+        .context("reading the members map")?;
         // The Maglev array's entries inside a Maglev scheduler's table
         // belong to its frontend; the rest are unused.
         let tables: BTreeMap<u32, (u32, u32)> = s
@@ -337,6 +344,26 @@ impl ServiceMaps {
                     .collect();
                 batch::delete(fd(&self.sched), &k)
             }
+            Kind::PutMember => {
+                let (k, v): (Vec<MemberKey>, Vec<u32>) = run
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::PutMember(k, slot) => Some((*k, *slot)),
+                        _ => None,
+                    })
+                    .unzip();
+                batch::update(fd(&self.members), &k, &v)
+            }
+            Kind::DelMember => {
+                let k: Vec<MemberKey> = run
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::DelMember(k) => Some(*k),
+                        _ => None,
+                    })
+                    .collect();
+                batch::delete(fd(&self.members), &k)
+            }
             // An array's entries are not deleted: slot 0 is "none" (the
             // datapath then falls back to random).
             Kind::PutMaglev | Kind::DelMaglev => {
@@ -376,6 +403,8 @@ impl ServiceMaps {
                 Op::DelSched(id) => self.sched.remove(id),
                 Op::PutMaglev(k, slot) => self.maglev.set(k.index, slot, 0),
                 Op::DelMaglev(k) => self.maglev.set(k.index, 0, 0),
+                Op::PutMember(k, slot) => self.members.insert(k, slot, 0),
+                Op::DelMember(k) => self.members.remove(k),
             };
             if let Err(e) = r {
                 return (n, Some(format!("{e:#}")));
@@ -406,6 +435,8 @@ enum Kind {
     DelSched,
     PutMaglev,
     DelMaglev,
+    PutMember,
+    DelMember,
 }
 
 impl Kind {
@@ -427,6 +458,8 @@ impl Kind {
             Op::DelSched(_) => Kind::DelSched,
             Op::PutMaglev(..) => Kind::PutMaglev,
             Op::DelMaglev(_) => Kind::DelMaglev,
+            Op::PutMember(..) => Kind::PutMember,
+            Op::DelMember(_) => Kind::DelMember,
         }
     }
 }
@@ -450,13 +483,15 @@ fn describe(kind: Kind, e: &std::io::Error) -> String {
         Kind::PutService(_) | Kind::DelService(_) => MAP_SERVICES,
         Kind::PutSched | Kind::DelSched => MAP_SCHED,
         Kind::PutMaglev | Kind::DelMaglev => MAP_MAGLEV,
+        Kind::PutMember | Kind::DelMember => MAP_MEMBERS,
     };
     let verb = match kind {
         Kind::PutBackend(_)
         | Kind::PutInfo
         | Kind::PutService(_)
         | Kind::PutSched
-        | Kind::PutMaglev => "writing",
+        | Kind::PutMaglev
+        | Kind::PutMember => "writing",
         _ => "deleting from",
     };
     if e.raw_os_error() == Some(libc::E2BIG) {
