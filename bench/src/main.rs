@@ -79,31 +79,39 @@ fn main() -> Result<()> {
         .into(),
         ..Default::default()
     };
-    if o.wants("datapath") {
-        eprintln!("==> 1. per-packet datapath cost");
-        datapath::run(&o, &mut r)?;
-        eprintln!("==> 1f. IPv6 beside IPv4");
-        families::run(&o, &mut r)?;
-        eprintln!("==> 1g. schedulers and session affinity");
-        schedulers::run(&o, &mut r)?;
-        eprintln!("==> 1h. transport protocols");
-        protocols::run(&o, &mut r)?;
-    }
-    if o.wants("northsouth") {
-        eprintln!("==> 1e. north-south per-packet cost");
-        northsouth::run(&o, &mut r)?;
-    }
-    if o.wants("traffic") {
-        eprintln!("==> 2. end-to-end traffic");
-        traffic::run(&o, &mut r)?;
-        eprintln!("==> 2b. north-south traffic");
-        nodeport_traffic::run(&o, &mut r)?;
-        eprintln!("==> 2f. IPv6 traffic beside IPv4");
-        traffic6::run(&o, &mut r)?;
-    }
-    if o.wants("control") {
-        eprintln!("==> 3. control plane");
-        control::run(&o, &mut r)?;
+    type Step = fn(&Opts, &mut report::Report) -> Result<()>;
+    let steps: [(&str, &str, Step); 9] = [
+        ("datapath", "1. per-packet datapath cost", datapath::run),
+        ("datapath", "1f. IPv6 beside IPv4", families::run),
+        (
+            "datapath",
+            "1g. schedulers and session affinity",
+            schedulers::run,
+        ),
+        ("datapath", "1h. transport protocols", protocols::run),
+        (
+            "northsouth",
+            "1e. north-south per-packet cost",
+            northsouth::run,
+        ),
+        ("traffic", "2. end-to-end traffic", traffic::run),
+        ("traffic", "2b. north-south traffic", nodeport_traffic::run),
+        ("traffic", "2f. IPv6 traffic beside IPv4", traffic6::run),
+        ("control", "3. control plane", control::run),
+    ];
+    let chosen: Vec<_> = steps.iter().filter(|(s, ..)| o.wants(s)).collect();
+    let started = std::time::Instant::now();
+    for (k, (_, title, run)) in chosen.iter().enumerate() {
+        // A progress line per step: how far, and how long so far.
+        let t = started.elapsed().as_secs();
+        eprintln!(
+            "==> [{}/{}, {}m{:02}s] {title}",
+            k + 1,
+            chosen.len(),
+            t / 60,
+            t % 60
+        );
+        run(&o, &mut r)?;
     }
     plot::render(&o.out.join("docs/bench"), &r.plots)?;
     let path = o.out.join("BENCHMARKS.md");

@@ -103,11 +103,9 @@ fn build(release: bool) -> Result<()> {
 
 /// Runs the test suites, echoing their output, and closes with one
 /// plain `N passed, N failed` line summed over every test binary.
-fn test_and_count(next_datapath: &std::path::Path) -> Result<()> {
+fn test_and_count(next_datapath: &std::path::Path, progress: &mut Progress) -> Result<()> {
     use std::io::{BufRead, BufReader};
-    let mut cmd = cargo();
-    cmd.env("FERROLB_NEXT_DATAPATH", next_datapath);
-    cmd.args([
+    const TARGETS: [&str; 7] = [
         "test",
         "--workspace",
         "--exclude",
@@ -115,16 +113,35 @@ fn test_and_count(next_datapath: &std::path::Path) -> Result<()> {
         "--lib",
         "--bins",
         "--tests",
-        "--",
-        "--test-threads=1",
-    ]);
+    ];
+    // The test binaries, built first, counted for the progress lines.
+    let built = cargo()
+        .args(TARGETS)
+        .args(["--no-run", "--message-format=json-render-diagnostics"])
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !built.status.success() {
+        bail!("building the tests failed");
+    }
+    let binaries = String::from_utf8_lossy(&built.stdout)
+        .lines()
+        .filter(|l| l.contains("\"test\":true") && l.contains("\"executable\":\""))
+        .count();
+    progress.step(&format!(
+        "running {binaries} test binaries, one test at a time"
+    ));
+    let mut cmd = cargo();
+    cmd.env("FERROLB_NEXT_DATAPATH", next_datapath);
+    cmd.args(TARGETS).args(["--", "--test-threads=1"]);
     eprintln!("+ {cmd:?}");
     let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
-    let (mut passed, mut failed) = (0u64, 0u64);
+    let (mut passed, mut failed, mut done) = (0u64, 0u64, 0usize);
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
+            done += 1;
+            progress.note(&format!("test binaries: {done} of {binaries} done"));
             for part in rest.split(';') {
                 let mut w = part.split_whitespace().rev();
                 let (Some(label), Some(n)) = (w.next(), w.next()) else {
@@ -145,6 +162,35 @@ fn test_and_count(next_datapath: &std::path::Path) -> Result<()> {
         bail!("tests failed");
     }
     Ok(())
+}
+
+/// Progress lines for long commands: which step of how many, and the
+/// time so far.
+struct Progress {
+    total: usize,
+    done: usize,
+    started: std::time::Instant,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        Progress {
+            total,
+            done: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn step(&mut self, what: &str) {
+        self.done += 1;
+        self.done = self.done.min(self.total);
+        self.note(&format!("[{}/{}] {what}", self.done, self.total));
+    }
+
+    fn note(&self, what: &str) {
+        let t = self.started.elapsed().as_secs();
+        eprintln!("==> {}m{:02}s {what}", t / 60, t % 60);
+    }
 }
 
 /// Whether the kernel opens SCTP sockets.
@@ -170,12 +216,19 @@ fn main() -> Result<()> {
             build(release)
         }
         Cmd::Demo => {
+            let mut progress = Progress::new(3);
+            progress.step("set-up: packages, toolchains, bpf-linker (first run: minutes)");
             setup::all()?;
+            progress.step("building the agent and the programs (release; first run: minutes)");
             build(true)?;
+            progress.step("the demo: hostnames behind 10.0.1.175:80");
             demo::run()
         }
         Cmd::Test => {
+            let mut progress = Progress::new(6);
+            progress.step("set-up: packages, toolchains, bpf-linker (first run: minutes)");
             setup::all()?;
+            progress.step("cargo fmt --check, cargo clippy -D warnings");
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;
             run(cargo().args([
                 "clippy",
@@ -185,8 +238,10 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ]))?;
+            progress.step("building the agent, the programs and the test pods' server");
             build(false)?;
             // The upgrade test's second build of the programs.
+            progress.step("building a second datapath (the upgrade test's)");
             let next = target_dir().join("bpf-next");
             run(ebpf_build()
                 .args(["--features", "upgrade-probe", "--target-dir"])
@@ -194,7 +249,8 @@ fn main() -> Result<()> {
             let next = next.join("bpfel-unknown-none/release/lb-ebpf");
             // One test at a time: the end-to-end tests measure traffic
             // spreads and one-second deadlines on a 2-core machine.
-            test_and_count(&next)?;
+            progress.step("building the tests");
+            test_and_count(&next, &mut progress)?;
             // SCTP end to end needs a kernel with SCTP: run where there is
             // one, said to be skipped where not (never a silent pass).
             match sctp_support() {
