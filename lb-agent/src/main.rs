@@ -456,16 +456,42 @@ fn main() -> Result<()> {
         }
         Command::Stats { pin, out } => {
             let values = maps::read_stats(&pin.pin_path)?;
+            let m = maps::ServiceMaps::from_pins(&pin.pin_path)?;
+            let traffic = table::traffic(&m.read()?, &|id| m.service_counters(id));
             if out.json() {
-                let obj: serde_json::Map<String, serde_json::Value> = STAT_NAMES
+                let mut obj: serde_json::Map<String, serde_json::Value> = STAT_NAMES
                     .iter()
                     .zip(values)
                     .map(|(name, v)| (name.to_string(), v.into()))
                     .collect();
+                let services: Vec<serde_json::Value> = traffic
+                    .iter()
+                    .map(|(service, frontend, c)| {
+                        serde_json::json!({
+                            "service": service,
+                            "frontend": frontend,
+                            "packets": c.packets,
+                            "bytes": c.bytes,
+                        })
+                    })
+                    .collect();
+                obj.insert("services".into(), services.into());
                 println!("{}", serde_json::to_string_pretty(&obj)?);
             } else {
                 for (name, v) in STAT_NAMES.iter().zip(values) {
                     println!("{name:<20} {v}");
+                }
+                let w0 = traffic.iter().map(|t| t.0.len()).max().unwrap_or(0).max(7);
+                let w1 = traffic.iter().map(|t| t.1.len()).max().unwrap_or(0).max(8);
+                println!(
+                    "\n{:<w0$}  {:<w1$}  {:>12}  {:>14}",
+                    "SERVICE", "FRONTEND", "PACKETS", "BYTES"
+                );
+                for (service, frontend, c) in &traffic {
+                    println!(
+                        "{service:<w0$}  {frontend:<w1$}  {:>12}  {:>14}",
+                        c.packets, c.bytes
+                    );
                 }
             }
             Ok(())

@@ -62,7 +62,44 @@ async fn status_json(State(app): State<App>) -> Json<Status> {
 async fn metrics(State(app): State<App>) -> String {
     let st = app.status.get();
     let stats = maps::read_stats(&app.pin_dir).unwrap_or_default();
-    render(&st, &stats)
+    let traffic = maps::ServiceMaps::from_pins(&app.pin_dir)
+        .and_then(|m| {
+            Ok(crate::table::traffic(&m.read()?, &|id| {
+                m.service_counters(id)
+            }))
+        })
+        .unwrap_or_default();
+    let mut text = render(&st, &stats);
+    render_traffic(&mut text, &traffic);
+    text
+}
+
+/// Per-frontend packets and bytes, labelled with the Service (its
+/// `namespace/name:port`) and the frontend (`VIP:port/PROTO`).
+fn render_traffic(o: &mut String, traffic: &[(String, String, lb_common::SvcCounters)]) {
+    for (name, help, value) in [
+        (
+            "ferrolb_service_packets_total",
+            "Packets the datapath translated for a frontend, both directions.",
+            (|c: &lb_common::SvcCounters| c.packets) as fn(&lb_common::SvcCounters) -> u64,
+        ),
+        (
+            "ferrolb_service_bytes_total",
+            "Bytes (whole frames) the datapath translated for a frontend, both directions.",
+            |c: &lb_common::SvcCounters| c.bytes,
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (service, frontend, c) in traffic {
+            let _ = writeln!(
+                o,
+                "{name}{{service=\"{}\",frontend=\"{}\"}} {}",
+                label(service),
+                label(frontend),
+                value(c)
+            );
+        }
+    }
 }
 
 /// Prometheus label values escape backslash, quote and newline.

@@ -13,6 +13,8 @@ use lb_common::{
 use crate::reconcile::{MapState, frontend_of, info_name};
 
 pub struct Row {
+    /// The frontend's id (counters, names).
+    pub svc_id: u32,
     pub name: String,
     pub frontend: String,
     /// `sessionAffinity: ClientIP`: the timeout in seconds.
@@ -67,6 +69,7 @@ pub fn rows(state: &MapState, active: &dyn Fn(u32) -> u64) -> Vec<Row> {
         };
         let frontend = fk.to_string();
         let row = Row {
+            svc_id: v.svc_id,
             name: name.clone(),
             frontend: frontend.clone(),
             affinity_secs: affinity,
@@ -150,5 +153,17 @@ pub fn json(state: &MapState, active: &dyn Fn(u32) -> u64) -> serde_json::Value 
                 "active_flows": r.active,
             })
         })
+        .collect()
+}
+
+/// Each frontend's traffic, `counters` by frontend id: (service,
+/// frontend, counters), in the service table's order.
+pub fn traffic(
+    state: &MapState,
+    counters: &dyn Fn(u32) -> lb_common::SvcCounters,
+) -> Vec<(String, String, lb_common::SvcCounters)> {
+    rows(state, &|_| 0)
+        .into_iter()
+        .map(|r| (r.name, r.frontend, counters(r.svc_id)))
         .collect()
 }

@@ -45,6 +45,9 @@ pub const MAP_SCHED: &str = "flb_sched_v2";
 /// (v1, a hash map keyed by frontend and index, cost a cache miss or two
 /// per new flow).
 pub const MAP_MAGLEV: &str = "flb_maglev_v2";
+/// Per frontend (by id), per CPU: packets and bytes translated
+/// ([`crate::SvcCounters`]), for `lb-agent stats` and `/metrics`.
+pub const MAP_SVC_STATS: &str = "flb_svcstats_v1";
 /// Session affinity: the slot each backend holds in each frontend with
 /// affinity ([`MemberKey`] -> slot), so that a session whose backend moved
 /// to another slot (the last slot's backend fills a freed one) finds it.
@@ -86,7 +89,7 @@ pub const V6_SLOT_DSR: u32 = 6;
 pub const V6_SLOTS: u32 = 7;
 
 /// Every map the programs declare, for pinning and cleanup.
-pub const ALL_MAPS: [&str; 21] = [
+pub const ALL_MAPS: [&str; 22] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_CONNTRACK,
@@ -103,6 +106,7 @@ pub const ALL_MAPS: [&str; 21] = [
     MAP_LEAST_CONN,
     MAP_LC_SOCK,
     MAP_MEMBERS,
+    MAP_SVC_STATS,
     MAP_SERVICES6,
     MAP_BACKENDS6,
     MAP_CONNTRACK6,
@@ -688,6 +692,7 @@ mod user {
         AffinityKey,
         AffinityValue,
         SchedValue,
-        MemberKey
+        MemberKey,
+        crate::SvcCounters
     );
 }

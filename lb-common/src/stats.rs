@@ -83,3 +83,15 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "dsr_decap",
     "hairpin_new",
 ];
+
+/// A frontend's traffic as the datapath translated it (per CPU in
+/// [`crate::MAP_SVC_STATS`], by frontend id): packets and bytes (whole
+/// frames), both directions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SvcCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<SvcCounters>() == 16);

@@ -18,7 +18,7 @@ use crate::{
     least_conn,
     nat::{Nat, Tuple},
     parse::Packet,
-    sched, snat,
+    sched, snat, stats,
 };
 
 /// The outcome of [`handle`] for the hook to act on.
@@ -212,6 +212,7 @@ fn reverse<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -> Out
     if ct.flags & CT_FLAG_COUNTED != 0 {
         least_conn::reply_segment(p, &t);
     }
+    stats::service(ct.svc_id, ctx.wire_len());
     translated(ctx, p, &t, Stat::RevNat, ct.flags, nat)
 }
 
@@ -220,6 +221,7 @@ fn established<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) ->
     if ct.flags & CT_FLAG_COUNTED != 0 {
         least_conn::forward_segment(p);
     }
+    stats::service(ct.svc_id, ctx.wire_len());
     if ct.flags & CT_FLAG_DSR != 0 {
         return ctx.dsr(p, ct.addr, ct.port, Stat::DnatEstablished);
     }
@@ -340,10 +342,12 @@ fn open<C: Hook, A: Family>(
     match conntrack::create(p, &flow, existing) {
         Ok(Some(_)) if direct => {
             least_conn::opened(flow.flags, id, p.proto);
+            stats::service(fe.svc_id, ctx.wire_len());
             Some(ctx.dsr(p, be.addr, be.port, Stat::DsrNew))
         }
         Ok(Some((saddr, sport))) => {
             least_conn::opened(flow.flags, id, p.proto);
+            stats::service(fe.svc_id, ctx.wire_len());
             let t = Tuple::of(p).src(saddr, sport).dst(be.addr, be.port);
             let stat = match snat {
                 _ if hairpin => Stat::HairpinNew,
@@ -453,6 +457,7 @@ pub fn deliver_dsr<C: Hook, A: Family>(
     if conntrack::track_dsr_reply(p, be_addr, be_port, fe.svc_id).is_err() {
         return Outcome::Drop(Stat::DropInternal);
     }
+    stats::service(fe.svc_id, ctx.wire_len());
     let t = Tuple::of(p).dst(be_addr, be_port);
     translated(ctx, p, &t, Stat::DnatEstablished, CT_FLAG_EXTERNAL, None)
 }

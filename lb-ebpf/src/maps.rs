@@ -13,7 +13,7 @@ use lb_common::{
     DEFAULT_SERVICES_MAX, DEFAULT_SNAT_MAX, DEFAULT_SOCK_REVNAT_MAX, DEFAULT_SVC_INFO_MAX, In6,
     MemberKey, NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS,
     SchedValue, ServiceKey, ServiceKey6, ServiceValue, SockKey, SockKey6, SockValue, SockValue6,
-    SourceRangeKey, SvcInfo,
+    SourceRangeKey, SvcCounters, SvcInfo,
 };
 
 #[map(name = "flb_svc_v1")]
@@ -35,6 +35,10 @@ pub static SVC_INFO: HashMap<u32, SvcInfo> = HashMap::pinned(DEFAULT_SVC_INFO_MA
 
 #[map(name = "flb_stats_v2")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_SLOTS, 0);
+
+/// Sized by the agent as the info map (one entry per frontend id).
+#[map(name = "flb_svcstats_v1")]
+pub static SVC_STATS: PerCpuArray<SvcCounters> = PerCpuArray::pinned(DEFAULT_SVC_INFO_MAX, 0);
 
 #[map(name = "flb_nodeaddr_v1")]
 pub static NODE_ADDRS: HashMap<NodeAddrKey, u32> = HashMap::pinned(NODE_ADDRS_MAX, 0);

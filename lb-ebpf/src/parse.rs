@@ -33,6 +33,9 @@ pub trait Frame {
     /// Makes the first `len` bytes directly accessible if the packet has
     /// them elsewhere.
     fn ensure(&self, len: usize);
+    /// The frame's length in bytes, headers included (per-Service byte
+    /// counts).
+    fn wire_len(&self) -> u32;
 }
 
 impl Frame for TcContext {
@@ -57,6 +60,11 @@ impl Frame for TcContext {
             let _ = self.pull_data(if have < len { have } else { len } as u32);
         }
     }
+
+    #[inline(always)]
+    fn wire_len(&self) -> u32 {
+        self.len()
+    }
 }
 
 impl Frame for XdpContext {
@@ -75,6 +83,12 @@ impl Frame for XdpContext {
     /// linear: nothing to pull.
     #[inline(always)]
     fn ensure(&self, _len: usize) {}
+
+    #[inline(always)]
+    fn wire_len(&self) -> u32 {
+        let (data, end) = self.span();
+        end.wrapping_sub(data) as u32
+    }
 }
 
 /// No header we read lies further into a packet than this (a mask; the

@@ -1,5 +1,6 @@
 //! The CLI against a running agent, and a stopped one: `services`,
-//! `stats` and `conntrack` read the pinned maps (tables, and JSON for
+//! `stats` (outcomes, and each frontend's packets and bytes, also on
+//! `/metrics`) and `conntrack` read the pinned maps (tables, and JSON for
 //! scripts); `conntrack` filters and flushes. And the agent's health
 //! endpoint (`/healthz`, `/livez`), healthy until changes wait too long.
 mod common;
@@ -114,6 +115,37 @@ fn cli_reads_the_maps_as_tables_and_json_and_flushes_flows() {
         serde_json::from_str(&cli(&c, "stats", &["-o", "json"])).unwrap();
     assert_eq!(stats["dnat_new"], 1, "{stats}");
     assert!(stats["revnat"].as_u64().unwrap() >= 1, "{stats}");
+    // Per frontend: the connection's packets both ways (SYN, SYN-ACK,
+    // ACK, request, response at least) and their bytes.
+    let svc = &stats["services"][0];
+    assert_eq!(svc["service"], "default/hostnames:http", "{stats}");
+    assert_eq!(svc["frontend"], format!("{VIP}:80/TCP"), "{stats}");
+    assert!(svc["packets"].as_u64().unwrap() >= 5, "{stats}");
+    assert!(svc["bytes"].as_u64().unwrap() >= 5 * 54, "{stats}");
+    // The same over /metrics while traffic flows: ten more requests on
+    // the connection, each a request and a response at least.
+    let series = format!(
+        "ferrolb_service_packets_total{{service=\"default/hostnames:http\",frontend=\"{VIP}:80/TCP\"}} "
+    );
+    let scrape = || -> u64 {
+        let m = c.metrics().unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{m}"))
+    };
+    let before = scrape();
+    for _ in 0..10 {
+        conn.get().expect("request");
+    }
+    let after = scrape();
+    assert!(after >= before + 20, "{before} -> {after}");
+    let text = cli(&c, "stats", &[]);
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("default/hostnames:http") && l.contains(&format!("{VIP}:80/TCP"))
+        ),
+        "{text}"
+    );
 
     // Filters: nothing on another address or port.
     assert!(conntrack(&c, &["--addr", "10.9.9.9"]).ends_with("0 entries\n"));

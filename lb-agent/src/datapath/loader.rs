@@ -9,10 +9,10 @@ use lb_common::{
     CtValue6, DEFAULT_AFFINITY_MAX, DEFAULT_MAGLEV_MAX, MAP_AFFINITY, MAP_BACKENDS, MAP_BACKENDS6,
     MAP_CONFIG, MAP_CONNTRACK, MAP_CONNTRACK6, MAP_LC_SOCK, MAP_LEAST_CONN, MAP_MAGLEV,
     MAP_MEMBERS, MAP_NODE_ADDRS, MAP_SCHED, MAP_SERVICES, MAP_SERVICES6, MAP_SNAT, MAP_SNAT6,
-    MAP_SOCK_REVNAT, MAP_SOCK_REVNAT6, MAP_SOURCE_RANGES, MAP_STATS, MAP_SVC_INFO, MemberKey,
-    NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS, SchedValue,
-    ServiceKey, ServiceKey6, ServiceValue, SockKey, SockKey6, SockValue, SockValue6,
-    SourceRangeKey, SvcInfo,
+    MAP_SOCK_REVNAT, MAP_SOCK_REVNAT6, MAP_SOURCE_RANGES, MAP_STATS, MAP_SVC_INFO, MAP_SVC_STATS,
+    MemberKey, NODE_ADDRS_MAX, NatValue, NatValue6, NodeAddrKey, SOURCE_RANGES_MAX, STAT_SLOTS,
+    SchedValue, ServiceKey, ServiceKey6, ServiceValue, SockKey, SockKey6, SockValue, SockValue6,
+    SourceRangeKey, SvcCounters, SvcInfo,
 };
 use tracing::warn;
 
@@ -31,7 +31,7 @@ pub struct LoadOptions {
 
 /// (name, key bytes, value bytes, max entries, flag that sizes it) of
 /// every map, as this build lays them out.
-fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static str); 21] {
+fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static str); 22] {
     use std::mem::size_of;
     [
         (
@@ -125,6 +125,13 @@ fn layouts(opts: &LoadOptions) -> [(&'static str, usize, usize, u32, &'static st
             size_of::<u32>(),
             DEFAULT_MAGLEV_MAX,
             "(fixed)",
+        ),
+        (
+            MAP_SVC_STATS,
+            size_of::<u32>(),
+            size_of::<SvcCounters>(),
+            opts.frontends_max,
+            "--frontends-max",
         ),
         (
             MAP_MEMBERS,
@@ -253,6 +260,7 @@ pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf> {
         .map_max_entries(MAP_SVC_INFO, opts.frontends_max)
         .map_max_entries(MAP_SCHED, opts.frontends_max)
         .map_max_entries(MAP_MEMBERS, opts.services_max)
+        .map_max_entries(MAP_SVC_STATS, opts.frontends_max)
         .map_max_entries(MAP_LEAST_CONN, opts.backends_max)
         .map_max_entries(MAP_LC_SOCK, opts.sock_max);
     loader.load(object).with_context(|| {

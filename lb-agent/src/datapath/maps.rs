@@ -11,8 +11,8 @@ use aya::{
 };
 use lb_common::{
     Backend, Backend6, MAP_BACKENDS, MAP_BACKENDS6, MAP_LEAST_CONN, MAP_MAGLEV, MAP_MEMBERS,
-    MAP_SCHED, MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_SVC_INFO, MemberKey, STAT_COUNT,
-    SchedValue, ServiceKey, ServiceKey6, ServiceValue, SvcInfo,
+    MAP_SCHED, MAP_SERVICES, MAP_SERVICES6, MAP_STATS, MAP_SVC_INFO, MAP_SVC_STATS, MemberKey,
+    STAT_COUNT, SchedValue, ServiceKey, ServiceKey6, ServiceValue, SvcCounters, SvcInfo,
 };
 
 use super::batch;
@@ -32,6 +32,9 @@ pub struct ServiceMaps {
     /// Least-conn counts, by backend id: the datapath's, but reset here
     /// when an id is freed (its next backend starts from zero).
     least_conn: Array<MapData, u64>,
+    /// Per-frontend traffic, per CPU: reset here when a frontend id is
+    /// freed (its next frontend starts from zero).
+    svc_stats: PerCpuArray<MapData, SvcCounters>,
 }
 
 /// A write that failed, with the frontend or backend it was for.
@@ -93,6 +96,11 @@ impl ServiceMaps {
             sched: take(ebpf, MAP_SCHED)?,
             maglev: take_array(ebpf, MAP_MAGLEV)?,
             members: take(ebpf, MAP_MEMBERS)?,
+            svc_stats: PerCpuArray::try_from(
+                ebpf.take_map(MAP_SVC_STATS)
+                    .with_context(|| format!("map {MAP_SVC_STATS} missing from the object"))?,
+            )
+            .with_context(|| format!("map {MAP_SVC_STATS} has an unexpected layout"))?,
             least_conn: take_array(ebpf, MAP_LEAST_CONN)?,
         })
     }
@@ -108,6 +116,13 @@ impl ServiceMaps {
             sched: open_pinned(dir, MAP_SCHED)?,
             maglev: open_pinned_array(dir, MAP_MAGLEV)?,
             members: open_pinned(dir, MAP_MEMBERS)?,
+            svc_stats: {
+                let path = dir.join(MAP_SVC_STATS);
+                let data = MapData::from_pin(&path)
+                    .with_context(|| format!("opening pinned map {}", path.display()))?;
+                PerCpuArray::try_from(Map::from_map_data(data)?)
+                    .with_context(|| format!("map {} has an unexpected layout", path.display()))?
+            },
             least_conn: open_pinned_array(dir, MAP_LEAST_CONN)?,
         })
     }
@@ -203,8 +218,10 @@ impl ServiceMaps {
             let run = &ops[i..i + len];
             let (done, failure) = self.write(kind, run);
             for op in &run[..done] {
-                if let Op::DelBackend(id) = op {
-                    self.reset_count(*id);
+                match op {
+                    Op::DelBackend(id) => self.reset_count(*id),
+                    Op::DelInfo(id) => self.reset_service_counters(*id),
+                    _ => {}
                 }
                 reconcile::apply_to(mirror, op);
             }
@@ -227,6 +244,35 @@ impl ServiceMaps {
         if let Err(e) = self.least_conn.set(id, 0, 0) {
             tracing::debug!(id, error = %e, "resetting the least-conn count of a freed backend id");
         }
+    }
+
+    /// A freed frontend id's traffic counters, back to zero.
+    fn reset_service_counters(&mut self, id: u32) {
+        let zeros = aya::util::nr_cpus().map_err(|(_, e)| e).and_then(|n| {
+            aya::maps::PerCpuValues::try_from(vec![SvcCounters::default(); n])
+                .map_err(std::io::Error::other)
+        });
+        let r = zeros
+            .map_err(anyhow::Error::from)
+            .and_then(|z| Ok(self.svc_stats.set(id, z, 0)?));
+        if let Err(e) = r {
+            tracing::debug!(id, error = %e, "resetting the counters of a freed frontend id");
+        }
+    }
+
+    /// Frontend `id`'s traffic, summed over CPUs.
+    pub fn service_counters(&self, id: u32) -> SvcCounters {
+        self.svc_stats
+            .get(&id, 0)
+            .map(|per_cpu| {
+                per_cpu
+                    .iter()
+                    .fold(SvcCounters::default(), |a, c| SvcCounters {
+                        packets: a.packets + c.packets,
+                        bytes: a.bytes + c.bytes,
+                    })
+            })
+            .unwrap_or_default()
     }
 
     /// Active flows by backend id (least-conn frontends' backends; zero
