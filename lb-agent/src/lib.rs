@@ -8,6 +8,7 @@ pub mod agent;
 pub mod caps;
 pub mod datapath;
 pub mod entry;
+pub mod explain;
 pub mod filter;
 pub mod flow_table;
 pub mod healthcheck;

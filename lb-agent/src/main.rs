@@ -225,6 +225,24 @@ enum Command {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// Say what the datapath would do with a connection's first packet
+    /// from SRC to DST, step by step, from the live maps: the conntrack
+    /// entry that settles it, or the frontend it reaches (or why none),
+    /// the backend its session or scheduler gives and why, the rewrite.
+    /// Works while the agent is down.
+    Explain {
+        #[command(flatten)]
+        pin: PinArgs,
+        /// Source address and port (10.244.1.5:40000, [fd00::5]:40000).
+        src: std::net::SocketAddr,
+        /// Destination address and port: a VIP, a node address, ...
+        dst: std::net::SocketAddr,
+        /// Protocol.
+        #[arg(value_parser = ["tcp", "udp", "sctp"])]
+        proto: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
     /// Print datapath counters (where packets went and why).
     Stats {
         #[command(flatten)]
@@ -451,6 +469,29 @@ fn main() -> Result<()> {
                 );
             } else {
                 print!("{}", flow_table::render(&flows, &names));
+            }
+            Ok(())
+        }
+        Command::Explain {
+            pin,
+            src,
+            dst,
+            proto,
+            out,
+        } => {
+            let proto = match proto.as_str() {
+                "tcp" => lb_agent::model::Proto::Tcp,
+                "udp" => lb_agent::model::Proto::Udp,
+                _ => lb_agent::model::Proto::Sctp,
+            };
+            let e = lb_agent::explain::Live::open(&pin.pin_path)?.explain(src, dst, proto);
+            if out.json() {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                for (i, step) in e.steps.iter().enumerate() {
+                    println!("{}. {step}", i + 1);
+                }
+                println!("=> {}", e.verdict);
             }
             Ok(())
         }

@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod crc32c;
+pub mod hash;
 pub mod maps;
 pub mod stats;
 

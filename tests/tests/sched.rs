@@ -6,7 +6,8 @@
 //! a conntrack flush, reach the same pods as before), least-conn sends
 //! new connections to the pod with the fewest open ones (through tc and
 //! through the socket hooks) and `lb-agent services` shows its counts,
-//! and a bad name is refused by name.
+//! and a bad name is refused by name. `lb-agent explain` predicts where a
+//! connection goes (Maglev, round-robin) and a real one then goes there.
 mod common;
 
 use std::collections::BTreeSet;
@@ -221,5 +222,82 @@ fn least_conn_sends_new_connections_to_the_pod_with_fewest_open() {
             .lines()
             .any(|l| l.contains("10.0.1.187") && l.contains("least-conn")),
         "{table}"
+    );
+}
+
+/// `lb-agent explain` as JSON.
+fn explain(c: &Cluster, src: SocketAddr, dst: &str) -> serde_json::Value {
+    let pin = c.pin_path();
+    let out = c
+        .node_cli(&[
+            "explain",
+            "--pin-path",
+            pin.to_str().unwrap(),
+            &src.to_string(),
+            dst,
+            "tcp",
+            "-o",
+            "json",
+        ])
+        .expect("lb-agent explain");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn explain_says_where_a_connection_goes_before_it_does() {
+    let (c, _) = setup(&[], |ips| {
+        service("mg", "10.0.1.188", Some("maglev"), ips)
+            + &service("rr", "10.0.1.189", Some("round-robin"), ips)
+            + "---\napiVersion: v1\nkind: Service\nmetadata: {name: empty}\nspec:\n  clusterIP: 10.0.1.190\n  ports: [{port: 80}]\n"
+    });
+    let client = c.client().ip;
+    let pod_of = |backend: &serde_json::Value| -> String {
+        let addr: SocketAddr = backend.as_str().unwrap().parse().unwrap();
+        c.pods
+            .iter()
+            .find(|p| std::net::IpAddr::V4(p.ip) == addr.ip())
+            .map(|p| p.name.clone())
+            .unwrap_or_else(|| format!("no pod at {addr}"))
+    };
+    for (vip, first_port) in [("10.0.1.188", 47_000), ("10.0.1.189", 47_100)] {
+        for port in first_port..first_port + 8 {
+            let src = SocketAddr::from((client, port));
+            let e = explain(&c, src, &format!("{vip}:80"));
+            assert_eq!(e["verdict"], "translated", "{e}");
+            let predicted = pod_of(&e["backend"]);
+            assert_eq!(
+                get(&c, vip, port, false),
+                predicted,
+                "{vip} from port {port}: {e}"
+            );
+            // Now tracked: the same answer, from the conntrack entry.
+            let again = explain(&c, src, &format!("{vip}:80"));
+            assert!(
+                again["steps"][0]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("conntrack: a tracked flow"),
+                "{again}"
+            );
+            assert_eq!(pod_of(&again["backend"]), predicted, "{again}");
+        }
+    }
+    let src = SocketAddr::from((client, 47_200));
+    assert_eq!(explain(&c, src, "10.0.1.190:80")["verdict"], "rejected");
+    assert_eq!(explain(&c, src, "10.0.9.9:80")["verdict"], "passed");
+    let pin = c.pin_path();
+    let text = c
+        .node_cli(&[
+            "explain",
+            "--pin-path",
+            pin.to_str().unwrap(),
+            &src.to_string(),
+            "10.0.1.188:80",
+            "tcp",
+        ])
+        .unwrap();
+    assert!(
+        text.contains("maglev: flow hash") && text.ends_with("=> translated\n"),
+        "{text}"
     );
 }

@@ -62,6 +62,36 @@ impl Conntrack {
         })
     }
 
+    /// The entry of the packet `src -> dst` (`proto`), if tracked.
+    pub fn lookup(&self, src: SocketAddr, dst: SocketAddr, proto: u8) -> Option<Flow> {
+        let port = |p: u16| lb_common::port_to_net(p);
+        match (src.ip(), dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let k = CtKeyOf::new(
+                    lb_common::ipv4_to_net(s.octets()),
+                    lb_common::ipv4_to_net(d.octets()),
+                    port(src.port()),
+                    port(dst.port()),
+                    proto,
+                );
+                let v = self.v4.get(&k, 0).ok()?;
+                Some(Flow::of(FlowKey::V4(k), &k, &v))
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let k = CtKeyOf::new(
+                    lb_common::ipv6_to_net(s.octets()),
+                    lb_common::ipv6_to_net(d.octets()),
+                    port(src.port()),
+                    port(dst.port()),
+                    proto,
+                );
+                let v = self.v6.get(&k, 0).ok()?;
+                Some(Flow::of(FlowKey::V6(k), &k, &v))
+            }
+            _ => None,
+        }
+    }
+
     /// Every tracked flow entry, both families.
     pub fn flows(&self) -> Result<Vec<Flow>> {
         let mut out = Vec::new();

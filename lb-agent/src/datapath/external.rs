@@ -47,6 +47,36 @@ impl ExternalMaps {
         })
     }
 
+    /// Opens the maps a running (or stopped) agent pinned, for the CLI.
+    pub fn from_pins(dir: &std::path::Path) -> Result<Self> {
+        let open = |name: &str| -> Result<aya::maps::Map> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?;
+            Ok(aya::maps::Map::from_map_data(data)?)
+        };
+        Ok(Self {
+            node_addrs: super::maps::open_pinned(dir, MAP_NODE_ADDRS)?,
+            config: Array::try_from(open(MAP_CONFIG)?)
+                .with_context(|| format!("map {MAP_CONFIG} has an unexpected layout"))?,
+            ranges: LpmTrie::try_from(open(MAP_SOURCE_RANGES)?)
+                .with_context(|| format!("map {MAP_SOURCE_RANGES} has an unexpected layout"))?,
+        })
+    }
+
+    /// The node-wide settings, if the agent wrote them.
+    pub fn config(&self) -> Option<Config> {
+        self.config.get(&0, 0).ok()
+    }
+
+    /// Whether `a` is one of this node's addresses (NodePorts are served
+    /// on them).
+    pub fn is_node_addr(&self, a: IpAddr) -> bool {
+        self.node_addrs
+            .get(&NodeAddrKey { addr: mapped(a) }, 0)
+            .is_ok()
+    }
+
     pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
         if self.config.get(&0, 0).ok().as_ref() == Some(cfg) {
             return Ok(());
