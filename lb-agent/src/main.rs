@@ -250,11 +250,15 @@ enum Command {
         #[command(flatten)]
         out: OutputArgs,
     },
-    /// Ask the running agent what it programmed and what it could not
-    /// (Services left out of full maps), through its --metrics-addr.
+    /// The running agent's view (what it programmed and what it could
+    /// not, through its --metrics-addr), then the datapath as pinned,
+    /// which holds while the agent is down: where programs are attached
+    /// and each map's fill level.
     Status {
         #[arg(long, default_value = "127.0.0.1:10249")]
         metrics_addr: SocketAddr,
+        #[command(flatten)]
+        pin: PinArgs,
     },
     /// Check manifests and report every problem, without touching the
     /// datapath. With --pin-path, also compare the pinned maps with what
@@ -537,25 +541,51 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Status { metrics_addr } => {
-            let st = lb_agent::metrics::fetch_status(metrics_addr)?;
-            let failing = if st.source_failing.is_empty() {
-                "none".to_string()
-            } else {
-                st.source_failing.join(", ")
-            };
-            println!("source: {} (failing watches: {failing})", st.source);
-            println!(
-                "ready: {}\nfrontends desired: {}\nfrontends not programmed: {}",
-                st.ready,
-                st.frontends,
-                st.not_programmed.len()
-            );
-            for l in &st.not_programmed {
-                println!("  NOT PROGRAMMED {} {}: {}", l.service, l.frontend, l.error);
+        Command::Status { metrics_addr, pin } => {
+            println!("lb-agent {}", env!("CARGO_PKG_VERSION"));
+            match lb_agent::metrics::fetch_status(metrics_addr) {
+                Ok(st) => {
+                    let failing = if st.source_failing.is_empty() {
+                        "none".to_string()
+                    } else {
+                        st.source_failing.join(", ")
+                    };
+                    println!("source: {} (failing watches: {failing})", st.source);
+                    println!(
+                        "ready: {}\nfrontends desired: {}\nfrontends not programmed: {}",
+                        st.ready,
+                        st.frontends,
+                        st.not_programmed.len()
+                    );
+                    for l in &st.not_programmed {
+                        println!("  NOT PROGRAMMED {} {}: {}", l.service, l.frontend, l.error);
+                    }
+                    for r in &st.refused {
+                        println!("  REFUSED {r}");
+                    }
+                }
+                Err(e) => println!("agent: not reachable ({e:#}); the datapath as pinned:"),
             }
-            for r in &st.refused {
-                println!("  REFUSED {r}");
+            let links = lb_agent::datapath::inventory::links(&pin.pin_path);
+            println!("attached ({}):", links.len());
+            for l in &links {
+                println!("  {l}");
+            }
+            println!("maps under {}:", pin.pin_path.display());
+            for m in lb_agent::datapath::inventory::maps(&pin.pin_path)? {
+                match m.entries {
+                    Some(n) => println!(
+                        "  {:<18} {:<16} {n:>9} / {:<9} {:>5.1}%",
+                        m.name,
+                        m.kind,
+                        m.max_entries,
+                        100.0 * n as f64 / f64::from(m.max_entries.max(1))
+                    ),
+                    None => println!(
+                        "  {:<18} {:<16} {:>9}   {}",
+                        m.name, m.kind, "array", m.max_entries
+                    ),
+                }
             }
             Ok(())
         }

@@ -184,6 +184,28 @@ fn cli_reads_the_maps_as_tables_and_json_and_flushes_flows() {
     // still read, and flushed.
     c.stop_agent(libc::SIGTERM);
     assert!(conntrack(&c, &[]).ends_with("2 entries\n"));
+    // status: the agent is gone, the datapath is still there (where it
+    // is attached, how full its maps are).
+    let pin = c.pin_path();
+    let status = c
+        .node_cli(&["status", "--pin-path", pin.to_str().unwrap()])
+        .unwrap();
+    assert!(status.contains("agent: not reachable"), "{status}");
+    assert!(
+        status.contains("tc ingress on ifindex") && status.contains("(veth0)"),
+        "{status}"
+    );
+    let ct = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("flb_ct_v2"))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(ct.contains(" 2 / "), "{ct}");
+    let svc = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("flb_svc_v1"))
+        .unwrap_or_else(|| panic!("{status}"));
+    // The master and a slot per pod.
+    assert!(svc.contains(&format!(" {} / ", 1 + c.pods.len())), "{svc}");
     assert_eq!(
         conntrack(&c, &["--flush", "--addr", VIP]),
         "2 entries deleted\n"

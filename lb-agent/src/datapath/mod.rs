@@ -7,6 +7,7 @@ pub mod bpffs;
 pub mod conntrack;
 pub mod external;
 pub mod ifaces;
+pub mod inventory;
 pub mod loader;
 pub mod maps;
 

@@ -1,0 +1,141 @@
+//! What the datapath holds, read from the pins alone (`lb-agent status`
+//! works while the agent is down): where programs are attached (the
+//! pinned links), and each pinned map's fill level.
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, MapType};
+use lb_common::ALL_MAPS;
+use serde::Serialize;
+
+use super::attach::links_dir;
+
+/// One pinned map.
+#[derive(Debug, Serialize)]
+pub struct MapFill {
+    pub name: String,
+    pub kind: String,
+    /// Entries held (hash maps; None for arrays, which always hold
+    /// `max_entries`).
+    pub entries: Option<usize>,
+    pub max_entries: u32,
+}
+
+/// Every map of this build pinned under `dir`, with its fill level.
+pub fn maps(dir: &Path) -> Result<Vec<MapFill>> {
+    let mut out = Vec::new();
+    for name in ALL_MAPS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let data = MapData::from_pin(&path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
+        let info = data.info()?;
+        let kind = info.map_type()?;
+        let hashed = matches!(
+            kind,
+            MapType::Hash | MapType::LruHash | MapType::PerCpuHash | MapType::LruPerCpuHash
+        );
+        let entries = if hashed {
+            Some(
+                count(&data, info.key_size())
+                    .with_context(|| format!("counting the entries of {}", path.display()))?,
+            )
+        } else {
+            None
+        };
+        out.push(MapFill {
+            name: name.to_string(),
+            kind: format!("{kind:?}"),
+            entries,
+            max_entries: info.max_entries(),
+        });
+    }
+    Ok(out)
+}
+
+/// The entries of a hash map: its keys walked one after another (a
+/// read-only walk, as `bpftool map dump` does).
+fn count(map: &MapData, key_size: u32) -> Result<usize> {
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut cur: Option<Vec<u8>> = None;
+    let mut next = vec![0u8; key_size as usize];
+    let mut n = 0;
+    loop {
+        // union bpf_attr for BPF_MAP_GET_NEXT_KEY: map_fd, key, next_key.
+        #[repr(C)]
+        struct Attr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            next_key: u64,
+        }
+        let attr = Attr {
+            map_fd: fd as u32,
+            _pad: 0,
+            key: cur.as_ref().map_or(0, |k| k.as_ptr() as u64),
+            next_key: next.as_mut_ptr() as u64,
+        };
+        const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+        // SAFETY: the buffers outlive the call and hold key_size bytes.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_GET_NEXT_KEY,
+                &attr as *const Attr,
+                std::mem::size_of::<Attr>() as u32,
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                return Ok(n);
+            }
+            return Err(e.into());
+        }
+        n += 1;
+        cur = Some(next.clone());
+    }
+}
+
+/// The pinned links: which program is attached where, as people read it.
+pub fn links(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(links_dir(dir)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .map(|name| describe_link(&name))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A link pin's name (`tc-ingress-<ifindex>`, `xdp-<ifindex>`,
+/// `cgroup-<program>`) in words, with the interface's name when it is in
+/// this network namespace.
+fn describe_link(name: &str) -> String {
+    for (prefix, what) in [
+        ("tc-ingress-", "tc ingress"),
+        ("tc-egress-", "tc egress"),
+        ("xdp-", "XDP"),
+    ] {
+        if let Some(index) = name
+            .strip_prefix(prefix)
+            .and_then(|i| i.parse::<u32>().ok())
+        {
+            let ifname = super::ifaces::list()
+                .into_iter()
+                .find(|i| i.index == index)
+                .map_or_else(|| "not in this namespace".into(), |i| i.name);
+            return format!("{what} on ifindex {index} ({ifname})");
+        }
+    }
+    if let Some(p) = name.strip_prefix("cgroup-") {
+        return format!("socket hook {p} on the cgroup");
+    }
+    name.to_string()
+}
