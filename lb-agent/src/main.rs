@@ -582,8 +582,8 @@ fn main() -> Result<()> {
                         100.0 * n as f64 / f64::from(m.max_entries.max(1))
                     ),
                     None => println!(
-                        "  {:<18} {:<16} {:>9}   {}",
-                        m.name, m.kind, "array", m.max_entries
+                        "  {:<18} {:<16} {:>9} slots (an array)",
+                        m.name, m.kind, m.max_entries
                     ),
                 }
             }

@@ -16,8 +16,8 @@ use super::attach::links_dir;
 pub struct MapFill {
     pub name: String,
     pub kind: String,
-    /// Entries held (hash maps; None for arrays, which always hold
-    /// `max_entries`).
+    /// Entries held (hash maps and tries; None for arrays, which always
+    /// hold `max_entries`).
     pub entries: Option<usize>,
     pub max_entries: u32,
 }
@@ -36,7 +36,11 @@ pub fn maps(dir: &Path) -> Result<Vec<MapFill>> {
         let kind = info.map_type()?;
         let hashed = matches!(
             kind,
-            MapType::Hash | MapType::LruHash | MapType::PerCpuHash | MapType::LruPerCpuHash
+            MapType::Hash
+                | MapType::LruHash
+                | MapType::PerCpuHash
+                | MapType::LruPerCpuHash
+                | MapType::LpmTrie
         );
         let entries = if hashed {
             Some(
@@ -136,6 +140,12 @@ fn describe_link(name: &str) -> String {
     }
     if let Some(p) = name.strip_prefix("cgroup-") {
         return format!("socket hook {p} on the cgroup");
+    }
+    if let Some(hook) = name
+        .strip_prefix("v6-")
+        .and_then(|n| n.strip_suffix("-stages"))
+    {
+        return format!("IPv6 stage programs of the {hook} hooks (program array)");
     }
     name.to_string()
 }
