@@ -212,8 +212,11 @@ fn reverse<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) -> Out
     if ct.flags & CT_FLAG_COUNTED != 0 {
         least_conn::reply_segment(p, &t);
     }
-    stats::service(ct.svc_id, ctx.wire_len());
-    translated(ctx, p, &t, Stat::RevNat, ct.flags, nat)
+    counted(
+        ctx,
+        ct.svc_id,
+        translated(ctx, p, &t, Stat::RevNat, ct.flags, nat),
+    )
 }
 
 #[inline(always)]
@@ -221,9 +224,12 @@ fn established<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) ->
     if ct.flags & CT_FLAG_COUNTED != 0 {
         least_conn::forward_segment(p);
     }
-    stats::service(ct.svc_id, ctx.wire_len());
     if ct.flags & CT_FLAG_DSR != 0 {
-        return ctx.dsr(p, ct.addr, ct.port, Stat::DnatEstablished);
+        return counted(
+            ctx,
+            ct.svc_id,
+            ctx.dsr(p, ct.addr, ct.port, Stat::DnatEstablished),
+        );
     }
     let mut t = Tuple::of(p).dst(ct.addr, ct.port);
     let nat = match snat_of(p, ct) {
@@ -234,7 +240,11 @@ fn established<C: Hook, A: Family>(ctx: &C, p: &Packet<A>, ct: &CtValueOf<A>) ->
         let (addr, port) = unsafe { ((*n).addr, (*n).port) };
         t = t.src(addr, port);
     }
-    translated(ctx, p, &t, Stat::DnatEstablished, ct.flags, nat)
+    counted(
+        ctx,
+        ct.svc_id,
+        translated(ctx, p, &t, Stat::DnatEstablished, ct.flags, nat),
+    )
 }
 
 #[inline(always)]
@@ -342,19 +352,25 @@ fn open<C: Hook, A: Family>(
     match conntrack::create(p, &flow, existing) {
         Ok(Some(_)) if direct => {
             least_conn::opened(flow.flags, id, p.proto);
-            stats::service(fe.svc_id, ctx.wire_len());
-            Some(ctx.dsr(p, be.addr, be.port, Stat::DsrNew))
+            Some(counted(
+                ctx,
+                fe.svc_id,
+                ctx.dsr(p, be.addr, be.port, Stat::DsrNew),
+            ))
         }
         Ok(Some((saddr, sport))) => {
             least_conn::opened(flow.flags, id, p.proto);
-            stats::service(fe.svc_id, ctx.wire_len());
             let t = Tuple::of(p).src(saddr, sport).dst(be.addr, be.port);
             let stat = match snat {
                 _ if hairpin => Stat::HairpinNew,
                 Some(_) => Stat::SnatNew,
                 None => Stat::DnatNew,
             };
-            Some(rewritten(ctx, p, &t, stat, flow.flags))
+            Some(counted(
+                ctx,
+                fe.svc_id,
+                rewritten(ctx, p, &t, stat, flow.flags),
+            ))
         }
         Ok(None) => None,
         Err(Error::SnatPorts) => Some(Outcome::Drop(Stat::DropSnat)),
@@ -457,9 +473,28 @@ pub fn deliver_dsr<C: Hook, A: Family>(
     if conntrack::track_dsr_reply(p, be_addr, be_port, fe.svc_id).is_err() {
         return Outcome::Drop(Stat::DropInternal);
     }
-    stats::service(fe.svc_id, ctx.wire_len());
     let t = Tuple::of(p).dst(be_addr, be_port);
-    translated(ctx, p, &t, Stat::DnatEstablished, CT_FLAG_EXTERNAL, None)
+    counted(
+        ctx,
+        fe.svc_id,
+        translated(ctx, p, &t, Stat::DnatEstablished, CT_FLAG_EXTERNAL, None),
+    )
+}
+
+/// `o`, counted for frontend `svc_id` (`stats::service`) when the packet
+/// goes on translated: not when a hook leaves it untranslated to the
+/// next one (XDP to tc, which counts it then) or drops it.
+#[inline(always)]
+fn counted<C: Hook>(ctx: &C, svc_id: u32, o: Outcome) -> Outcome {
+    let delivered = match &o {
+        Outcome::Forward(s) => *s != Stat::Pass,
+        Outcome::Redirect { .. } | Outcome::ToStack(_) => true,
+        Outcome::Drop(_) | Outcome::NoBackend => false,
+    };
+    if delivered {
+        stats::service(svc_id, ctx.wire_len());
+    }
+    o
 }
 
 /// A packet's flow, as the schedulers see it: its client is its source

@@ -406,9 +406,20 @@ fn nodeport_to_a_local_pod_keeps_the_client_and_xdp_leaves_it_to_tc() {
     let (v, out) = dp.run_on(Hook::Xdp, &syn);
     assert_eq!(v, Verdict::Pass);
     assert_eq!(out, syn);
+    let np = FrontendKey {
+        addr: Ipv4Addr::UNSPECIFIED.into(),
+        port: 30081,
+        proto: Proto::Tcp,
+    };
+    assert_eq!(
+        dp.service_packets(&np),
+        0,
+        "counted where it was translated"
+    );
     // tc: translated (the entries XDP made) and redirected to the pod.
     let (v, out) = dp.run_on(Hook::Tc, &syn);
     assert_eq!(v, Verdict::Redirect);
+    assert_eq!(dp.service_packets(&np), 1, "counted once");
     assert_eq!(
         packet::src(&out),
         (CLIENT, 41000),

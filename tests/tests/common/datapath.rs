@@ -124,6 +124,12 @@ impl Datapath {
         self.maps.read().unwrap() == *self.rec.mirror()
     }
 
+    /// Packets the datapath counted for frontend `fk`.
+    pub fn service_packets(&self, fk: &FrontendKey) -> u64 {
+        let id = self.rec.mirror().services[&reconcile::service_key(fk, 0)].svc_id;
+        self.maps.service_counters(id).packets
+    }
+
     /// Least-conn's active flow counts, by backend address.
     pub fn active_flows(&self) -> std::collections::BTreeMap<std::net::IpAddr, u64> {
         self.rec
