@@ -235,7 +235,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     if let Some(addr) = opts.healthz_addr {
         crate::healthz::serve(addr, status.clone(), opts.health_timeout).await?;
     }
-    let mut memory = Memory::default();
+    let mut memory = Memory {
+        map_max: loader::max_entries(&opts.load),
+        ..Memory::default()
+    };
     let mut links =
         Attachments::new(&opts.load.pin_dir, selector, xdp_selector)?.with_xdp_mode(opts.xdp_mode);
     links.sync(&mut ebpf);
@@ -379,6 +382,8 @@ struct Memory {
     orphans: BTreeSet<NsName>,
     /// Endpoint addresses (see `sync`'s purge).
     endpoints: std::collections::HashSet<std::net::IpAddr>,
+    /// Each written map's most entries, by name (for the fill levels).
+    map_max: std::collections::BTreeMap<String, u32>,
 }
 
 /// One pass: what changed in the source -> store -> pipeline -> map writes.
@@ -391,7 +396,11 @@ fn sync(
     status: &Shared,
     memory: &mut Memory,
 ) {
-    let Memory { orphans, endpoints } = memory;
+    let Memory {
+        orphans,
+        endpoints,
+        map_max,
+    } = memory;
     let started = Instant::now();
     let problems = match source.refresh() {
         Ok(p) => p,
@@ -452,6 +461,14 @@ fn sync(
                 .observe(now.saturating_sub(at) as f64 / 1e3);
         }
         s.service_changes += dirty.len() as u64;
+        s.maps = pipeline
+            .map_entries()
+            .into_iter()
+            .map(|(name, n)| {
+                let max = map_max.get(&name).copied().unwrap_or(0);
+                (name, n, max)
+            })
+            .collect();
         s.source = from.to_string();
         s.source_failing = failing;
         s.ready = true;

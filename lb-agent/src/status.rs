@@ -41,6 +41,9 @@ pub struct Status {
     /// Services (with their EndpointSlices) changed, summed over passes.
     #[serde(default)]
     pub service_changes: u64,
+    /// The maps the agent writes: (name, entries held, most entries).
+    #[serde(default)]
+    pub maps: Vec<(String, usize, u32)>,
 }
 
 /// A Prometheus histogram's state: counts per bucket of

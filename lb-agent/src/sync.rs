@@ -77,6 +77,35 @@ impl Pipeline {
             .collect()
     }
 
+    /// Entries the maps the agent writes hold, by map name (as the
+    /// agent last wrote them).
+    pub fn map_entries(&self) -> Vec<(String, usize)> {
+        let m = self.rec.mirror();
+        let v6 = m
+            .services
+            .keys()
+            .filter(|k| matches!(k, crate::reconcile::SvcKey::V6(_)))
+            .count();
+        let be6 = m
+            .backends
+            .values()
+            .filter(|b| matches!(b, crate::reconcile::BackendEntry::V6(_)))
+            .count();
+        [
+            (lb_common::MAP_SERVICES, m.services.len() - v6),
+            (lb_common::MAP_SERVICES6, v6),
+            (lb_common::MAP_BACKENDS, m.backends.len() - be6),
+            (lb_common::MAP_BACKENDS6, be6),
+            (lb_common::MAP_SVC_INFO, m.info.len()),
+            (lb_common::MAP_SCHED, m.sched.len()),
+            (lb_common::MAP_MAGLEV, m.maglev.len()),
+            (lb_common::MAP_MEMBERS, m.members.len()),
+        ]
+        .into_iter()
+        .map(|(n, c)| (n.to_string(), c))
+        .collect()
+    }
+
     /// Frontends in the desired state.
     pub fn frontends(&self) -> usize {
         self.model.desired().frontends.len()

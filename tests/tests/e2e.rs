@@ -559,6 +559,10 @@ fn full_maps_name_what_is_left_out_and_recover() {
     assert!(value("kubeproxy_network_programming_duration_seconds_count") >= 1.0);
     assert!(value("kubeproxy_sync_proxy_rules_service_changes_total") >= 1.0);
     assert!(value("kubeproxy_sync_proxy_rules_last_timestamp_seconds") > 1.7e9);
+    // The services map's fill level: hostnames' master and 3 slots,
+    // svc-c's master and slot, of the 6 --services-max allows.
+    assert_eq!(value("ferrolb_map_entries{map=\"flb_svc_v1\"}"), 6.0);
+    assert_eq!(value("ferrolb_map_max_entries{map=\"flb_svc_v1\"}"), 6.0);
     assert_eq!(firewall::snapshot(None).unwrap(), fw_before);
 }
 

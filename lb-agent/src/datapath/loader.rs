@@ -235,6 +235,14 @@ pub fn check_pinned(opts: &LoadOptions) -> Result<()> {
     Ok(())
 }
 
+/// Each map's most entries under `opts`, by name.
+pub fn max_entries(opts: &LoadOptions) -> std::collections::BTreeMap<String, u32> {
+    layouts(opts)
+        .iter()
+        .map(|(name, _, _, max, _)| (name.to_string(), *max))
+        .collect()
+}
+
 pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     load_object(opts, EBPF_OBJECT)
 }
