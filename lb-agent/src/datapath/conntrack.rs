@@ -127,8 +127,8 @@ impl Conntrack {
     /// Deletes every flow whose backend is not in `present` or whose
     /// frontend id is not in `frontends`; returns how many entries went.
     pub fn purge(&mut self, present: &HashSet<IpAddr>, frontends: &HashSet<u32>) -> Result<usize> {
-        Ok(purge_map(&self.v4, MAP_CONNTRACK, present, frontends)?
-            + purge_map(&self.v6, MAP_CONNTRACK6, present, frontends)?)
+        Ok(purge_map(&mut self.v4, MAP_CONNTRACK, present, frontends)?
+            + purge_map(&mut self.v6, MAP_CONNTRACK6, present, frontends)?)
     }
 }
 
@@ -198,17 +198,17 @@ impl Flow {
 }
 
 fn purge_map<A>(
-    map: &HashMap<MapData, CtKeyOf<A>, CtValueOf<A>>,
+    map: &mut HashMap<MapData, CtKeyOf<A>, CtValueOf<A>>,
     name: &str,
     present: &HashSet<IpAddr>,
     frontends: &HashSet<u32>,
 ) -> Result<usize>
 where
-    A: MapAddr,
+    A: MapAddr + PartialEq,
     CtKeyOf<A>: aya::Pod,
     CtValueOf<A>: aya::Pod,
 {
-    let mut gone = Vec::new();
+    let (mut gone, mut forward) = (Vec::new(), Vec::new());
     // Batched reads: a full table is half a million entries, and one
     // lookup per entry would hold the sync loop for seconds.
     batch::for_each(fd(map), 4096, |k: &CtKeyOf<A>, v: &CtValueOf<A>| {
@@ -216,10 +216,31 @@ where
         // entries in the key (its source).
         let backend = if v.is_reverse() { k.saddr } else { v.addr };
         if !present.contains(&backend.ip()) || !frontends.contains(&v.svc_id) {
-            gone.push(*k);
+            if v.is_reverse() {
+                gone.push(*k);
+            } else {
+                forward.push((*k, *v));
+            }
         }
     })
     .with_context(|| format!("reading {name}"))?;
+    // A forward entry's key (client -> frontend) outlives its flow: a
+    // client reusing its port for a new connection while the walk runs
+    // gets a new entry under the same key, to a live backend, which a
+    // delete by key would take from it (its next segment would then be
+    // placed afresh, on another pod: a reset). So each is read again and
+    // deleted only if it is still the flow the walk saw. A reverse
+    // entry's key names the gone backend: no new flow takes it.
+    let mut n = 0;
+    for (k, v) in forward {
+        if map.get(&k, 0).is_ok_and(|now| now == v) {
+            match map.remove(&k) {
+                Ok(()) => n += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("deleting from {name}")),
+            }
+        }
+    }
     let mut rest = &gone[..];
     while !rest.is_empty() {
         let chunk = &rest[..rest.len().min(4096)];
@@ -230,7 +251,7 @@ where
             Err(s) => return Err(s.error).with_context(|| format!("deleting from {name}")),
         }
     }
-    Ok(gone.len())
+    Ok(n + gone.len())
 }
 
 /// Every endpoint address in `store`, in any condition.
