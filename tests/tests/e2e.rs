@@ -693,11 +693,11 @@ fn flows_to_a_pod_removed_from_the_slice_are_purged() {
     // A new connection on the old tuple goes to a serving pod.
     let n = tcp_from(c, tcp_port).expect("answered");
     assert_ne!(n, victim, "reused tuple followed the purged flow");
-    assert!(
+    // The purge's log line follows its deletions.
+    wait_until(Duration::from_secs(3), || {
         c.agent_log_text()
-            .contains("flows to removed backends purged"),
-        "{}",
-        c.agent_log_text()
-    );
+            .contains("flows to removed backends purged")
+    })
+    .unwrap_or_else(|_| panic!("{}", c.agent_log_text()));
     s.assert_no_firewall_rules();
 }
