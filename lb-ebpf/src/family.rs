@@ -2,17 +2,13 @@
 //! NAT, FIB) is written once, generic over the address type; what differs
 //! per family lives here: the maps of its layouts, where its header keeps
 //! addresses and hop count, and how its addresses enter a checksum.
-use aya_ebpf::{
-    bindings::bpf_fib_lookup,
-    maps::{HashMap, LruHashMap},
-};
-use lb_common::{
-    BackendOf, Config, CtKeyOf, CtValueOf, In6, NatValueOf, NodeAddrKey, ServiceKeyOf, ServiceValue,
-};
+use aya_ebpf::bindings::bpf_fib_lookup;
+use lb_common::{Config, In6, NodeAddrKey};
 
 use crate::checksum::delta32;
 use crate::maps::{
-    BACKENDS, BACKENDS6, CONNTRACK, CONNTRACK6, SERVICES, SERVICES6, SNAT, SNAT6, WORK4, WORK6,
+    BACKENDS, BACKENDS6, BackendsMap, CONNTRACK, CONNTRACK6, ConntrackMap, SERVICES, SERVICES6,
+    SNAT, SNAT6, ServicesMap, SnatMap, WORK4, WORK6,
 };
 use crate::work::Work;
 
@@ -32,10 +28,10 @@ pub trait Family: Copy + PartialEq + 'static {
     /// The fixed header's length.
     const HDR_LEN: usize;
 
-    fn services() -> &'static HashMap<ServiceKeyOf<Self>, ServiceValue>;
-    fn backends() -> &'static HashMap<u32, BackendOf<Self>>;
-    fn conntrack() -> &'static LruHashMap<CtKeyOf<Self>, CtValueOf<Self>>;
-    fn snat() -> &'static LruHashMap<CtKeyOf<Self>, NatValueOf<Self>>;
+    fn services() -> &'static ServicesMap<Self>;
+    fn backends() -> &'static BackendsMap<Self>;
+    fn conntrack() -> &'static ConntrackMap<Self>;
+    fn snat() -> &'static SnatMap<Self>;
     /// This CPU's work area (see `work`).
     fn work() -> Option<*mut Work<Self>>;
 
@@ -67,19 +63,19 @@ impl Family for u32 {
     const HDR_LEN: usize = 20;
 
     #[inline(always)]
-    fn services() -> &'static HashMap<ServiceKeyOf<Self>, ServiceValue> {
+    fn services() -> &'static ServicesMap<Self> {
         &SERVICES
     }
     #[inline(always)]
-    fn backends() -> &'static HashMap<u32, BackendOf<Self>> {
+    fn backends() -> &'static BackendsMap<Self> {
         &BACKENDS
     }
     #[inline(always)]
-    fn conntrack() -> &'static LruHashMap<CtKeyOf<Self>, CtValueOf<Self>> {
+    fn conntrack() -> &'static ConntrackMap<Self> {
         &CONNTRACK
     }
     #[inline(always)]
-    fn snat() -> &'static LruHashMap<CtKeyOf<Self>, NatValueOf<Self>> {
+    fn snat() -> &'static SnatMap<Self> {
         &SNAT
     }
     #[inline(always)]
@@ -121,19 +117,19 @@ impl Family for In6 {
     const HDR_LEN: usize = 40;
 
     #[inline(always)]
-    fn services() -> &'static HashMap<ServiceKeyOf<Self>, ServiceValue> {
+    fn services() -> &'static ServicesMap<Self> {
         &SERVICES6
     }
     #[inline(always)]
-    fn backends() -> &'static HashMap<u32, BackendOf<Self>> {
+    fn backends() -> &'static BackendsMap<Self> {
         &BACKENDS6
     }
     #[inline(always)]
-    fn conntrack() -> &'static LruHashMap<CtKeyOf<Self>, CtValueOf<Self>> {
+    fn conntrack() -> &'static ConntrackMap<Self> {
         &CONNTRACK6
     }
     #[inline(always)]
-    fn snat() -> &'static LruHashMap<CtKeyOf<Self>, NatValueOf<Self>> {
+    fn snat() -> &'static SnatMap<Self> {
         &SNAT6
     }
     #[inline(always)]

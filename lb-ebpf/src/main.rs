@@ -11,6 +11,7 @@
 mod affinity;
 mod atomic;
 mod bench;
+mod btf_map;
 mod checksum;
 mod clock;
 mod conntrack;

@@ -9,7 +9,6 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_socket_cookie, generated::bpf_get_netns_cookie},
     macros::{cgroup_sock, cgroup_sock_addr},
-    maps::LruHashMap,
     programs::{SockAddrContext, SockContext},
 };
 use lb_common::{
@@ -20,7 +19,7 @@ use lb_common::{
 use crate::{
     family::Family,
     lb, least_conn,
-    maps::{SOCK_REVNAT, SOCK_REVNAT6},
+    maps::{SOCK_REVNAT, SOCK_REVNAT6, SockRevnatMap},
     sched,
     stats::count,
 };
@@ -37,7 +36,7 @@ const DIR_REVERSE: u8 = 1;
 trait SockFamily: Family {
     type Key;
     type Value: Copy;
-    fn revnat() -> &'static LruHashMap<Self::Key, Self::Value>;
+    fn revnat() -> &'static SockRevnatMap<Self::Key, Self::Value>;
     fn key(cookie: u64, addr: Self, port: u16, dir: u8) -> Self::Key;
     fn value(addr: Self, port: u16) -> Self::Value;
     fn parts(v: &Self::Value) -> (Self, u16);
@@ -47,7 +46,7 @@ impl SockFamily for u32 {
     type Key = SockKey;
     type Value = SockValue;
     #[inline(always)]
-    fn revnat() -> &'static LruHashMap<SockKey, SockValue> {
+    fn revnat() -> &'static SockRevnatMap<SockKey, SockValue> {
         &SOCK_REVNAT
     }
     #[inline(always)]
@@ -78,7 +77,7 @@ impl SockFamily for In6 {
     type Key = SockKey6;
     type Value = SockValue6;
     #[inline(always)]
-    fn revnat() -> &'static LruHashMap<SockKey6, SockValue6> {
+    fn revnat() -> &'static SockRevnatMap<SockKey6, SockValue6> {
         &SOCK_REVNAT6
     }
     #[inline(always)]

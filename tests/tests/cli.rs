@@ -97,6 +97,28 @@ fn cli_reads_the_maps_as_tables_and_json_and_flushes_flows() {
     assert_eq!(entries[0]["protocol"], "tcp");
     assert_eq!(entries[1]["direction"], "reply");
 
+    // bpftool prints the pinned maps by field name (they carry BTF).
+    let svc = bpftool_dump(&c, lb_common::MAP_SERVICES);
+    let master = svc
+        .iter()
+        .find(|e| e["key"]["slot"] == 0)
+        .unwrap_or_else(|| panic!("no master entry: {svc:?}"));
+    let vip: std::net::Ipv4Addr = VIP.parse().unwrap();
+    assert_eq!(
+        master["key"]["addr"],
+        u32::from(vip).to_be() as u64,
+        "{master}"
+    );
+    assert_eq!(master["key"]["port"], 80u16.to_be() as u64, "{master}");
+    assert_eq!(master["value"]["count"], c.pods.len() as u64, "{master}");
+    let ct = bpftool_dump(&c, lb_common::MAP_CONNTRACK);
+    assert_eq!(ct.len(), 2, "{ct:?}");
+    assert!(
+        ct.iter()
+            .all(|e| e["key"].get("sport").is_some() && e["value"].get("flags").is_some()),
+        "{ct:?}"
+    );
+
     // services and stats, as JSON.
     let services: serde_json::Value =
         serde_json::from_str(&cli(&c, "services", &["-o", "json"])).unwrap();
@@ -273,4 +295,23 @@ fn logs_are_json_lines_on_request() {
         .unwrap_or_else(|| panic!("no ready line:\n{log}"));
     assert_eq!(ready["level"], "INFO");
     assert!(ready["fields"]["interfaces"].is_string(), "{ready}");
+}
+
+/// A pinned map's entries as bpftool prints them from its BTF: each
+/// entry's `formatted` key and value, by field name.
+fn bpftool_dump(c: &Cluster, map: &str) -> Vec<serde_json::Value> {
+    let pin = c.pin_path().join(map);
+    let out = sh(Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&pin))
+    .unwrap_or_else(|e| panic!("bpftool map dump pinned {}: {e}", pin.display()));
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    entries
+        .into_iter()
+        .map(|e| {
+            e.get("formatted")
+                .cloned()
+                .unwrap_or_else(|| panic!("{map}: no field names (no BTF?): {e}"))
+        })
+        .collect()
 }
