@@ -136,6 +136,8 @@ pub struct FrontendState {
     pub affinity_secs: Option<u32>,
     /// How new flows are spread over the backends.
     pub scheduler: crate::sched::Scheduler,
+    /// The backends are serving-but-terminating endpoints: none is ready.
+    pub terminating: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -431,13 +433,12 @@ fn service_frontends(
             backends_for(sp, only, &local6, pnr),
         ];
         let primary = primary_v6 as usize;
-        local_ready.extend(local[primary].iter().map(|b| b.addr));
+        local_ready.extend(local[primary].0.iter().map(|b| b.addr));
         let port_label = sp.name.clone().unwrap_or_else(|| sp.port.to_string());
         let name = format!("{key}:{port_label}");
         let state = |kind: FrontendKind, addr: &IpAddr| {
             let family = addr.is_ipv6() as usize;
-            let (all, local): (&Vec<BackendAddr>, &Vec<BackendAddr>) =
-                (&all[family], &local[family]);
+            let (all, local) = (&all[family], &local[family]);
             let (local_only, backends) = match kind {
                 FrontendKind::ClusterIp => (svc.itp_local, if svc.itp_local { local } else { all }),
                 _ => (svc.etp_local, if svc.etp_local { local } else { all }),
@@ -468,7 +469,8 @@ fn service_frontends(
             }
             FrontendState {
                 name: name.clone(),
-                backends: backends.clone(),
+                backends: backends.0.clone(),
+                terminating: backends.1,
                 kind,
                 flags,
                 source_ranges,
@@ -562,7 +564,7 @@ fn backends_for(
     only_port: bool,
     endpoints: &[EndpointView],
     publish_not_ready: bool,
-) -> Vec<BackendAddr> {
+) -> (Vec<BackendAddr>, bool) {
     let pick = |ep: &EndpointView| -> Option<BackendAddr> {
         target_port(sp, only_port, ep).map(|port| BackendAddr {
             addr: ep.addr,
@@ -576,17 +578,19 @@ fn backends_for(
         .filter_map(pick)
         .collect();
     if !ready.is_empty() {
-        return ready.into_iter().collect();
+        return (ready.into_iter().collect(), false);
     }
     // No ready endpoint: fall back to serving-but-terminating ones, so
     // connections drain gracefully instead of failing.
-    endpoints
+    let terminating: Vec<BackendAddr> = endpoints
         .iter()
         .filter(|e| e.serving && e.terminating)
         .filter_map(pick)
         .collect::<BTreeSet<_>>()
         .into_iter()
-        .collect()
+        .collect();
+    let any = !terminating.is_empty();
+    (terminating, any)
 }
 
 /// All endpoints of a Service: its EndpointSlices merged (deduplicated by

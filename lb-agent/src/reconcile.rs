@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
-    BACKEND_FLAG_LOCAL, BackendOf, MemberKey, SVC_FLAG_NONE, SVC_NAME_LEN, SchedValue,
-    ServiceKeyOf, ServiceValue, SvcInfo, ipv4_from_net, ipv4_to_net, ipv6_from_net, ipv6_to_net,
-    port_from_net, port_to_net,
+    BACKEND_FLAG_LOCAL, BackendOf, MemberKey, SLOT_FLAG_TERMINATING, SVC_FLAG_NONE, SVC_NAME_LEN,
+    SchedValue, ServiceKeyOf, ServiceValue, SvcInfo, ipv4_from_net, ipv4_to_net, ipv6_from_net,
+    ipv6_to_net, port_from_net, port_to_net,
 };
 
 use crate::model::{BackendAddr, Desired, FrontendKey, FrontendState, Proto};
@@ -460,10 +460,15 @@ impl Reconciler {
                     let slots_now = slots.clone();
                     for (i, id) in slots.into_iter().enumerate() {
                         let k = service_key(&fk, i as u16 + 1);
+                        let flags = if st.terminating {
+                            SLOT_FLAG_TERMINATING
+                        } else {
+                            SVC_FLAG_NONE
+                        };
                         let v = ServiceValue {
                             backend_id: id,
                             count: 0,
-                            flags: SVC_FLAG_NONE,
+                            flags,
                             svc_id,
                         };
                         // An orphan slot this frontend needs is kept

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 
 use lb_common::{
     HOP_CLOCK_SHIFT, SCHED_DEST_HASH, SCHED_LEAST_CONN, SCHED_MAGLEV, SCHED_RANDOM,
-    SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SVC_FLAG_LEAST_CONN, SVC_FLAG_SCHED, SchedValue,
-    port_from_net,
+    SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SLOT_FLAG_TERMINATING, SVC_FLAG_LEAST_CONN,
+    SVC_FLAG_SCHED, SchedValue, port_from_net,
 };
 
 use crate::reconcile::{MapState, frontend_of, info_name};
@@ -23,6 +23,10 @@ pub struct Row {
     /// table size).
     pub algorithm: String,
     pub backends: Vec<String>,
+    /// Each backend's state, in `backends`' order: "ready", or
+    /// "terminating" (serving while it terminates, programmed because no
+    /// endpoint of the Service is ready).
+    pub states: Vec<&'static str>,
     /// Least-conn frontends: each backend's active flows, as the datapath
     /// counts them (in `backends`' order); None for other algorithms,
     /// which count nothing.
@@ -50,15 +54,21 @@ pub fn rows(state: &MapState, active: &dyn Fn(u32) -> u64) -> Vec<Row> {
             .unwrap_or_else(|| format!("<id {}>", v.svc_id));
         let mut backends = Vec::new();
         let mut counts = Vec::new();
+        let mut states = Vec::new();
         for slot in 1..=v.count {
-            if let Some((id, b)) = state
+            if let Some((s, b)) = state
                 .services
                 .get(&k.with_slot(slot))
-                .and_then(|s| state.backends.get(&s.backend_id).map(|b| (s.backend_id, b)))
+                .and_then(|s| state.backends.get(&s.backend_id).map(|b| (s, b)))
             {
                 let port = port_from_net(b.rest().0);
                 backends.push(SocketAddr::new(b.addr(), port).to_string());
-                counts.push(active(id));
+                counts.push(active(s.backend_id));
+                states.push(if s.flags & SLOT_FLAG_TERMINATING != 0 {
+                    "terminating"
+                } else {
+                    "ready"
+                });
             }
         }
         let active = (v.flags & SVC_FLAG_LEAST_CONN != 0).then_some(counts);
@@ -75,6 +85,7 @@ pub fn rows(state: &MapState, active: &dyn Fn(u32) -> u64) -> Vec<Row> {
             affinity_secs: affinity,
             algorithm,
             backends,
+            states,
             active,
         };
         out.insert((name, frontend), row);
@@ -111,18 +122,24 @@ pub fn render(state: &MapState, active: &dyn Fn(u32) -> u64) -> String {
         "SERVICE", "FRONTEND", "ALGORITHM", "AFFINITY"
     );
     for r in rows {
+        // Each backend, marked when it is terminating, with its active
+        // flows under least-conn.
         let b = if r.backends.is_empty() {
             "<none: rejected>".to_string()
-        } else if let Some(active) = &r.active {
-            // Least-conn: each backend with its active flows.
-            r.backends
-                .iter()
-                .zip(active)
-                .map(|(b, n)| format!("{b}({n} active)"))
+        } else {
+            (0..r.backends.len())
+                .map(|i| {
+                    let mut b = r.backends[i].clone();
+                    if r.states[i] != "ready" {
+                        let _ = write!(b, "({})", r.states[i]);
+                    }
+                    if let Some(active) = &r.active {
+                        let _ = write!(b, "({} active)", active[i]);
+                    }
+                    b
+                })
                 .collect::<Vec<_>>()
                 .join(",")
-        } else {
-            r.backends.join(",")
         };
         let affinity = r
             .affinity_secs
@@ -137,8 +154,9 @@ pub fn render(state: &MapState, active: &dyn Fn(u32) -> u64) -> String {
 }
 
 /// The same as JSON: an array of `{service, frontend, algorithm,
-/// affinity_secs, backends, active_flows}` (`affinity_secs` null without
-/// session affinity; `active_flows`, in `backends`' order, null but for
+/// affinity_secs, backends, states, active_flows}` (`affinity_secs` null
+/// without session affinity; `states` in `backends`' order, "ready" or
+/// "terminating"; `active_flows`, in `backends`' order, null but for
 /// least-conn).
 pub fn json(state: &MapState, active: &dyn Fn(u32) -> u64) -> serde_json::Value {
     rows(state, active)
@@ -150,6 +168,7 @@ pub fn json(state: &MapState, active: &dyn Fn(u32) -> u64) -> serde_json::Value 
                 "algorithm": r.algorithm,
                 "affinity_secs": r.affinity_secs,
                 "backends": r.backends,
+                "states": r.states,
                 "active_flows": r.active,
             })
         })

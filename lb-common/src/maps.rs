@@ -244,6 +244,13 @@ pub struct SchedValue {
 /// Backend flags. The backend runs on this node.
 pub const BACKEND_FLAG_LOCAL: u8 = 1;
 
+/// Flags of a backend slot's value (the master's are `SVC_FLAG_*`): the
+/// slot's endpoint is serving but terminating, programmed because its
+/// Service has no ready endpoint. For the CLI: the datapath treats it as
+/// any slot. Kept off the backend entry, whose id would change with it
+/// (and a new id purges the old one's flows).
+pub const SLOT_FLAG_TERMINATING: u16 = 1;
+
 /// Conntrack value flags. Without [`CT_FLAG_REVERSE`] an entry is a
 /// forward one (client -> VIP: `addr:port` is the backend); with it, a
 /// reverse one (backend -> client: `addr:port` is the VIP). The two never

@@ -130,6 +130,7 @@ fn cli_reads_the_maps_as_tables_and_json_and_flushes_flows() {
             "algorithm": "random",
             "affinity_secs": null,
             "backends": c.pods.iter().map(|p| format!("{}:9376", p.ip)).collect::<Vec<_>>(),
+            "states": c.pods.iter().map(|_| "ready").collect::<Vec<_>>(),
             "active_flows": null,
         }])
     );
@@ -266,6 +267,71 @@ fn health(c: &Cluster) {
             );
         }
     }
+}
+
+/// `services` shows each backend's state: endpoints that serve while they
+/// terminate are programmed when none is ready (connections drain) and
+/// marked so; once a ready endpoint appears, only it is listed, ready.
+#[test]
+fn services_marks_terminating_backends() {
+    let mut c = Cluster::new(common::bins(), 2).expect("cluster");
+    // The manifest, with each pod's endpoint conditions.
+    let (head, pods) = (
+        manifest(&c)
+            .split("endpoints:\n")
+            .next()
+            .unwrap()
+            .to_string(),
+        c.pods.iter().map(|p| p.ip).collect::<Vec<_>>(),
+    );
+    let slice = |conds: [&str; 2]| -> String {
+        let eps: String = pods
+            .iter()
+            .zip(conds)
+            .map(|(ip, cond)| format!("- addresses: [\"{ip}\"]\n  conditions: {cond}\n"))
+            .collect();
+        format!("{head}endpoints:\n{eps}")
+    };
+    let terminating = "{ready: false, serving: true, terminating: true}";
+    let path = c.workdir.join("services.yaml");
+    std::fs::write(&path, slice([terminating, terminating])).unwrap();
+    c.start_agent(&path).expect("agent starts");
+    let json = |c: &Cluster| -> serde_json::Value {
+        serde_json::from_str(&cli(c, "services", &["-o", "json"])).unwrap()
+    };
+    let svc = json(&c);
+    assert_eq!(
+        svc[0]["states"],
+        serde_json::json!(["terminating", "terminating"]),
+        "{svc}"
+    );
+    let text = cli(&c, "services", &[]);
+    let first = format!("{}:9376(terminating)", c.pods[0].ip);
+    assert!(text.contains(&first), "{text}");
+    // They still serve new connections (nothing else does).
+    let addr: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let got = c
+        .client()
+        .ns
+        .run(move || {
+            ferrolb_tests::http::get_and_close(TcpStream::connect_timeout(
+                &addr,
+                Duration::from_secs(2),
+            )?)
+        })
+        .unwrap()
+        .expect("a terminating pod answers");
+    assert!(c.pods.iter().any(|p| got.contains(&p.name)), "{got}");
+
+    c.programmed(|| std::fs::write(&path, slice(["{ready: true}", terminating])).unwrap());
+    let svc = json(&c);
+    assert_eq!(
+        svc[0]["backends"],
+        serde_json::json!([format!("{}:9376", c.pods[0].ip)]),
+        "{svc}"
+    );
+    assert_eq!(svc[0]["states"], serde_json::json!(["ready"]), "{svc}");
+    assert!(!cli(&c, "services", &[]).contains("terminating"));
 }
 
 /// `--log-format json`: every log line is a JSON object (level, target,
