@@ -203,6 +203,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     };
     attach::load_programs(&mut ebpf, opts.cgroup.is_some())?;
+    if let Err(e) = crate::datapath::events::follow(&mut ebpf) {
+        warn!(error = %format!("{e:#}"), "datapath events not followed");
+    }
     let mut maps = ServiceMaps::from_ebpf(&mut ebpf)?;
     let mut ct = Conntrack::from_ebpf(&mut ebpf)?;
     let held = maps.read()?;

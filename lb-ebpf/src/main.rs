@@ -16,6 +16,7 @@ mod checksum;
 mod clock;
 mod conntrack;
 mod dsr;
+mod events;
 mod family;
 mod fib;
 mod flow;

@@ -2,6 +2,7 @@
 //! `name` literals must equal the `lb_common::MAP_*` constants (the agent
 //! looks maps up by those constants and fails loudly if one is missing).
 use crate::btf_map::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray};
+use crate::events::Event;
 use crate::parse::Packet;
 use crate::work::Work;
 use aya_ebpf::macros::{btf_map, map};
@@ -112,4 +113,13 @@ pub static WORK4: aya_ebpf::maps::PerCpuArray<Work<u32>> =
 
 #[map(name = "flb_work6")]
 pub static WORK6: aya_ebpf::maps::PerCpuArray<Work<In6>> =
+    aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
+
+// This CPU's datapath event being logged (see `events`), never pinned.
+#[map(name = "flb_event4")]
+pub static EVENT4: aya_ebpf::maps::PerCpuArray<Event<u32>> =
+    aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "flb_event6")]
+pub static EVENT6: aya_ebpf::maps::PerCpuArray<Event<In6>> =
     aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);

@@ -20,7 +20,7 @@ use lb_common::{
 };
 
 use crate::{
-    dsr,
+    dsr, events,
     family::Family,
     fib::{self, NextHop},
     flow::{self, Hook, Outcome},
@@ -186,7 +186,9 @@ fn dsr_in(ctx: &TcContext, outer_dst: u32, id: u16) -> (i32, Stat) {
 
 #[inline(always)]
 fn process(ctx: &TcContext, p: &Packet) -> (i32, Stat) {
-    act(flow::handle(ctx, p), || reject_no_backend(ctx, p))
+    let (verdict, stat) = act(flow::handle(ctx, p), || reject_no_backend(ctx, p));
+    events::outcome4(ctx, p, stat);
+    (verdict, stat)
 }
 
 /// The IPv6 programs, tail-called by the IPv4 hooks and by each other
@@ -250,9 +252,13 @@ pub fn flb_tc_tracked6(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn flb_tc_new6(ctx: TcContext) -> i32 {
     let (verdict, stat) = match work::staged6() {
-        Some((p, w)) => act(flow::open_flow(&ctx, p, &w.fe), || {
-            (SHOT, Stat::DropNoBackend)
-        }),
+        Some((p, w)) => {
+            let (verdict, stat) = act(flow::open_flow(&ctx, p, &w.fe), || {
+                (SHOT, Stat::DropNoBackend)
+            });
+            events::outcome6(&ctx, p, stat);
+            (verdict, stat)
+        }
         None => (OK, Stat::Pass),
     };
     count(stat);
@@ -263,11 +269,15 @@ pub fn flb_tc_new6(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn flb_tc_reject6(ctx: TcContext) -> i32 {
     let (verdict, stat) = match work::staged6() {
-        Some((p, _)) => answered(if p.proto == IPPROTO_TCP {
-            reject::tcp_rst6(&ctx, p)
-        } else {
-            reject::icmp6_port_unreachable(&ctx, p)
-        }),
+        Some((p, _)) => {
+            let (verdict, stat) = answered(if p.proto == IPPROTO_TCP {
+                reject::tcp_rst6(&ctx, p)
+            } else {
+                reject::icmp6_port_unreachable(&ctx, p)
+            });
+            events::outcome6(&ctx, p, stat);
+            (verdict, stat)
+        }
         None => (OK, Stat::Pass),
     };
     count(stat);

@@ -21,6 +21,7 @@ use aya_ebpf::{
 use lb_common::{Stat, V6_SLOT_INGRESS, V6_SLOTS};
 
 use crate::{
+    events,
     family::Family,
     flow::{self, Hook, Outcome},
     maps::{PKT6, WORK6},
@@ -46,7 +47,11 @@ impl Hook for XdpContext {
 #[xdp]
 pub fn flb_xdp(ctx: XdpContext) -> u32 {
     let (verdict, stat) = match parse::parse(&ctx) {
-        Ok(Parsed::Flow(p)) => act(flow::handle(&ctx, &p)),
+        Ok(Parsed::Flow(p)) => {
+            let (verdict, stat) = act(flow::handle(&ctx, &p));
+            events::outcome4(&ctx, &p, stat);
+            (verdict, stat)
+        }
         Ok(Parsed::Ipv6) => {
             // Returns only if the agent has not filled the slot.
             unsafe { V6_XDP.tail_call(&ctx, V6_SLOT_INGRESS) };
@@ -104,7 +109,11 @@ pub fn flb_xdp_tracked6(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn flb_xdp_new6(ctx: XdpContext) -> u32 {
     let (verdict, stat) = match work::staged6() {
-        Some((p, w)) => act(flow::open_flow(&ctx, p, &w.fe)),
+        Some((p, w)) => {
+            let (verdict, stat) = act(flow::open_flow(&ctx, p, &w.fe));
+            events::outcome6(&ctx, p, stat);
+            (verdict, stat)
+        }
         None => (XDP_PASS, Stat::Pass),
     };
     count(stat);

@@ -334,6 +334,67 @@ fn services_marks_terminating_backends() {
     assert!(!cli(&c, "services", &[]).contains("terminating"));
 }
 
+/// Datapath events reach the agent's log at debug level (target
+/// `ferrolb::datapath`): a connection refused for want of endpoints is
+/// logged with its flow and the counter that counted it; at the default
+/// level the programs emit nothing.
+#[test]
+fn datapath_events_reach_the_log_at_debug() {
+    let mut c = Cluster::new(common::bins(), 1).expect("cluster");
+    // hostnames without endpoints: refused (a TCP RST) at the node.
+    let path = c.workdir.join("services.yaml");
+    let manifest = manifest(&c);
+    std::fs::write(&path, manifest.split("---").next().unwrap()).unwrap();
+    let refused = |c: &Cluster| {
+        let addr: SocketAddr = format!("{VIP}:80").parse().unwrap();
+        let (err, local) = c
+            .client()
+            .ns
+            .run(move || {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                s.bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into())?;
+                let local = s.local_addr()?.as_socket().unwrap();
+                Ok::<_, std::io::Error>((
+                    s.connect_timeout(&addr.into(), Duration::from_secs(2)),
+                    local,
+                ))
+            })
+            .unwrap()
+            .unwrap();
+        let err = err.expect_err("no endpoints: refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        local
+    };
+    c.start_agent(&path).expect("agent starts");
+    refused(&c);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !c.agent_log_text().contains("ferrolb::datapath"),
+        "{}",
+        c.agent_log_text()
+    );
+    c.stop_agent(libc::SIGTERM);
+
+    c.agent_prefix = ["env", "RUST_LOG=info,ferrolb::datapath=debug"]
+        .map(String::from)
+        .to_vec();
+    c.start_agent(&path)
+        .expect("agent starts with datapath events");
+    let local = refused(&c);
+    let want = format!("{}:{} -> {VIP}:80", c.client().ip, local.port());
+    ferrolb_tests::cluster::wait_until(Duration::from_secs(5), || {
+        c.agent_log_text().lines().any(|l| l.contains(&want))
+    })
+    .unwrap_or_else(|_| panic!("no event for {want}:\n{}", c.agent_log_text()));
+    let log = c.agent_log_text();
+    let line = log.lines().find(|l| l.contains(&want)).unwrap();
+    assert!(line.contains("DEBUG ferrolb::datapath"), "{line}");
+    assert!(
+        line.contains("reject_no_backend") && line.contains("proto=6"),
+        "{line}"
+    );
+}
+
 /// `--log-format json`: every log line is a JSON object (level, target,
 /// message and fields), for log collectors.
 #[test]

@@ -253,8 +253,11 @@ pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf> {
     bpffs::prepare(&opts.pin_dir)?;
     check_pinned(opts)?;
     let mut loader = EbpfLoader::new();
+    let log_level = super::events::level();
     loader
         .default_map_pin_directory(&opts.pin_dir)
+        // Absent from builds without datapath events (`--datapath-object`).
+        .override_global(aya_log::LEVEL, &log_level, false)
         .map_max_entries(MAP_SERVICES, opts.services_max)
         .map_max_entries(MAP_BACKENDS, opts.backends_max)
         .map_max_entries(MAP_CONNTRACK, opts.conntrack_max)

@@ -5,6 +5,7 @@ pub mod attach;
 pub mod batch;
 pub mod bpffs;
 pub mod conntrack;
+pub mod events;
 pub mod external;
 pub mod ifaces;
 pub mod inventory;
