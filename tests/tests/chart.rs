@@ -31,6 +31,8 @@ lbMode: hybrid
 lbAlgorithm: maglev
 maglevTableSize: 65521
 healthzPort: 10257
+logLevel: info,ferrolb::datapath=debug
+logFormat: json
 ";
 
 fn render(helm: &Path, values: Option<&Path>) -> String {
@@ -112,6 +114,8 @@ fn the_chart_lints_renders_and_validates_with_default_and_custom_values() {
         "--nodeport-addresses=192.168.0.0/16",
         "--service-cidr=10.96.0.0/12,fd00:10::/108",
         "--healthz-addr=0.0.0.0:10257",
+        "value: \"info,ferrolb::datapath=debug\"",
+        "name: FERROLB_LOG_FORMAT\n              value: \"json\"",
     ] {
         assert!(custom.contains(want), "{want} missing:\n{custom}");
     }
