@@ -66,6 +66,8 @@ pub struct RunOptions {
     /// How long a change may wait to be programmed before /healthz says
     /// unhealthy.
     pub health_timeout: Duration,
+    /// How often the maps the datapath fills are counted for /metrics.
+    pub map_fill_interval: Duration,
     /// Programs from this object file instead of the built-in ones (another
     /// build of lb-ebpf with the same map layouts, e.g. to stage an upgrade).
     pub datapath_object: Option<PathBuf>,
@@ -189,6 +191,34 @@ const IFACE_RESCAN: Duration = Duration::from_secs(1);
 /// How often frontends that did not fit in the maps are tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
+/// Counts the maps the datapath fills for /metrics, every `every`: a
+/// walk per scrape would make every scrape pay for it.
+fn count_datapath_maps(status: &Shared, pin_dir: &std::path::Path, every: Duration) {
+    let (status, dir) = (status.clone(), pin_dir.to_path_buf());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let d = dir.clone();
+            let counted = tokio::task::spawn_blocking(move || {
+                crate::datapath::inventory::fills(&d, &crate::datapath::inventory::DATAPATH_FILLED)
+            })
+            .await;
+            match counted {
+                Ok(Ok(fills)) => status.update(|s| {
+                    s.datapath_maps = fills
+                        .into_iter()
+                        .map(|f| (f.name, f.entries.unwrap_or(0), f.max_entries))
+                        .collect();
+                }),
+                Ok(Err(e)) => warn!(error = %format!("{e:#}"), "counting the datapath's maps"),
+                // The runtime is shutting down.
+                Err(_) => return,
+            }
+        }
+    });
+}
+
 pub async fn run(opts: RunOptions) -> Result<()> {
     crate::caps::check()?;
     let selector = Selector::new(&opts.interfaces, &opts.exclude_interfaces)?;
@@ -234,6 +264,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     queued(&status);
     if let Some(addr) = opts.metrics_addr {
         crate::metrics::serve(addr, status.clone(), opts.load.pin_dir.clone()).await?;
+        count_datapath_maps(&status, &opts.load.pin_dir, opts.map_fill_interval);
     }
     if let Some(addr) = opts.healthz_addr {
         crate::healthz::serve(addr, status.clone(), opts.health_timeout).await?;

@@ -185,20 +185,21 @@ pub fn render(st: &Status, stats: &[u64]) -> String {
     ] {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     }
-    // Fill levels of the maps the agent writes (from what it wrote:
-    // no walk of the kernel's maps per scrape).
+    // Fill levels: of the maps the agent writes from what it wrote, of
+    // those the datapath fills as last counted (no walk per scrape).
     let _ = writeln!(
         o,
-        "# HELP ferrolb_map_entries Entries a map the agent writes holds.\n# TYPE ferrolb_map_entries gauge"
+        "# HELP ferrolb_map_entries Entries a map holds (maps the datapath fills: as last counted).\n# TYPE ferrolb_map_entries gauge"
     );
-    for (name, n, _) in &st.maps {
+    let maps = || st.maps.iter().chain(&st.datapath_maps);
+    for (name, n, _) in maps() {
         let _ = writeln!(o, "ferrolb_map_entries{{map=\"{name}\"}} {n}");
     }
     let _ = writeln!(
         o,
         "# HELP ferrolb_map_max_entries Most entries a map can hold.\n# TYPE ferrolb_map_max_entries gauge"
     );
-    for (name, _, max) in &st.maps {
+    for (name, _, max) in maps() {
         let _ = writeln!(o, "ferrolb_map_max_entries{{map=\"{name}\"}} {max}");
     }
     // kube-proxy's names, where the meaning is the same: a sync pass is

@@ -44,6 +44,10 @@ pub struct Status {
     /// The maps the agent writes: (name, entries held, most entries).
     #[serde(default)]
     pub maps: Vec<(String, usize, u32)>,
+    /// The maps the datapath fills, as last counted (every
+    /// `--map-fill-interval-secs`): (name, entries held, most entries).
+    #[serde(default)]
+    pub datapath_maps: Vec<(String, usize, u32)>,
 }
 
 /// A Prometheus histogram's state: counts per bucket of

@@ -44,7 +44,14 @@ fn conntrack(c: &Cluster, args: &[&str]) -> String {
 #[test]
 fn cli_reads_the_maps_as_tables_and_json_and_flushes_flows() {
     let mut c = Cluster::new(common::bins(), 2).expect("cluster");
-    c.agent_args = ["--health-timeout-secs", "1"].map(String::from).to_vec();
+    c.agent_args = [
+        "--health-timeout-secs",
+        "1",
+        "--map-fill-interval-secs",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
     let path = c.workdir.join("services.yaml");
     std::fs::write(&path, manifest(&c)).unwrap();
     c.start_agent(&path).expect("agent starts");
@@ -162,6 +169,22 @@ fn cli_reads_the_maps_as_tables_and_json_and_flushes_flows() {
     }
     let after = scrape();
     assert!(after >= before + 20, "{before} -> {after}");
+    // The maps the datapath fills, as last counted: the connection's two
+    // conntrack entries.
+    let ct = format!(
+        "ferrolb_map_entries{{map=\"{}\"}} 2",
+        lb_common::MAP_CONNTRACK
+    );
+    ferrolb_tests::cluster::wait_until(Duration::from_secs(5), || {
+        c.metrics().unwrap().lines().any(|l| l == ct)
+    })
+    .unwrap_or_else(|_| panic!("{ct} missing:\n{}", c.metrics().unwrap()));
+    let max = format!(
+        "ferrolb_map_max_entries{{map=\"{}\"}} {}",
+        lb_common::MAP_SNAT,
+        lb_common::DEFAULT_CONNTRACK_MAX
+    );
+    assert!(c.metrics().unwrap().lines().any(|l| l == max), "{max}");
     let text = cli(&c, "stats", &[]);
     assert!(
         text.lines().any(

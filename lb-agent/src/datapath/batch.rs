@@ -120,6 +120,50 @@ pub fn for_each<K: aya::Pod, V: aya::Pod>(
     }
 }
 
+/// How many entries a hash map holds, read `chunk` at a time into
+/// buffers of the map's key and value sizes (per-CPU maps' values are
+/// not supported: their batches carry a value per CPU). `Err` as for a
+/// batch: `unsupported()` when the kernel has no batch for this map.
+pub fn count(
+    map: BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+    chunk: usize,
+) -> Result<usize, Stopped> {
+    let mut keys = vec![0u8; key_size * chunk];
+    let mut values = vec![0u8; value_size * chunk];
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let (mut first, mut n) = (true, 0);
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &token_in as *const u64 as u64
+            },
+            out_batch: &mut token_out as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        match call(BPF_MAP_LOOKUP_BATCH, &mut attr, chunk) {
+            Ok(()) => n += chunk.min(attr.count as usize),
+            // The walk is over.
+            Err(s) if s.error.raw_os_error() == Some(libc::ENOENT) => return Ok(n + s.done),
+            Err(s) if n == 0 && first => return Err(s),
+            Err(s) => {
+                return Err(Stopped {
+                    done: n + s.done,
+                    error: s.error,
+                });
+            }
+        }
+        token_in = token_out;
+        first = false;
+    }
+}
+
 /// Writes `keys[i] -> values[i]` in order (flags `BPF_ANY`).
 pub fn update<K: aya::Pod, V: aya::Pod>(
     map: BorrowedFd<'_>,

@@ -24,8 +24,26 @@ pub struct MapFill {
 
 /// Every map of this build pinned under `dir`, with its fill level.
 pub fn maps(dir: &Path) -> Result<Vec<MapFill>> {
+    fills(dir, &ALL_MAPS)
+}
+
+/// The maps the datapath fills (the agent writes the others and knows
+/// their fill from what it wrote).
+pub const DATAPATH_FILLED: [&str; 8] = [
+    lb_common::MAP_CONNTRACK,
+    lb_common::MAP_CONNTRACK6,
+    lb_common::MAP_SNAT,
+    lb_common::MAP_SNAT6,
+    lb_common::MAP_SOCK_REVNAT,
+    lb_common::MAP_SOCK_REVNAT6,
+    lb_common::MAP_AFFINITY,
+    lb_common::MAP_LC_SOCK,
+];
+
+/// The maps named `names` pinned under `dir`, with their fill levels.
+pub fn fills(dir: &Path, names: &[&str]) -> Result<Vec<MapFill>> {
     let mut out = Vec::new();
-    for name in ALL_MAPS {
+    for name in names {
         let path = dir.join(name);
         if !path.exists() {
             continue;
@@ -44,7 +62,7 @@ pub fn maps(dir: &Path) -> Result<Vec<MapFill>> {
         );
         let entries = if hashed {
             Some(
-                count(&data, info.key_size())
+                count(&data, &kind, info.key_size(), info.value_size())
                     .with_context(|| format!("counting the entries of {}", path.display()))?,
             )
         } else {
@@ -60,9 +78,28 @@ pub fn maps(dir: &Path) -> Result<Vec<MapFill>> {
     Ok(out)
 }
 
-/// The entries of a hash map: its keys walked one after another (a
-/// read-only walk, as `bpftool map dump` does).
-fn count(map: &MapData, key_size: u32) -> Result<usize> {
+/// The entries of a hash map: read in batches where the kernel batches
+/// this map type (a syscall per 4096 entries), else key after key.
+fn count(map: &MapData, kind: &MapType, key_size: u32, value_size: u32) -> Result<usize> {
+    // A per-CPU map's batch carries a value per CPU: not sized for here.
+    if matches!(kind, MapType::PerCpuHash | MapType::LruPerCpuHash) {
+        return count_keys(map, key_size);
+    }
+    match super::batch::count(
+        map.fd().as_fd(),
+        key_size as usize,
+        value_size as usize,
+        4096,
+    ) {
+        Ok(n) => Ok(n),
+        Err(e) if e.unsupported() => count_keys(map, key_size),
+        Err(e) => Err(e.error.into()),
+    }
+}
+
+/// The same, one key after another (a read-only walk, as `bpftool map
+/// dump` does): for LPM tries, which have no batch operations.
+fn count_keys(map: &MapData, key_size: u32) -> Result<usize> {
     let fd = map.fd().as_fd().as_raw_fd();
     let mut cur: Option<Vec<u8>> = None;
     let mut next = vec![0u8; key_size as usize];
