@@ -681,8 +681,9 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         r.table(
             "1c. Conntrack purge",
             "What the agent does when backends go (`Conntrack::purge`): read every conntrack entry \
-             (batched lookups), delete those whose backend is gone (batched deletes). Here the map holds \
-             the bench's ageing flows, every one stale; one run.",
+             (batched lookups), delete those whose backend is gone: reverse entries in batched deletes, \
+             forward ones one by one, each read and deleted in one step (put back if a new flow took its \
+             key meanwhile). Here the map holds the bench's ageing flows, every one stale; one run.",
             &["entries deleted", "ms", "us per entry"],
             vec![vec![
                 entries.to_string(),

@@ -8,6 +8,7 @@
 //! removed from every EndpointSlice loses them at once.
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -228,17 +229,25 @@ where
     // client reusing its port for a new connection while the walk runs
     // gets a new entry under the same key, to a live backend, which a
     // delete by key would take from it (its next segment would then be
-    // placed afresh, on another pod: a reset). So each is read again and
-    // deleted only if it is still the flow the walk saw. A reverse
-    // entry's key names the gone backend: no new flow takes it.
+    // placed afresh, on another pod: a reset). So each is taken (read and
+    // deleted in one step) and put back unless it is still the flow the
+    // walk saw: one syscall for a stale entry, and no moment between a
+    // check and a delete. A reverse entry's key names the gone backend:
+    // no new flow takes it.
     let mut n = 0;
     for (k, v) in forward {
-        if map.get(&k, 0).is_ok_and(|now| now == v) {
-            match map.remove(&k) {
-                Ok(()) => n += 1,
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).with_context(|| format!("deleting from {name}")),
-            }
+        match take::<_, CtValueOf<A>>(fd(map), &k) {
+            Ok(Some(now)) if now == v => n += 1,
+            // A new flow under the old key: back, unless the datapath
+            // has already made it anew.
+            Ok(Some(now)) => match map.insert(k, now, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e).with_context(|| format!("restoring a flow in {name}")),
+            },
+            Ok(None) => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting from {name}")),
         }
     }
     let mut rest = &gone[..];
@@ -252,6 +261,52 @@ where
         }
     }
     Ok(n + gone.len())
+}
+
+/// `BPF_NOEXIST`: an update that only creates.
+const BPF_NOEXIST: u64 = 1;
+
+/// Deletes `key`'s entry and returns what it held (None: no entry),
+/// atomically (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`, hash maps since Linux
+/// 5.14; aya 0.14 has it for queues and stacks only).
+fn take<K: aya::Pod, V: aya::Pod>(map: BorrowedFd<'_>, key: &K) -> std::io::Result<Option<V>> {
+    // The `map_elem` member of `union bpf_attr`.
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    let attr = Attr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key as *const K as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: the key and value buffers outlive the call and have the
+    // map's key and value sizes (its Pod types).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            &attr as *const Attr,
+            std::mem::size_of::<Attr>() as u32,
+        )
+    };
+    if rc == 0 {
+        // SAFETY: the kernel wrote a whole value; Pod types take any bytes.
+        return Ok(Some(unsafe { value.assume_init() }));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOENT) {
+        return Ok(None);
+    }
+    Err(e)
 }
 
 /// Every endpoint address in `store`, in any condition.
