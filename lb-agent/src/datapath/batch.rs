@@ -8,6 +8,10 @@
 //! that fails, reporting how many it applied: a batch leaves the maps in
 //! exactly the states the same writes one by one would, and a failure
 //! names its element.
+//!
+//! `sys_bpf` is the raw syscall, shared with the single-element commands
+//! aya 0.14 does not wrap either (conntrack's lookup-and-delete, the key
+//! walk of LPM tries).
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -51,27 +55,82 @@ impl Stopped {
     }
 }
 
+/// The `bpf(2)` syscall with `attr` (a member of `union bpf_attr`; the
+/// kernel zero-extends it to its own size).
+///
+/// # Safety
+/// Every pointer `attr` holds must point at buffers of the sizes `cmd`
+/// reads and writes, alive for the call.
+pub(crate) unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
+    // SAFETY: upheld by the caller.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Runs `cmd` on `len` elements; `Err` carries how many were done.
 fn call(cmd: libc::c_long, attr: &mut BatchAttr, len: usize) -> Result<(), Stopped> {
     attr.count = u32::try_from(len).expect("batch length fits u32");
     // SAFETY: `attr` points at buffers for `len` keys (and values) that
     // outlive the call; the kernel writes `attr.count` and the out token.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let error = io::Error::last_os_error();
-    Err(Stopped {
+    unsafe { sys_bpf(cmd, attr) }.map_err(|error| Stopped {
         done: (attr.count as usize).min(len),
         error,
     })
+}
+
+/// Reads a hash map `chunk` entries per syscall into `keys` and `values`
+/// (room for `chunk` of each), calling `got(n)` after each with how many
+/// it holds. `Err` as for a batch (`unsupported()` on the first call when
+/// the kernel has none for this map).
+///
+/// # Safety
+/// `keys` and `values` must hold `chunk` of the map's keys and values.
+unsafe fn walk(
+    map: BorrowedFd<'_>,
+    keys: *mut u8,
+    values: *mut u8,
+    chunk: usize,
+    mut got: impl FnMut(usize),
+) -> Result<(), Stopped> {
+    // Hash maps resume at a bucket index; 8 bytes is room for any token.
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &token_in as *const u64 as u64
+            },
+            out_batch: &mut token_out as *mut u64 as u64,
+            keys: keys as u64,
+            values: values as u64,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        match call(BPF_MAP_LOOKUP_BATCH, &mut attr, chunk) {
+            Ok(()) => got(chunk.min(attr.count as usize)),
+            // The walk is over.
+            Err(s) if s.error.raw_os_error() == Some(libc::ENOENT) => {
+                got(s.done);
+                return Ok(());
+            }
+            Err(s) => return Err(s),
+        }
+        token_in = token_out;
+        first = false;
+    }
 }
 
 /// Calls `each` on every entry of a hash map, `chunk` entries per
@@ -85,39 +144,17 @@ pub fn for_each<K: aya::Pod, V: aya::Pod>(
     // SAFETY: Pod types are plain data, valid when zeroed.
     let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; chunk];
     let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; chunk];
-    // Hash maps resume at a bucket index; 8 bytes is room for any token.
-    let (mut token_in, mut token_out) = (0u64, 0u64);
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &token_in as *const u64 as u64
-            },
-            out_batch: &mut token_out as *mut u64 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            map_fd: map.as_raw_fd() as u32,
-            ..Default::default()
-        };
-        let r = call(BPF_MAP_LOOKUP_BATCH, &mut attr, chunk);
-        let got = match &r {
-            Ok(()) => chunk.min(attr.count as usize),
-            Err(s) => s.done,
-        };
-        for i in 0..got {
-            each(&keys[i], &values[i]);
-        }
-        match r {
-            Ok(()) => {}
-            // The walk is over.
-            Err(s) if s.error.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            Err(s) => return Err(s.error),
-        }
-        token_in = token_out;
-        first = false;
+    let (k, v) = (keys.as_mut_ptr(), values.as_mut_ptr());
+    // SAFETY: room for `chunk` keys and values; each chunk is read
+    // between two syscalls, the first `n` entries the kernel wrote.
+    unsafe {
+        walk(map, k.cast(), v.cast(), chunk, |n| {
+            for i in 0..n {
+                each(&*k.add(i), &*v.add(i));
+            }
+        })
     }
+    .map_err(|s| s.error)
 }
 
 /// How many entries a hash map holds, read `chunk` at a time into
@@ -132,36 +169,14 @@ pub fn count(
 ) -> Result<usize, Stopped> {
     let mut keys = vec![0u8; key_size * chunk];
     let mut values = vec![0u8; value_size * chunk];
-    let (mut token_in, mut token_out) = (0u64, 0u64);
-    let (mut first, mut n) = (true, 0);
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &token_in as *const u64 as u64
-            },
-            out_batch: &mut token_out as *mut u64 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            map_fd: map.as_raw_fd() as u32,
-            ..Default::default()
-        };
-        match call(BPF_MAP_LOOKUP_BATCH, &mut attr, chunk) {
-            Ok(()) => n += chunk.min(attr.count as usize),
-            // The walk is over.
-            Err(s) if s.error.raw_os_error() == Some(libc::ENOENT) => return Ok(n + s.done),
-            Err(s) if n == 0 && first => return Err(s),
-            Err(s) => {
-                return Err(Stopped {
-                    done: n + s.done,
-                    error: s.error,
-                });
-            }
-        }
-        token_in = token_out;
-        first = false;
-    }
+    let mut n = 0;
+    // SAFETY: room for `chunk` keys and values of these sizes.
+    unsafe {
+        walk(map, keys.as_mut_ptr(), values.as_mut_ptr(), chunk, |got| {
+            n += got
+        })
+    }?;
+    Ok(n)
 }
 
 /// Writes `keys[i] -> values[i]` in order (flags `BPF_ANY`).

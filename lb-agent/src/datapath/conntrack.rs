@@ -281,7 +281,7 @@ fn take<K: aya::Pod, V: aya::Pod>(map: BorrowedFd<'_>, key: &K) -> std::io::Resu
     }
     const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
     let mut value = std::mem::MaybeUninit::<V>::zeroed();
-    let attr = Attr {
+    let mut attr = Attr {
         map_fd: map.as_raw_fd() as u32,
         _pad: 0,
         key: key as *const K as u64,
@@ -290,23 +290,12 @@ fn take<K: aya::Pod, V: aya::Pod>(map: BorrowedFd<'_>, key: &K) -> std::io::Resu
     };
     // SAFETY: the key and value buffers outlive the call and have the
     // map's key and value sizes (its Pod types).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-            &attr as *const Attr,
-            std::mem::size_of::<Attr>() as u32,
-        )
-    };
-    if rc == 0 {
+    match unsafe { batch::sys_bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) } {
         // SAFETY: the kernel wrote a whole value; Pod types take any bytes.
-        return Ok(Some(unsafe { value.assume_init() }));
+        Ok(()) => Ok(Some(unsafe { value.assume_init() })),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::ENOENT) {
-        return Ok(None);
-    }
-    Err(e)
 }
 
 /// Every endpoint address in `store`, in any condition.

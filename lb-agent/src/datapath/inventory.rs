@@ -113,7 +113,7 @@ fn count_keys(map: &MapData, key_size: u32) -> Result<usize> {
             key: u64,
             next_key: u64,
         }
-        let attr = Attr {
+        let mut attr = Attr {
             map_fd: fd as u32,
             _pad: 0,
             key: cur.as_ref().map_or(0, |k| k.as_ptr() as u64),
@@ -121,20 +121,10 @@ fn count_keys(map: &MapData, key_size: u32) -> Result<usize> {
         };
         const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
         // SAFETY: the buffers outlive the call and hold key_size bytes.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_GET_NEXT_KEY,
-                &attr as *const Attr,
-                std::mem::size_of::<Attr>() as u32,
-            )
-        };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENOENT) {
-                return Ok(n);
-            }
-            return Err(e.into());
+        match unsafe { super::batch::sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(n),
+            Err(e) => return Err(e.into()),
         }
         n += 1;
         cur = Some(next.clone());
