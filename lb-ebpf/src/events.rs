@@ -61,12 +61,14 @@ fn eventful(stat: Stat) -> bool {
 /// An IPv4 packet's outcome. The message starts with `outcome=<counter
 /// number>`: the agent names it (`lb_common::STAT_NAMES`), which costs
 /// the datapath no string.
+/// Takes and returns a program's (verdict, outcome).
 #[inline(always)]
-pub fn outcome4<C: EbpfContext>(ctx: &C, p: &Packet<u32>, stat: Stat) {
-    if eventful(stat) {
-        record(&EVENT4, p, stat);
+pub fn outcome4<C: EbpfContext, V>(ctx: &C, p: &Packet<u32>, r: (V, Stat)) -> (V, Stat) {
+    if eventful(r.1) {
+        record(&EVENT4, p, r.1);
         packet4(ctx);
     }
+    r
 }
 
 // BPF subprograms: the logging code is not inlined into every path.
@@ -88,11 +90,12 @@ fn packet4<C: EbpfContext>(ctx: &C) {
 
 /// The same for IPv6.
 #[inline(always)]
-pub fn outcome6<C: EbpfContext>(ctx: &C, p: &Packet<In6>, stat: Stat) {
-    if eventful(stat) {
-        record(&EVENT6, p, stat);
+pub fn outcome6<C: EbpfContext, V>(ctx: &C, p: &Packet<In6>, r: (V, Stat)) -> (V, Stat) {
+    if eventful(r.1) {
+        record(&EVENT6, p, r.1);
         packet6(ctx);
     }
+    r
 }
 
 #[inline(never)]

@@ -186,9 +186,11 @@ fn dsr_in(ctx: &TcContext, outer_dst: u32, id: u16) -> (i32, Stat) {
 
 #[inline(always)]
 fn process(ctx: &TcContext, p: &Packet) -> (i32, Stat) {
-    let (verdict, stat) = act(flow::handle(ctx, p), || reject_no_backend(ctx, p));
-    events::outcome4(ctx, p, stat);
-    (verdict, stat)
+    events::outcome4(
+        ctx,
+        p,
+        act(flow::handle(ctx, p), || reject_no_backend(ctx, p)),
+    )
 }
 
 /// The IPv6 programs, tail-called by the IPv4 hooks and by each other
@@ -252,13 +254,13 @@ pub fn flb_tc_tracked6(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn flb_tc_new6(ctx: TcContext) -> i32 {
     let (verdict, stat) = match work::staged6() {
-        Some((p, w)) => {
-            let (verdict, stat) = act(flow::open_flow(&ctx, p, &w.fe), || {
+        Some((p, w)) => events::outcome6(
+            &ctx,
+            p,
+            act(flow::open_flow(&ctx, p, &w.fe), || {
                 (SHOT, Stat::DropNoBackend)
-            });
-            events::outcome6(&ctx, p, stat);
-            (verdict, stat)
-        }
+            }),
+        ),
         None => (OK, Stat::Pass),
     };
     count(stat);
@@ -270,13 +272,12 @@ pub fn flb_tc_new6(ctx: TcContext) -> i32 {
 pub fn flb_tc_reject6(ctx: TcContext) -> i32 {
     let (verdict, stat) = match work::staged6() {
         Some((p, _)) => {
-            let (verdict, stat) = answered(if p.proto == IPPROTO_TCP {
+            let answer = if p.proto == IPPROTO_TCP {
                 reject::tcp_rst6(&ctx, p)
             } else {
                 reject::icmp6_port_unreachable(&ctx, p)
-            });
-            events::outcome6(&ctx, p, stat);
-            (verdict, stat)
+            };
+            events::outcome6(&ctx, p, answered(answer))
         }
         None => (OK, Stat::Pass),
     };

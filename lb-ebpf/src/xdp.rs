@@ -47,11 +47,7 @@ impl Hook for XdpContext {
 #[xdp]
 pub fn flb_xdp(ctx: XdpContext) -> u32 {
     let (verdict, stat) = match parse::parse(&ctx) {
-        Ok(Parsed::Flow(p)) => {
-            let (verdict, stat) = act(flow::handle(&ctx, &p));
-            events::outcome4(&ctx, &p, stat);
-            (verdict, stat)
-        }
+        Ok(Parsed::Flow(p)) => events::outcome4(&ctx, &p, act(flow::handle(&ctx, &p))),
         Ok(Parsed::Ipv6) => {
             // Returns only if the agent has not filled the slot.
             unsafe { V6_XDP.tail_call(&ctx, V6_SLOT_INGRESS) };
@@ -109,11 +105,7 @@ pub fn flb_xdp_tracked6(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn flb_xdp_new6(ctx: XdpContext) -> u32 {
     let (verdict, stat) = match work::staged6() {
-        Some((p, w)) => {
-            let (verdict, stat) = act(flow::open_flow(&ctx, p, &w.fe));
-            events::outcome6(&ctx, p, stat);
-            (verdict, stat)
-        }
+        Some((p, w)) => events::outcome6(&ctx, p, act(flow::open_flow(&ctx, p, &w.fe))),
         None => (XDP_PASS, Stat::Pass),
     };
     count(stat);
