@@ -99,6 +99,23 @@ pub(crate) struct Harness<'a, P> {
 }
 
 impl<P: Runnable> Harness<'_, P> {
+    /// What our program adds to each frame, warm: its ns minus the mean
+    /// of the pass program's run just before and just after.
+    pub fn added_ns<const N: usize>(
+        &mut self,
+        (prog, pass): (&ProgramFd, &ProgramFd),
+        frames: &[(Vec<u8>, bool); N],
+    ) -> Result<[f64; N]> {
+        let mut added = [0.0; N];
+        for (a, (frame, fresh)) in added.iter_mut().zip(frames) {
+            let b0 = self.warm_ns(pass, frame, *fresh)?;
+            let v = self.warm_ns(prog, frame, *fresh)?;
+            let b1 = self.warm_ns(pass, frame, *fresh)?;
+            *a = v - (b0 + b1) / 2.0;
+        }
+        Ok(added)
+    }
+
     /// ns per packet of `target` on `frame` in the kernel's loop (the
     /// median of `loops` loops), each run a new flow when `fresh`.
     pub fn warm_ns(&mut self, target: &ProgramFd, frame: &[u8], fresh: bool) -> Result<f64> {
@@ -398,9 +415,31 @@ pub(crate) struct Loaded {
     pub next: Vec<ProgramArray<MapData>>,
     pub maps: ServiceMaps,
     pub conntrack: Conntrack,
+    /// The bpffs the pins live in, when this owns it: dropped last.
+    _fs: Option<Bpffs>,
 }
 
 impl Loaded {
+    /// A small datapath (1,024 Services and backends, the agent's default
+    /// conntrack size) in a bpffs of its own, holding `desired`.
+    pub fn programmed(tag: &str, desired: &lb_agent::model::Desired) -> Result<Self> {
+        let fs = Bpffs::new(tag)?;
+        let mut l = Loaded::new(&loader::LoadOptions {
+            pin_dir: fs.dir.join("ferrolb"),
+            services_max: 1024,
+            backends_max: 1024,
+            conntrack_max: lb_common::DEFAULT_CONNTRACK_MAX,
+            sock_max: 1024,
+            frontends_max: 64,
+        })?;
+        let mut rec = reconcile::Reconciler::new(l.maps.read()?);
+        let ops = rec.plan_all(desired);
+        let errs = l.maps.apply(&ops, rec.mirror_mut());
+        anyhow::ensure!(errs.is_empty(), "programming: {:?}", errs.first());
+        l._fs = Some(fs);
+        Ok(l)
+    }
+
     pub fn new(opts: &loader::LoadOptions) -> Result<Self> {
         let mut ebpf = loader::load(opts)?;
         attach::load_programs(&mut ebpf, false)?;
@@ -425,6 +464,7 @@ impl Loaded {
             next,
             maps,
             conntrack,
+            _fs: None,
         })
     }
 

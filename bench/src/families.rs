@@ -6,14 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
 use aya::programs::{Program, ProgramFd};
-use ferrolb_tests::bpffs::Bpffs;
 use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_SYN};
 use ferrolb_tests::packet6::{Frame6, addrs6};
-use lb_agent::{
-    datapath::loader,
-    model::{BackendAddr, FrontendKey, FrontendState, Proto},
-    reconcile,
-};
+use lb_agent::model::{BackendAddr, FrontendKey, FrontendState, Proto};
 
 use crate::datapath::{
     HOOKS, Harness, Loaded, Pinned, Runnable, TC_ACT_OK, XDP_PASS, program, run_once,
@@ -141,34 +136,14 @@ fn measure<F: Family, P: Runnable>(
         (F::est(sport), false),
         (F::reply(&first, sport), false),
     ];
-    let mut added = [0.0; 4];
-    for (i, (frame, fresh)) in frames.iter().enumerate() {
-        let b0 = harness.warm_ns(pass_fd, frame, *fresh)?;
-        let v = harness.warm_ns(prog_fd, frame, *fresh)?;
-        let b1 = harness.warm_ns(pass_fd, frame, *fresh)?;
-        added[i] = v - (b0 + b1) / 2.0;
-    }
-    Ok(added)
+    harness.added_ns((prog_fd, pass_fd), &frames)
 }
 
 pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     let _pinned = Pinned::to_current_cpu()?;
     let reps = if o.quick { 3 } else { 9 };
     let (repeat, loops) = (1000u32, if o.quick { 5 } else { 11 });
-    let fs = Bpffs::new("bench-fam")?;
-    let opts = loader::LoadOptions {
-        pin_dir: fs.dir.join("ferrolb"),
-        services_max: 1024,
-        backends_max: 1024,
-        conntrack_max: lb_common::DEFAULT_CONNTRACK_MAX,
-        sock_max: 1024,
-        frontends_max: 64,
-    };
-    let mut l = Loaded::new(&opts)?;
-    let mut rec = reconcile::Reconciler::new(l.maps.read()?);
-    let ops = rec.plan_all(&desired());
-    let errs = l.maps.apply(&ops, rec.mirror_mut());
-    anyhow::ensure!(errs.is_empty(), "programming: {:?}", errs.first());
+    let mut l = Loaded::programmed("bench-fam", &desired())?;
     // Per hook, per family, per case: the repetitions' figures.
     let mut got: [[[Vec<f64>; 4]; 2]; 2] = Default::default();
     let mut sport = 30000u16;

@@ -8,13 +8,8 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use aya::programs::{Program, ProgramFd};
-use ferrolb_tests::bpffs::Bpffs;
 use ferrolb_tests::packet::{self, Frame, TCP_ACK, TCP_SYN};
-use lb_agent::{
-    datapath::loader,
-    model::{Desired, FrontendKey, Proto},
-    reconcile,
-};
+use lb_agent::model::{Desired, FrontendKey, Proto};
 
 use crate::datapath::{
     HOOKS, Harness, Loaded, Pinned, Runnable, TC_ACT_OK, WARM_CLIENTS, XDP_PASS, program, run_once,
@@ -96,33 +91,14 @@ fn measure<P: Runnable>(
             false,
         ),
     ];
-    let mut added = [0.0; 4];
-    for (i, (f, fresh)) in frames.iter().enumerate() {
-        let b0 = harness.warm_ns(pass_fd, f, *fresh)?;
-        let v = harness.warm_ns(prog_fd, f, *fresh)?;
-        let b1 = harness.warm_ns(pass_fd, f, *fresh)?;
-        added[i] = v - (b0 + b1) / 2.0;
-    }
-    Ok(added)
+    harness.added_ns((prog_fd, pass_fd), &frames)
 }
 
 pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     let _pinned = Pinned::to_current_cpu()?;
     let reps = if o.quick { 3 } else { 9 };
     let (repeat, loops) = (1000u32, if o.quick { 5 } else { 11 });
-    let fs = Bpffs::new("bench-proto")?;
-    let mut l = Loaded::new(&loader::LoadOptions {
-        pin_dir: fs.dir.join("ferrolb"),
-        services_max: 1024,
-        backends_max: 1024,
-        conntrack_max: lb_common::DEFAULT_CONNTRACK_MAX,
-        sock_max: 1024,
-        frontends_max: 64,
-    })?;
-    let mut rec = reconcile::Reconciler::new(l.maps.read()?);
-    let ops = rec.plan_all(&desired());
-    let errs = l.maps.apply(&ops, rec.mirror_mut());
-    anyhow::ensure!(errs.is_empty(), "programming: {:?}", errs.first());
+    let mut l = Loaded::programmed("bench-proto", &desired())?;
     // Per hook, per protocol, per case: the repetitions' figures.
     let mut got = vec![vec![[const { Vec::new() }; 4]; KINDS.len()]; HOOKS.len()];
     let mut sport = 30000u16;

@@ -7,13 +7,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 use aya::programs::Program;
-use ferrolb_tests::bpffs::Bpffs;
 use ferrolb_tests::packet::{Frame, TCP_SYN};
 use lb_agent::{
-    datapath::loader,
     maglev,
     model::{Desired, FrontendKey},
-    reconcile,
     sched::Scheduler,
 };
 use lb_common::{
@@ -76,19 +73,7 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     let _pinned = Pinned::to_current_cpu()?;
     let reps = if o.quick { 3 } else { 9 };
     let loops = if o.quick { 5 } else { 11 };
-    let fs = Bpffs::new("bench-sched")?;
-    let mut l = Loaded::new(&loader::LoadOptions {
-        pin_dir: fs.dir.join("ferrolb"),
-        services_max: 1024,
-        backends_max: 1024,
-        conntrack_max: lb_common::DEFAULT_CONNTRACK_MAX,
-        sock_max: 1024,
-        frontends_max: 64,
-    })?;
-    let mut rec = reconcile::Reconciler::new(l.maps.read()?);
-    let ops = rec.plan_all(&desired());
-    let errs = l.maps.apply(&ops, rec.mirror_mut());
-    anyhow::ensure!(errs.is_empty(), "programming: {:?}", errs.first());
+    let mut l = Loaded::programmed("bench-sched", &desired())?;
     let (_, prog_name, pass_name, harness_name, _) = HOOKS[0];
     let mut added: Vec<Vec<f64>> = vec![Vec::new(); CASES.len()];
     for _ in 0..reps {
@@ -115,10 +100,8 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
                 forward: TC_ACT_OK,
                 ctx: None,
             };
-            let b0 = h.warm_ns(pass_fd, &frame, true)?;
-            let v = h.warm_ns(prog_fd, &frame, true)?;
-            let b1 = h.warm_ns(pass_fd, &frame, true)?;
-            added[i].push(v - (b0 + b1) / 2.0);
+            let [a] = h.added_ns((prog_fd, pass_fd), &[(frame, true)])?;
+            added[i].push(a);
         }
     }
     let random = spread(&added[0]).median;

@@ -22,6 +22,22 @@ pub fn get_path_and_close(mut s: TcpStream, path: &str) -> std::io::Result<Strin
         .to_string())
 }
 
+/// Connects to `addr` and POSTs `len` bytes, asking the server to close;
+/// returns the whole response. Each read and write gives up after 15 s:
+/// an upload that stalls (path MTU discovery broken) fails, not hangs.
+pub fn upload(addr: std::net::SocketAddr, len: usize) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(15)))?;
+    s.set_write_timeout(Some(std::time::Duration::from_secs(15)))?;
+    let head =
+        format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(&vec![0x5a; len])?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    Ok(resp)
+}
+
 /// One kept-alive connection.
 pub struct Conn {
     w: TcpStream,

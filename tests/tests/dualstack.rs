@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
@@ -322,20 +321,7 @@ fn path_mtu_discovery_through_an_ipv6_vip() {
     let answer = c
         .client()
         .ns
-        .run(move || -> std::io::Result<String> {
-            let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-            // Without the translated error the upload stalls: fail, don't hang.
-            s.set_read_timeout(Some(Duration::from_secs(15)))?;
-            s.set_write_timeout(Some(Duration::from_secs(15)))?;
-            let head = format!(
-                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {UPLOAD}\r\nConnection: close\r\n\r\n"
-            );
-            s.write_all(head.as_bytes())?;
-            s.write_all(&vec![0x5a; UPLOAD])?;
-            let mut resp = String::new();
-            s.read_to_string(&mut resp)?;
-            Ok(resp)
-        })
+        .run(move || ferrolb_tests::http::upload(addr, UPLOAD))
         .unwrap()
         .expect("large upload through the IPv6 VIP completes");
     assert!(

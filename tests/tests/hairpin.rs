@@ -60,6 +60,25 @@ fn both(
         .unwrap()
 }
 
+/// Pod `i` reached itself through `vip` over TCP and UDP: TCP seen from
+/// the `hairpin` address, the UDP reply from the VIP.
+fn assert_hairpinned(c: &Cluster, i: usize, vip: &str, hairpin: &str, how: &str) {
+    let me = c.pods[i].name.as_str();
+    let ((tcp_name, seen), (udp_name, from)) =
+        both(c, i, vip).unwrap_or_else(|e| panic!("{vip} {how}: {e}\n{}", c.cli("stats").unwrap()));
+    assert_eq!(
+        (tcp_name.as_str(), seen.as_str()),
+        (me, hairpin),
+        "{vip} TCP"
+    );
+    assert_eq!(udp_name, me, "{vip} UDP");
+    assert_eq!(
+        from,
+        SocketAddr::new(vip.parse().unwrap(), 53),
+        "{vip} UDP reply"
+    );
+}
+
 #[test]
 fn a_pod_reaching_its_own_service_gets_itself_through_tc_and_the_socket_hooks() {
     let mut c = Cluster::new(common::bins(), 2).expect("cluster");
@@ -69,19 +88,7 @@ fn a_pod_reaching_its_own_service_gets_itself_through_tc_and_the_socket_hooks() 
     let me = c.pods[0].name.clone();
     for (vip, hairpin) in [(VIP4, "169.254.7.1"), (VIP6, "fd00:7:7:7::1")] {
         // tc: SNATed to the hairpin address, replies from the VIP.
-        let ((tcp_name, seen), (udp_name, from)) = both(&c, 0, vip)
-            .unwrap_or_else(|e| panic!("{vip} through tc: {e}\n{}", c.cli("stats").unwrap()));
-        assert_eq!(
-            (tcp_name.as_str(), seen.as_str()),
-            (me.as_str(), hairpin),
-            "{vip} TCP"
-        );
-        assert_eq!(udp_name, me, "{vip} UDP");
-        assert_eq!(
-            from,
-            SocketAddr::new(vip.parse().unwrap(), 53),
-            "{vip} UDP reply"
-        );
+        assert_hairpinned(&c, 0, vip, hairpin, "through tc");
         // Socket hooks: straight to itself.
         let _cg = InCgroup::enter(&c.cgroup).unwrap();
         let ((tcp_name, _), (udp_name, from)) = both(&c, 0, vip).expect("through the socket hooks");
@@ -106,20 +113,7 @@ fn a_pod_on_a_linux_bridge_reaching_its_own_service_gets_itself() {
     let path = c.workdir.join("services.yaml");
     std::fs::write(&path, manifest(&c, i)).unwrap();
     c.start_agent(&path).expect("agent starts");
-    let me = c.pods[i].name.clone();
     for (vip, hairpin) in [(VIP4, "169.254.7.1"), (VIP6, "fd00:7:7:7::1")] {
-        let ((tcp_name, seen), (udp_name, from)) = both(&c, i, vip)
-            .unwrap_or_else(|e| panic!("{vip} from the bridge: {e}\n{}", c.cli("stats").unwrap()));
-        assert_eq!(
-            (tcp_name.as_str(), seen.as_str()),
-            (me.as_str(), hairpin),
-            "{vip} TCP"
-        );
-        assert_eq!(udp_name, me, "{vip} UDP");
-        assert_eq!(
-            from,
-            SocketAddr::new(vip.parse().unwrap(), 53),
-            "{vip} UDP reply"
-        );
+        assert_hairpinned(&c, i, vip, hairpin, "from the bridge");
     }
 }

@@ -4,8 +4,7 @@
 //! stacks in pod namespaces).
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use ferrolb_tests::cluster::Cluster;
@@ -97,20 +96,7 @@ fn path_mtu_discovery_through_a_vip() {
     let answer = c
         .client()
         .ns
-        .run(|| -> std::io::Result<String> {
-            let mut s = TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), Duration::from_secs(2))?;
-            // Without the translated error the upload stalls: fail, don't hang.
-            s.set_read_timeout(Some(Duration::from_secs(15)))?;
-            s.set_write_timeout(Some(Duration::from_secs(15)))?;
-            let head = format!(
-                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {UPLOAD}\r\nConnection: close\r\n\r\n"
-            );
-            s.write_all(head.as_bytes())?;
-            s.write_all(&vec![0x5a; UPLOAD])?;
-            let mut resp = String::new();
-            s.read_to_string(&mut resp)?;
-            Ok(resp)
-        })
+        .run(|| ferrolb_tests::http::upload(SocketAddr::from((VIP, 80)), UPLOAD))
         .unwrap()
         .expect("large upload through the VIP completes");
     assert!(
