@@ -147,6 +147,37 @@ fn dual_stack_hostnames_ipv4_side_from_a_pod_and_the_table_shows_both_families()
         2,
         "{table}"
     );
+    // check compares both families' maps with the manifests: equal, then
+    // an IPv6 endpoint fewer is named as an IPv6 frontend's difference.
+    let (pin, path) = (c.pin_path(), c.workdir.join("services.yaml"));
+    let check = |manifests: &std::path::Path| {
+        c.node_cli(&[
+            "check",
+            "--manifests",
+            manifests.to_str().unwrap(),
+            "--pin-path",
+            pin.to_str().unwrap(),
+        ])
+    };
+    let same = check(&path).expect("the maps match the manifests");
+    assert!(same.contains("maps match"), "{same}");
+    let gone = format!(
+        "- addresses: [\"{}\"]\n  conditions: {{ready: true}}\n",
+        c.pods[0].ip6
+    );
+    let fewer = c.workdir.join("fewer.yaml");
+    std::fs::write(&fewer, manifests(&c).replacen(&gone, "", 1)).unwrap();
+    let differs = check(&fewer)
+        .expect_err("an IPv6 endpoint fewer differs")
+        .to_string();
+    assert!(
+        differs.contains(&format!("frontend [{VIP6}]:80/TCP")),
+        "{differs}"
+    );
+    assert!(
+        !differs.contains(&format!("frontend {VIP4}:80")),
+        "{differs}"
+    );
     assert_eq!(
         firewall::snapshot(None).unwrap(),
         fw,
