@@ -188,7 +188,7 @@ enum Command {
         health_timeout_secs: u64,
         /// Seconds between two counts of the maps the datapath fills
         /// (conntrack, SNAT, sockets, sessions) for /metrics: a walk of
-        /// each, about 40 ms per 100,000 entries held (bench table 1c').
+        /// each, about 35 ms per 100,000 entries held (bench table 1c').
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
         map_fill_interval_secs: u64,
         /// Load the kernel programs from this object file (another build
