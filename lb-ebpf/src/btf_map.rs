@@ -18,6 +18,7 @@ use aya_ebpf::{
         BPF_MAP_TYPE_PERCPU_ARRAY,
     },
     helpers::{bpf_map_delete_elem, bpf_map_lookup_elem, bpf_map_update_elem},
+    maps::lpm_trie::Key as LpmKey,
 };
 
 /// libbpf's `LIBBPF_PIN_BY_NAME`: pinned under the loader's pin path by
@@ -25,21 +26,6 @@ use aya_ebpf::{
 const PIN_BY_NAME: usize = 1;
 /// `BPF_F_NO_PREALLOC`, which the kernel requires of LPM tries.
 const NO_PREALLOC: usize = 1;
-
-/// An LPM trie key: the prefix length in bits, then the data it covers
-/// (the kernel's `struct bpf_lpm_trie_key`; aya's user-space `Key` has
-/// the same layout).
-#[repr(C, packed)]
-pub struct LpmKey<K> {
-    pub prefix_len: u32,
-    pub data: K,
-}
-
-impl<K> LpmKey<K> {
-    pub const fn new(prefix_len: u32, data: K) -> Self {
-        Self { prefix_len, data }
-    }
-}
 
 macro_rules! btf_map {
     ($(#[$doc:meta])* $name:ident<$($g:ident),+>, key: $key:ty, value: $v:ident, kind: $kind:ident, flags: $flags:expr) => {

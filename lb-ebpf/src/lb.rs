@@ -5,10 +5,10 @@ use lb_common::{
     ServiceValue, SourceRangeKey,
 };
 
-use crate::btf_map::LpmKey as Key;
 use crate::family::Family;
 use crate::maps::{CONFIG, NODE_ADDRS, SOURCE_RANGES};
 use crate::{affinity, sched};
+use aya_ebpf::maps::lpm_trie::Key;
 
 /// A frontend's master entry, as found in the services map.
 #[derive(Clone, Copy)]

@@ -78,6 +78,30 @@ pub(crate) unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<(
     }
 }
 
+/// The `map_elem` member of `union bpf_attr`, which the one-element
+/// commands take (`value` is `next_key` for `BPF_MAP_GET_NEXT_KEY`).
+#[repr(C)]
+pub(crate) struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+impl ElemAttr {
+    /// `key` null where the command allows it (the first key of a walk).
+    pub(crate) fn new(map: BorrowedFd<'_>, key: *const u8, value: *mut u8) -> Self {
+        ElemAttr {
+            map_fd: map.as_raw_fd() as u32,
+            _pad: 0,
+            key: key as u64,
+            value: value as u64,
+            flags: 0,
+        }
+    }
+}
+
 /// Runs `cmd` on `len` elements; `Err` carries how many were done.
 fn call(cmd: libc::c_long, attr: &mut BatchAttr, len: usize) -> Result<(), Stopped> {
     attr.count = u32::try_from(len).expect("batch length fits u32");

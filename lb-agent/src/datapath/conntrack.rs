@@ -8,7 +8,7 @@
 //! removed from every EndpointSlice loses them at once.
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use anyhow::{Context, Result};
 use aya::{
@@ -270,24 +270,9 @@ const BPF_NOEXIST: u64 = 1;
 /// atomically (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`, hash maps since Linux
 /// 5.14; aya 0.14 has it for queues and stacks only).
 fn take<K: aya::Pod, V: aya::Pod>(map: BorrowedFd<'_>, key: &K) -> std::io::Result<Option<V>> {
-    // The `map_elem` member of `union bpf_attr`.
-    #[repr(C)]
-    struct Attr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
     const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
     let mut value = std::mem::MaybeUninit::<V>::zeroed();
-    let mut attr = Attr {
-        map_fd: map.as_raw_fd() as u32,
-        _pad: 0,
-        key: key as *const K as u64,
-        value: value.as_mut_ptr() as u64,
-        flags: 0,
-    };
+    let mut attr = batch::ElemAttr::new(map, (key as *const K).cast(), value.as_mut_ptr().cast());
     // SAFETY: the key and value buffers outlive the call and have the
     // map's key and value sizes (its Pod types).
     match unsafe { batch::sys_bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) } {

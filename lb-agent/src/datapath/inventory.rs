@@ -1,7 +1,7 @@
 //! What the datapath holds, read from the pins alone (`lb-agent status`
 //! works while the agent is down): where programs are attached (the
 //! pinned links), and each pinned map's fill level.
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -100,25 +100,15 @@ fn count(map: &MapData, kind: &MapType, key_size: u32, value_size: u32) -> Resul
 /// The same, one key after another (a read-only walk, as `bpftool map
 /// dump` does): for LPM tries, which have no batch operations.
 fn count_keys(map: &MapData, key_size: u32) -> Result<usize> {
-    let fd = map.fd().as_fd().as_raw_fd();
     let mut cur: Option<Vec<u8>> = None;
     let mut next = vec![0u8; key_size as usize];
     let mut n = 0;
     loop {
-        // union bpf_attr for BPF_MAP_GET_NEXT_KEY: map_fd, key, next_key.
-        #[repr(C)]
-        struct Attr {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            next_key: u64,
-        }
-        let mut attr = Attr {
-            map_fd: fd as u32,
-            _pad: 0,
-            key: cur.as_ref().map_or(0, |k| k.as_ptr() as u64),
-            next_key: next.as_mut_ptr() as u64,
-        };
+        let mut attr = super::batch::ElemAttr::new(
+            map.fd().as_fd(),
+            cur.as_ref().map_or(std::ptr::null(), |k| k.as_ptr()),
+            next.as_mut_ptr(),
+        );
         const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
         // SAFETY: the buffers outlive the call and hold key_size bytes.
         match unsafe { super::batch::sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
