@@ -372,7 +372,10 @@ fn open<C: Hook, A: Family>(
                 rewritten(ctx, p, &t, stat, flow.flags),
             ))
         }
-        Ok(None) => None,
+        Ok(None) => {
+            sched::unpick(fe);
+            None
+        }
         Err(Error::SnatPorts) => Some(Outcome::Drop(Stat::DropSnat)),
         Err(Error::Internal) => Some(Outcome::Drop(Stat::DropInternal)),
     }

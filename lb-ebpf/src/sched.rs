@@ -25,6 +25,29 @@ pub fn pick<A: Family, O: Origin>(fe: &Frontend<A>, o: &O) -> Option<u16> {
     }
 }
 
+/// Gives back the turn [`pick`] spent on a SYN that did not take it: its
+/// tuple was tracked, and it keeps that flow's backend. Sequential flows
+/// then get exact round-robin turns even when a client reuses a port.
+/// (With session affinity the turn went to a new session, which stays.)
+#[inline(always)]
+pub fn unpick<A: Family>(fe: &Frontend<A>) {
+    give_back(fe.svc_id, fe.flags, fe.affinity);
+}
+
+/// [`unpick`]'s work. A BPF subprogram: its ways out leave the caller in
+/// one state, so the verifier walks the rest of the path once.
+#[inline(never)]
+fn give_back(svc_id: u32, flags: u16, affinity: u32) {
+    if flags & SVC_FLAG_SCHED == 0 || affinity != 0 {
+        return;
+    }
+    if let Some(s) = SCHED.get_ptr_mut(svc_id)
+        && unsafe { (*s).alg } == SCHED_ROUND_ROBIN
+    {
+        unsafe { crate::atomic::add(&raw mut (*s).next, u64::MAX) };
+    }
+}
+
 /// [`pick`]'s choice as a slot, 0 for none. A BPF subprogram: every
 /// algorithm's way out returns the same kind of state to the caller (a
 /// scalar), so the verifier walks the rest of the new-flow path once, not

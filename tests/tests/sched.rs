@@ -1,7 +1,8 @@
 //! Scheduling algorithms end to end: Services annotated with
 //! `ferrolb.io/lb-algorithm` (and the `--lb-algorithm` default) in the
 //! real agent, real pods, real clients. Round-robin answers in an exact
-//! cycle, source hashing keeps a client on one pod, Maglev moves only the
+//! cycle (a client port reused on a tracked tuple keeps its flow's pod
+//! and spends no turn), source hashing keeps a client on one pod, Maglev moves only the
 //! flows of a pod that leaves (the same client ports, placed afresh after
 //! a conntrack flush, reach the same pods as before), least-conn sends
 //! new connections to the pod with the fewest open ones (through tc and
@@ -82,13 +83,23 @@ fn round_robin_answers_in_an_exact_cycle_and_is_the_default_on_request() {
         service("rr", "10.0.1.181", Some("round-robin"), ips)
             + &service("plain", "10.0.1.182", None, ips)
     });
-    for vip in ["10.0.1.181", "10.0.1.182"] {
-        let got: Vec<String> = (0..30).map(|_| get(&c, vip, 0, false)).collect();
+    // Each connection from its own port: a port the client reuses keeps
+    // its tracked flow's pod (tried below), which no cycle predicts.
+    for (vip, first_port) in [("10.0.1.181", 45_000), ("10.0.1.182", 45_100)] {
+        let got: Vec<String> = (0..30)
+            .map(|i| get(&c, vip, first_port + i, false))
+            .collect();
         let first: BTreeSet<&String> = got[..3].iter().collect();
         assert_eq!(first.len(), 3, "{vip}: {got:?}");
         for (i, name) in got.iter().enumerate() {
             assert_eq!(name, &got[i % 3], "{vip}: answer {i} of {got:?}");
         }
+        // A new connection on a closed one's tuple keeps its pod, and
+        // spends no turn: the cycle goes on where it was.
+        let reused = get(&c, vip, first_port + 28, false);
+        assert_eq!(reused, got[28], "{vip}: the reused tuple");
+        let next = get(&c, vip, first_port + 30, false);
+        assert_eq!(next, got[0], "{vip}: the turn after the reused tuple");
     }
     let table = c.cli("services").unwrap();
     assert!(
