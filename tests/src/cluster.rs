@@ -343,7 +343,9 @@ impl Cluster {
         self.agent = Some(child);
         let log = self.agent_log();
         // Stop waiting as soon as it is ready or has exited.
-        let _ = wait_until(Duration::from_secs(20), || {
+        // Generous: loading verifies the programs (seconds, longer on a
+        // loaded machine); a ready agent ends the wait at once.
+        let _ = wait_until(Duration::from_secs(60), || {
             !self.agent_running()
                 || std::fs::read_to_string(&log).is_ok_and(|s| s.contains("agent ready"))
         });
@@ -435,6 +437,15 @@ impl Cluster {
             let _ = a.wait();
         }
     }
+}
+
+/// Rewrites a manifest the agent watches atomically (a rename), as a
+/// config tool would: written in place, the agent could read it truncated
+/// (no Services) between the truncate and the write.
+pub fn write_manifest(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// Polls `f` every 20 ms until it holds or `timeout` passes.

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use ferrolb_tests::cluster::{Cluster, InCgroup, wait_until};
+use ferrolb_tests::cluster::{Cluster, InCgroup, wait_until, write_manifest};
 use ferrolb_tests::http;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 175);
@@ -60,9 +60,7 @@ fn ips(c: &Cluster) -> Vec<Ipv4Addr> {
 impl Setup {
     /// Rewrites the manifest (atomically, as a config tool would).
     fn write(&self, text: &str) {
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &self.path).unwrap();
+        write_manifest(&self.path, text);
     }
 
     /// Rewrites the manifest and waits until the agent has programmed it.

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use ferrolb_tests::cluster::Cluster;
+use ferrolb_tests::cluster::{Cluster, write_manifest};
 use ferrolb_tests::http::Conn;
 use ferrolb_tests::netns::sh;
 
@@ -346,7 +346,7 @@ fn services_marks_terminating_backends() {
         .expect("a terminating pod answers");
     assert!(c.pods.iter().any(|p| got.contains(&p.name)), "{got}");
 
-    c.programmed(|| std::fs::write(&path, slice(["{ready: true}", terminating])).unwrap());
+    c.programmed(|| write_manifest(&path, &slice(["{ready: true}", terminating])));
     let svc = json(&c);
     assert_eq!(
         svc[0]["backends"],

@@ -14,6 +14,9 @@ use ferrolb_tests::firewall;
 use ferrolb_tests::http;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// A refusal comes back well before TIMEOUT, which a dropped packet runs
+/// to; the margin is for a loaded machine.
+const AT_ONCE: Duration = Duration::from_millis(1500);
 const VIP4: &str = "10.0.1.175";
 const VIP6: &str = "fd00:10::175";
 const ONLY6: &str = "fd00:10::180";
@@ -312,7 +315,8 @@ fn an_ipv6_vip_without_endpoints_is_rejected_from_a_pod() {
         .unwrap()
         .expect_err("no endpoints");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
-    assert!(started.elapsed() < Duration::from_secs(1), "at once");
+    // At once: well short of the connect timeout (2 s) a drop would run to.
+    assert!(started.elapsed() < AT_ONCE, "at once: {:?}", started.elapsed());
     let udp = SocketAddr::new(EMPTY6.parse().unwrap(), 53);
     let err = c
         .client()
@@ -384,7 +388,7 @@ fn an_ipv6_service_without_endpoints_is_refused_at_the_socket() {
         .unwrap()
         .expect_err("no endpoints");
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < AT_ONCE,
         "refused at once, not timed out: {err}"
     );
     let stats = c.cli("stats").unwrap();

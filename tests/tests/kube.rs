@@ -192,11 +192,13 @@ fn agent_follows_the_api_server() {
     // A burst of changes is coalesced: syncs at most every 200 ms.
     let syncs = |c: &Cluster| c.agent_log_text().matches("maps reconciled").count();
     let before = syncs(c);
+    let started = std::time::Instant::now();
     for i in 0..25 {
         let pods: &[usize] = if i % 2 == 0 { &[1, 2] } else { &[1, 2, 0] };
         api.apply(hostnames_slice(c, pods));
         std::thread::sleep(Duration::from_millis(20));
     }
+    let burst_ms = started.elapsed().as_millis();
     // Settled: no sync for 600 ms (three sync intervals). Before that, an
     // intermediate state of the burst may still be applied after the
     // final one was seen once.
@@ -209,9 +211,13 @@ fn agent_follows_the_api_server() {
     .expect("syncs settle after the burst");
     expect_backends(c, &[1, 2], "after the burst");
     let burst = syncs(c) - before;
+    // One sync per 200 ms interval the burst spanned (about 500 ms, more
+    // when the machine is loaded), plus the final state's: never one per
+    // change.
+    let most = burst_ms as usize / 200 + 3;
     assert!(
-        (1..=6).contains(&burst),
-        "25 changes in 500 ms took {burst} syncs"
+        (1..=most.min(12)).contains(&burst),
+        "25 changes in {burst_ms} ms took {burst} syncs (at most {most})"
     );
 
     // DELETED: the VIP no longer answers.

@@ -487,10 +487,18 @@ fn icmp_errors_from_pods_reach_external_clients() {
         (IpAddr::from(NODE_A6), 30093),
     ] {
         for i in 0..5 {
+            // Each datagram from its own port: a new flow each (a port
+            // the stack handed out twice would follow its tracked flow).
+            let sport = port + 11_000 + i;
             let got = t
                 .client()
                 .run(move || -> std::io::Result<usize> {
-                    let s = UdpSocket::bind(if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
+                    let any = if to.is_ipv6() {
+                        IpAddr::from(Ipv6Addr::UNSPECIFIED)
+                    } else {
+                        IpAddr::from(Ipv4Addr::UNSPECIFIED)
+                    };
+                    let s = UdpSocket::bind((any, sport))?;
                     s.set_read_timeout(Some(TIMEOUT))?;
                     s.connect((to, port))?;
                     s.send(b"anyone?")?;
@@ -767,9 +775,10 @@ fn dsr_replies_leave_the_backends_node_and_keep_the_client_address() {
     }
     let after = counts();
     let (a_tx, b_tx, client_tx) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
-    // node-a forwarded what the client sent (and perhaps an ARP), no reply.
+    // node-a forwarded what the client sent (and perhaps ARP or
+    // neighbour discovery frames of its own), no reply.
     assert!(
-        a_tx <= client_tx + 2,
+        a_tx <= client_tx + 5,
         "node-a sent {a_tx} packets for the client's {client_tx}: replies went through it"
     );
     // The replies (at least one per request) left node-b.

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use ferrolb_tests::cluster::{Cluster, InCgroup, wait_until};
+use ferrolb_tests::cluster::{Cluster, InCgroup, wait_until, write_manifest};
 use ferrolb_tests::http::{self, Conn};
 use socket2::{Domain, Socket, Type};
 
@@ -142,9 +142,7 @@ fn maglev_moves_only_the_flows_of_a_pod_that_leaves() {
         .filter(|p| p.name != leaving)
         .map(|p| p.ip)
         .collect();
-    c.programmed(|| {
-        std::fs::write(&path, service("mg", "10.0.1.184", Some("maglev"), &rest)).unwrap()
-    });
+    c.programmed(|| write_manifest(&path, &service("mg", "10.0.1.184", Some("maglev"), &rest)));
     ferrolb_tests::netns::sh(
         std::process::Command::new(&common::bins().agent)
             .args(["conntrack", "--flush", "--pin-path"])

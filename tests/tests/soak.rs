@@ -7,12 +7,11 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ferrolb_tests::cluster::{Cluster, wait_until};
+use ferrolb_tests::cluster::{Cluster, wait_until, write_manifest};
 use ferrolb_tests::http::{self, Conn};
 use ferrolb_tests::netns::sh;
 
@@ -28,12 +27,6 @@ fn soak_secs() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60)
-}
-
-fn write(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 fn steady(pods: &[Ipv4Addr]) -> String {
@@ -97,9 +90,9 @@ fn flapping_endpoints_leak_nothing_and_steady_traffic_never_fails() {
     let dir = c.workdir.join("manifests");
     std::fs::create_dir_all(&dir).unwrap();
     let mut rng = fastrand::Rng::with_seed(0x50a6);
-    write(&dir.join("steady.yaml"), &steady(&pods));
+    write_manifest(&dir.join("steady.yaml"), &steady(&pods));
     for f in 0..FILES {
-        write(
+        write_manifest(
             &dir.join(format!("churn-{f}.yaml")),
             &churn_file(f, &pods, &mut rng),
         );
@@ -149,7 +142,7 @@ fn flapping_endpoints_leak_nothing_and_steady_traffic_never_fails() {
     let mut rss_samples = Vec::new();
     while Instant::now() < end {
         let f = rng.usize(0..FILES);
-        write(
+        write_manifest(
             &dir.join(format!("churn-{f}.yaml")),
             &churn_file(f, &pods, &mut rng),
         );
@@ -215,7 +208,7 @@ fn flapping_endpoints_leak_nothing_and_steady_traffic_never_fails() {
     // The check sees drift: with no agent running, a changed manifest is
     // reported, naming the frontend.
     c.stop_agent(libc::SIGTERM);
-    write(&dir.join("steady.yaml"), &steady(&pods[..1]));
+    write_manifest(&dir.join("steady.yaml"), &steady(&pods[..1]));
     let err = format!("{:#}", check(&c).expect_err("drift must be reported"));
     assert!(err.contains("differs: frontend 10.0.1.175:80/TCP"), "{err}");
 }
