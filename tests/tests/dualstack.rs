@@ -316,7 +316,11 @@ fn an_ipv6_vip_without_endpoints_is_rejected_from_a_pod() {
         .expect_err("no endpoints");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     // At once: well short of the connect timeout (2 s) a drop would run to.
-    assert!(started.elapsed() < AT_ONCE, "at once: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < AT_ONCE,
+        "at once: {:?}",
+        started.elapsed()
+    );
     let udp = SocketAddr::new(EMPTY6.parse().unwrap(), 53);
     let err = c
         .client()
