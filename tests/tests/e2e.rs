@@ -589,10 +589,13 @@ fn udp_from(c: &Cluster, port: u16) -> Option<String> {
         .ok()
 }
 
-/// One HTTP GET to the VIP from a fixed client port (the server closes
-/// first, so the port is free again at once).
+/// [`tcp_from`]'s connect timeout, longer than TIMEOUT: a second
+/// connection on the tuple may meet the pod's TIME_WAIT, answered by an
+/// ACK the client resets, and retransmit its SYN a second later.
 const REUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// One HTTP GET to the VIP from a fixed client port (the server closes
+/// first, so the port is free again at once).
 fn tcp_from(c: &Cluster, port: u16) -> std::io::Result<String> {
     c.client()
         .ns
@@ -601,9 +604,6 @@ fn tcp_from(c: &Cluster, port: u16) -> std::io::Result<String> {
             let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
             sock.set_reuse_address(true)?;
             sock.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
-            // Longer than TIMEOUT: a second connection on the tuple may
-            // meet the pod's TIME_WAIT, answered by an ACK the client
-            // resets, and retransmit its SYN a second later.
             sock.connect_timeout(&SocketAddr::from((VIP, 80)).into(), REUSE_TIMEOUT)?;
             let s: TcpStream = sock.into();
             s.set_read_timeout(Some(TIMEOUT))?;

@@ -2,8 +2,8 @@
 //! `ferrolb.io/lb-algorithm` (and the `--lb-algorithm` default) in the
 //! real agent, real pods, real clients. Round-robin answers in an exact
 //! cycle (a client port reused on a tracked tuple keeps its flow's pod
-//! and spends no turn), source hashing keeps a client on one pod, Maglev moves only the
-//! flows of a pod that leaves (the same client ports, placed afresh after
+//! and spends no turn), source hashing keeps a client on one pod, Maglev
+//! moves only the flows of a pod that leaves (the same client ports, placed afresh after
 //! a conntrack flush, reach the same pods as before), least-conn sends
 //! new connections to the pod with the fewest open ones (through tc and
 //! through the socket hooks) and `lb-agent services` shows its counts,
